@@ -1,0 +1,289 @@
+//! The GPU runtime: picks an adapter, opens a device with the adapter's real limits, and owns
+//! the three shared mechanisms every op uses: the buffer pool, the pipeline cache and the
+//! recorder that puts a whole training step into one command encoder.
+//!
+//! Adapter choice: a discrete GPU, then an integrated one, then anything else (lavapipe).
+//! `PLUMB_BACKEND=vulkan|metal|dx12|gl` restricts the backend, `PLUMB_ADAPTER=<substring>`
+//! picks by name, and `PLUMB_KERNELS=register|tiled` overrides the kernel variant.
+
+mod kernels;
+mod pool;
+mod recorder;
+
+pub use kernels::{all_shaders, Kernel, ShaderSource};
+pub(crate) use pool::{alloc as pool_alloc_inner, PoolBuffer};
+pub use recorder::Binding;
+
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Which family of compute kernels to use where a family has two (matmul, attention).
+///
+/// Real GPUs want workgroup-memory tiles; CPU Vulkan drivers such as lavapipe run those
+/// slowly (0.4 GFLOP/s measured) and want register tiles without barriers instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelVariant {
+    /// Register-tiled, no workgroup memory, no barriers: for CPU adapters.
+    Register,
+    /// Workgroup-memory tiled: for real GPUs.
+    Tiled,
+}
+
+impl KernelVariant {
+    fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "register" | "cpu" => Ok(KernelVariant::Register),
+            "tiled" | "gpu" => Ok(KernelVariant::Tiled),
+            _ => Err(Error::config("PLUMB_KERNELS", format!("`{s}` is not one of register, tiled"))),
+        }
+    }
+}
+
+/// How to pick the adapter. `Default` reads `PLUMB_BACKEND`, `PLUMB_ADAPTER`, `PLUMB_KERNELS`.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to one backend: "vulkan", "metal", "dx12" or "gl".
+    pub backend: Option<String>,
+    /// Pick the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Force a kernel variant instead of choosing by device type.
+    pub kernels: Option<KernelVariant>,
+}
+
+impl GpuOptions {
+    /// Options from the environment variables `PLUMB_BACKEND`, `PLUMB_ADAPTER`, `PLUMB_KERNELS`.
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Ok(GpuOptions {
+            backend: var("PLUMB_BACKEND"),
+            adapter: var("PLUMB_ADAPTER"),
+            kernels: var("PLUMB_KERNELS").map(|s| KernelVariant::parse(&s)).transpose()?,
+        })
+    }
+}
+
+fn parse_backends(name: Option<&str>) -> Result<wgpu::Backends> {
+    Ok(match name.map(|s| s.to_ascii_lowercase()) {
+        None => wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::GL,
+        Some(s) => match s.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            _ => return Err(Error::config("PLUMB_BACKEND", format!("`{s}` is not one of vulkan, metal, dx12, gl"))),
+        },
+    })
+}
+
+/// Everything `plumb info` prints about one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+impl AdapterSummary {
+    /// True where the adapter can run f16 arithmetic in shaders.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (i, l) = (&self.info, &self.limits);
+        writeln!(f, "{} ({:?}, {:?})", i.name, i.backend, i.device_type)?;
+        if !i.driver.is_empty() {
+            writeln!(f, "  driver:                 {} {}", i.driver, i.driver_info)?;
+        }
+        writeln!(f, "  max buffer size:        {} MiB", l.max_buffer_size >> 20)?;
+        writeln!(f, "  max storage binding:    {} MiB", l.max_storage_buffer_binding_size as u64 >> 20)?;
+        writeln!(f, "  storage buffers/stage:  {}", l.max_storage_buffers_per_shader_stage)?;
+        writeln!(f, "  workgroup storage:      {} KiB", l.max_compute_workgroup_storage_size >> 10)?;
+        writeln!(f, "  invocations/workgroup:  {}", l.max_compute_invocations_per_workgroup)?;
+        writeln!(f, "  workgroups/dimension:   {}", l.max_compute_workgroups_per_dimension)?;
+        write!(f, "  shader f16:             {}", if self.has_f16() { "yes" } else { "no" })
+    }
+}
+
+/// Every adapter wgpu can see for the given backend restriction.
+pub fn list_adapters(backend: Option<&str>) -> Result<Vec<AdapterSummary>> {
+    let instance = make_instance(parse_backends(backend)?);
+    let adapters = pollster::block_on(instance.enumerate_adapters(parse_backends(backend)?));
+    Ok(adapters
+        .iter()
+        .map(|a| AdapterSummary { info: a.get_info(), limits: a.limits(), features: a.features() })
+        .collect())
+}
+
+fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+pub(crate) struct GpuInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) summary: AdapterSummary,
+    variant: AtomicU8,
+    pub(crate) pipelines: kernels::PipelineCache,
+    pub(crate) pool: Mutex<pool::Pool>,
+    pub(crate) rec: Mutex<recorder::Recorder>,
+}
+
+/// A handle to the opened device. Cheap to clone; every tensor keeps one.
+#[derive(Clone)]
+pub struct Gpu(pub(crate) Arc<GpuInner>);
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.0.summary.info.name)
+    }
+}
+
+impl Gpu {
+    /// Open the best adapter, honouring `PLUMB_BACKEND`, `PLUMB_ADAPTER` and `PLUMB_KERNELS`.
+    pub fn new() -> Result<Gpu> {
+        Gpu::with_options(&GpuOptions::from_env()?)
+    }
+
+    /// Open an adapter chosen by `opts`.
+    pub fn with_options(opts: &GpuOptions) -> Result<Gpu> {
+        let backends = parse_backends(opts.backend.as_deref())?;
+        let instance = make_instance(backends);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        if let Some(want) = &opts.adapter {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter(format!(
+                    " whose name contains `{want}` (adapters seen: {})",
+                    if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                )));
+            }
+        }
+        // Stable sort: wgpu lists Vulkan before GL, so equal ranks keep that order.
+        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let adapter = adapters.into_iter().next().ok_or_else(|| {
+            Error::NoAdapter(match &opts.backend {
+                Some(b) => format!(" for backend `{b}`"),
+                None => String::new(),
+            })
+        })?;
+        let summary = AdapterSummary { info: adapter.get_info(), limits: adapter.limits(), features: adapter.features() };
+        let mut features = wgpu::Features::empty();
+        if summary.has_f16() {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("plumb"),
+            required_features: features,
+            required_limits: summary.limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::Device { adapter: summary.info.name.clone(), msg: e.to_string() })?;
+        // Errors we do not catch in a scope must not abort the process: log them instead.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| eprintln!("plumb: uncaptured GPU error: {e}")));
+        let variant = opts.kernels.unwrap_or(if summary.info.device_type == wgpu::DeviceType::Cpu {
+            KernelVariant::Register
+        } else {
+            KernelVariant::Tiled
+        });
+        let limits = summary.limits.clone();
+        Ok(Gpu(Arc::new(GpuInner {
+            device,
+            queue,
+            summary,
+            variant: AtomicU8::new(variant as u8),
+            pipelines: kernels::PipelineCache::default(),
+            pool: Mutex::new(pool::Pool::default()),
+            rec: Mutex::new(recorder::Recorder::new(&limits)),
+        })))
+    }
+
+    /// The adapter this device was opened on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.0.summary
+    }
+
+    /// The device's limits (the adapter's real ones).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.0.summary.limits
+    }
+
+    /// True where f16 shaders can run on this device.
+    pub fn has_f16(&self) -> bool {
+        self.0.summary.has_f16()
+    }
+
+    /// True for CPU adapters such as lavapipe.
+    pub fn is_cpu(&self) -> bool {
+        self.0.summary.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The kernel variant in use (chosen by device type unless overridden).
+    pub fn variant(&self) -> KernelVariant {
+        if self.0.variant.load(Ordering::Relaxed) == KernelVariant::Tiled as u8 {
+            KernelVariant::Tiled
+        } else {
+            KernelVariant::Register
+        }
+    }
+
+    /// Override the kernel variant from now on (tests run both on one device).
+    pub fn set_variant(&self, v: KernelVariant) {
+        self.0.variant.store(v as u8, Ordering::Relaxed);
+    }
+
+    /// The raw wgpu device, for code that needs it directly.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.0.device
+    }
+
+    /// Workgroup counts for `n` threads in workgroups of `wg` threads, spread over x and y so
+    /// that no dimension passes the adapter's limit. Shaders rebuild the linear index as
+    /// `gid.x + gid.y * num_workgroups.x * wg`.
+    pub fn groups_1d(&self, n: usize, wg: u32) -> [u32; 3] {
+        let groups = n.div_ceil(wg as usize).max(1) as u64;
+        let max = self.limits().max_compute_workgroups_per_dimension as u64;
+        if groups <= max {
+            [groups as u32, 1, 1]
+        } else {
+            let y = groups.div_ceil(max);
+            [groups.div_ceil(y) as u32, y as u32, 1]
+        }
+    }
+
+    /// Bytes currently held by the buffer pool: in use and cached for reuse.
+    pub fn pool_bytes(&self) -> (u64, u64) {
+        let p = self.0.pool.lock().unwrap_or_else(|e| e.into_inner());
+        (p.in_use_bytes, p.cached_bytes)
+    }
+
+    /// Release every cached (unused) buffer back to the driver.
+    pub fn trim_pool(&self) {
+        self.0.pool.lock().unwrap_or_else(|e| e.into_inner()).trim();
+    }
+}
+
+/// Take a buffer of at least `bytes` bytes from the pool (or allocate one).
+pub(crate) fn pool_alloc(gpu: &Gpu, bytes: u64, what: &str) -> Result<Arc<PoolBuffer>> {
+    pool_alloc_inner(&gpu.0, bytes, what)
+}
