@@ -6,6 +6,7 @@ pub mod gpu;
 pub mod ops;
 pub mod tape;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, KernelVariant};

@@ -14,6 +14,14 @@ fn elementwise_table() {
         cases.push(Case::new(format!("mul n={n}"), vec![Input::f(&[n]), Input::f(&[n])], |v| ew::mul(&v[0], &v[1]), |d| r::mul(&d[0], &d[1])));
         cases.push(Case::new(format!("scale n={n}"), vec![Input::f(&[n])], |v| ew::scale(&v[0], -2.5), |d| r::scale(&d[0], -2.5)));
     }
+    for (rows, cols, start, width) in [(1usize, 7usize, 2usize, 3usize), (5, 33, 0, 33), (7, 130, 64, 66)] {
+        cases.push(Case::new(
+            format!("slice_last {rows}x{cols} [{start}+{width}]"),
+            vec![Input::f(&[rows, cols])],
+            move |v| ew::slice_last(&v[0], start, width),
+            move |d| r::slice_last(&d[0], cols, start, width),
+        ));
+    }
     // A value used twice: gradients from both uses must add up.
     cases.push(Case::new("x*x + x", vec![Input::f(&[5])], |v| ew::add(&ew::mul(&v[0], &v[0])?, &v[0]), |d| {
         d[0].iter().map(|x| x * x + x).collect()

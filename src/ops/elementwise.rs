@@ -9,8 +9,9 @@ use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
 
 static LINEAR: ShaderSource = shader!("elementwise/linear.wgsl");
+static SLICE: ShaderSource = shader!("elementwise/slice.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&LINEAR];
+pub static SHADERS: &[&ShaderSource] = &[&LINEAR, &SLICE];
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -68,6 +69,60 @@ pub fn mul_forward(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SliceParams {
+    rows: u32,
+    cols: u32,
+    start: u32,
+    width: u32,
+}
+
+fn slice_params(op: &'static str, shape: &[usize], start: usize, width: usize) -> Result<SliceParams> {
+    let cols = shape.last().copied().unwrap_or(1);
+    if start + width > cols || width == 0 {
+        return Err(Error::shape(op, format!("columns [{start}, {}) of {shape:?}", start + width)));
+    }
+    let rows = shape.iter().product::<usize>() / cols.max(1);
+    Ok(SliceParams { rows: rows as u32, cols: cols as u32, start: start as u32, width: width as u32 })
+}
+
+/// Columns `start .. start + width` of the last dimension, as a new contiguous tensor.
+pub fn slice_last_forward(x: &Tensor, start: usize, width: usize) -> Result<Tensor> {
+    x.expect_dtype("slice_last", DType::F32)?;
+    let p = slice_params("slice_last", x.shape(), start, width)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("non-scalar") = width;
+    let out = Tensor::empty(x.gpu(), &shape, DType::F32, "slice_last")?;
+    let n = p.rows as usize * width;
+    let k = Kernel::new(&SLICE, "slice_cols");
+    x.gpu().dispatch(&k, bytemuck::bytes_of(&p), &[out.binding(), x.binding()], x.gpu().groups_1d(n, 256))?;
+    Ok(out)
+}
+
+/// `out[..., start + j] += x[..., j]`: the adjoint of [`slice_last_forward`].
+pub fn add_into_last(out: &Tensor, x: &Tensor, start: usize) -> Result<()> {
+    let p = slice_params("add_into_last", out.shape(), start, x.last_dim())?;
+    if p.rows as usize * x.last_dim() != x.len() {
+        return Err(Error::shape("add_into_last", format!("{:?} into {:?}", x.shape(), out.shape())));
+    }
+    let n = x.len();
+    let k = Kernel::new(&SLICE, "add_into_cols");
+    out.gpu().dispatch(&k, bytemuck::bytes_of(&p), &[out.binding(), x.binding()], out.gpu().groups_1d(n, 256))
+}
+
+/// Columns `start .. start + width` of the last dimension (gradient scattered back).
+pub fn slice_last(x: &Var, start: usize, width: usize) -> Result<Var> {
+    let out = slice_last_forward(x.tensor(), start, width)?;
+    let shape = x.shape().to_vec();
+    let gpu = x.tensor().gpu().clone();
+    Ok(Var::from_op(out, &[x], move |g| {
+        let dx = Tensor::zeros(&gpu, &shape, DType::F32, "slice_last grad")?;
+        add_into_last(&dx, g, start)?;
+        Ok(vec![Some(dx)])
+    }))
+}
+
 fn same_shape(op: &'static str, a: &Var, b: &Var) -> Result<()> {
     if a.shape() != b.shape() {
         return Err(Error::shape(op, format!("{:?} vs {:?}", a.shape(), b.shape())));
@@ -115,6 +170,10 @@ pub mod reference {
     }
     pub fn mul(x: &[f64], y: &[f64]) -> Vec<f64> {
         x.iter().zip(y).map(|(a, b)| a * b).collect()
+    }
+    /// Columns [start, start + width) of the last dimension `cols`.
+    pub fn slice_last(x: &[f64], cols: usize, start: usize, width: usize) -> Vec<f64> {
+        x.chunks(cols).flat_map(|r| r[start..start + width].to_vec()).collect()
     }
     pub fn scale(x: &[f64], a: f64) -> Vec<f64> {
         x.iter().map(|v| a * v).collect()

@@ -1,1 +1,34 @@
-fn main(){}
+//! The `plumb` command line: one subcommand per job, each in its own file under tools/plumb/.
+
+mod info;
+
+use clap::{Parser, Subcommand};
+
+/// Train and align small transformers on any GPU (Vulkan, Metal, DX12, GL), with no Python.
+#[derive(Parser)]
+#[command(name = "plumb", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter wgpu can see and the one plumb would choose.
+    ///
+    /// Examples:
+    ///   plumb info
+    ///   PLUMB_BACKEND=gl plumb info
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(a) => info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,148 @@
+//! Model configurations read from a Hugging Face `config.json`. The `model_type` field picks the
+//! architecture: "gpt2" for GPT-2, and "llama", "qwen2", "mistral" or "smollm"-style configs for
+//! the Llama family. Field names are Hugging Face's, so a `transformers` directory loads as is.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn d_eps() -> f32 {
+    1e-5
+}
+fn d_gelu() -> String {
+    "gelu_new".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+/// GPT-2 hyperparameters (Hugging Face `GPT2Config` names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// Vocabulary size. Example: 50257 (GPT-2's BPE), 256 (plumb's byte-level tokenizer).
+    pub vocab_size: usize,
+    /// Longest sequence; learned position embeddings have this many rows. Example: 1024.
+    pub n_positions: usize,
+    /// Width of the residual stream. Example: 768.
+    pub n_embd: usize,
+    /// Number of transformer blocks. Example: 12.
+    pub n_layer: usize,
+    /// Attention heads; head dim = n_embd / n_head. Example: 12.
+    pub n_head: usize,
+    /// LayerNorm epsilon. Example: 1e-5.
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f32,
+    /// "gelu_new" (tanh approximation, GPT-2's own) or "gelu" (exact, erf).
+    #[serde(default = "d_gelu")]
+    pub activation_function: String,
+    /// GPT-2 always ties the LM head to the token embedding.
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+}
+
+/// Llama-family hyperparameters (Hugging Face `LlamaConfig` / `Qwen2Config` names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size. Example: 49152 (SmolLM).
+    pub vocab_size: usize,
+    /// Width of the residual stream. Example: 576.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP. Example: 1536.
+    pub intermediate_size: usize,
+    /// Number of blocks. Example: 30.
+    pub num_hidden_layers: usize,
+    /// Query heads. Example: 9.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to the query heads. Example: 3.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Longest sequence the model was trained for (RoPE needs no table). Example: 2048.
+    #[serde(default = "d_maxpos")]
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon. Example: 1e-5.
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f32,
+    /// RoPE base. Example: 10000.0.
+    #[serde(default = "d_theta")]
+    pub rope_theta: f32,
+    /// Share the LM head with the token embedding. Example: true (SmolLM), false (Llama 2).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Bias on q, k and v projections (Qwen2 has it; Llama does not). Set from `model_type`
+    /// "qwen2" when absent.
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    /// Activation; plumb implements "silu" (SwiGLU).
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+}
+
+fn d_maxpos() -> usize {
+    2048
+}
+fn d_theta() -> f32 {
+    10000.0
+}
+fn d_act() -> String {
+    "silu".into()
+}
+
+/// A configuration of either architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    Gpt(GptConfig),
+    Llama(LlamaConfig),
+}
+
+impl ModelConfig {
+    /// Parse a `config.json` text; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &Path) -> Result<ModelConfig> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::format(origin, format!("invalid JSON: {e}")))?;
+        let mt = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+        let bad = |e: serde_json::Error| Error::format(origin, format!("{mt} config: {e}"));
+        match mt {
+            "gpt2" => Ok(ModelConfig::Gpt(serde_json::from_value(v).map_err(bad)?)),
+            "llama" | "qwen2" | "mistral" => {
+                let mut c: LlamaConfig = serde_json::from_value(v).map_err(bad)?;
+                if c.attention_bias.is_none() {
+                    c.attention_bias = Some(mt == "qwen2");
+                }
+                if c.hidden_act != "silu" {
+                    return Err(Error::format(origin, format!("hidden_act `{}`: plumb implements silu", c.hidden_act)));
+                }
+                Ok(ModelConfig::Llama(c))
+            }
+            other => Err(Error::format(
+                origin,
+                format!("model_type `{other}` is not supported (plumb knows gpt2, llama, qwen2, mistral)"),
+            )),
+        }
+    }
+
+    /// Read `dir/config.json` (or a path to the file itself).
+    pub fn load(path: &Path) -> Result<ModelConfig> {
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        ModelConfig::from_json(&text, &file)
+    }
+
+    /// The config as Hugging Face JSON (with `model_type` and `architectures`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (mut v, mt, arch) = match self {
+            ModelConfig::Gpt(c) => (serde_json::to_value(c), "gpt2", "GPT2LMHeadModel"),
+            ModelConfig::Llama(c) => (serde_json::to_value(c), "llama", "LlamaForCausalLM"),
+        };
+        let v = v.as_mut().map(|v| {
+            v["model_type"] = mt.into();
+            v["architectures"] = serde_json::json!([arch]);
+            v["torch_dtype"] = "float32".into();
+            if let ModelConfig::Gpt(c) = self {
+                // transformers' GPT2Config also reads these aliases.
+                v["n_ctx"] = c.n_positions.into();
+            }
+            v.clone()
+        });
+        v.unwrap_or(serde_json::Value::Null)
+    }
+}
