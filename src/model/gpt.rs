@@ -1,0 +1,192 @@
+//! GPT-2: learned positions, pre-LayerNorm blocks, fused qkv, GELU MLP, tied embeddings.
+//! Parameter names and shapes are Hugging Face's `GPT2LMHeadModel` ones, so checkpoints move
+//! between plumb and `transformers` unchanged. Reads like nanoGPT's model.py:
+//!     x = x + attn(ln_1(x));  x = x + mlp(ln_2(x));  logits = ln_f(x) @ wteᵀ
+
+use super::config::GptConfig;
+use crate::error::{Error, Result};
+use crate::nn::{conv1d, normal};
+use crate::ops::activation::{gelu, GeluKind};
+use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
+use crate::ops::elementwise::{add, slice_last_forward};
+use crate::ops::embedding::{add_positions, embedding};
+use crate::ops::matmul::matmul;
+use crate::ops::norm::layer_norm;
+use crate::params::{ParamSpec, ParamStore};
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+use crate::Gpu;
+
+/// A GPT-2 model: its config and all its parameters in one flat store.
+pub struct Gpt {
+    pub cfg: GptConfig,
+    pub params: ParamStore,
+}
+
+fn layer(i: usize, name: &str) -> String {
+    format!("transformer.h.{i}.{name}")
+}
+
+impl Gpt {
+    /// Parameter names and shapes in Hugging Face layout. Matrices get weight decay; biases and
+    /// LayerNorm gains do not.
+    pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
+        let (c, v, p) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions);
+        let spec = |name: String, shape: Vec<usize>| ParamSpec { decay: shape.len() > 1, name, shape };
+        let mut s = vec![
+            spec("transformer.wte.weight".into(), vec![v, c]), // (V, C)
+            spec("transformer.wpe.weight".into(), vec![p, c]), // (P, C)
+        ];
+        for i in 0..cfg.n_layer {
+            s.push(spec(layer(i, "ln_1.weight"), vec![c]));
+            s.push(spec(layer(i, "ln_1.bias"), vec![c]));
+            s.push(spec(layer(i, "attn.c_attn.weight"), vec![c, 3 * c])); // (C, 3C)
+            s.push(spec(layer(i, "attn.c_attn.bias"), vec![3 * c]));
+            s.push(spec(layer(i, "attn.c_proj.weight"), vec![c, c])); // (C, C)
+            s.push(spec(layer(i, "attn.c_proj.bias"), vec![c]));
+            s.push(spec(layer(i, "ln_2.weight"), vec![c]));
+            s.push(spec(layer(i, "ln_2.bias"), vec![c]));
+            s.push(spec(layer(i, "mlp.c_fc.weight"), vec![c, 4 * c])); // (C, 4C)
+            s.push(spec(layer(i, "mlp.c_fc.bias"), vec![4 * c]));
+            s.push(spec(layer(i, "mlp.c_proj.weight"), vec![4 * c, c])); // (4C, C)
+            s.push(spec(layer(i, "mlp.c_proj.bias"), vec![c]));
+        }
+        s.push(spec("transformer.ln_f.weight".into(), vec![c]));
+        s.push(spec("transformer.ln_f.bias".into(), vec![c]));
+        s
+    }
+
+    fn check(cfg: &GptConfig) -> Result<()> {
+        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+            return Err(Error::config("GPT config", format!("n_embd {} is not a multiple of n_head {}", cfg.n_embd, cfg.n_head)));
+        }
+        if !["gelu_new", "gelu", "gelu_pytorch_tanh"].contains(&cfg.activation_function.as_str()) {
+            return Err(Error::config("GPT config", format!("activation `{}` (plumb has gelu_new, gelu)", cfg.activation_function)));
+        }
+        Ok(())
+    }
+
+    /// A freshly initialised model (GPT-2's scheme: N(0, 0.02), residual projections scaled by
+    /// 1/sqrt(2·n_layer), zero biases, unit LayerNorm gains), deterministic in `seed`.
+    pub fn new(gpu: &Gpu, cfg: GptConfig, seed: u64) -> Result<Gpt> {
+        Self::check(&cfg)?;
+        let specs = Self::param_specs(&cfg);
+        let params = ParamStore::new(gpu, &specs)?;
+        let proj_std = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
+        for (k, s) in specs.iter().enumerate() {
+            let n: usize = s.shape.iter().product();
+            let data = if s.name.ends_with("ln_1.weight") || s.name.ends_with("ln_2.weight") || s.name.ends_with("ln_f.weight") {
+                vec![1.0; n]
+            } else if s.shape.len() == 1 {
+                vec![0.0; n]
+            } else if s.name.ends_with("c_proj.weight") {
+                normal(n, proj_std, seed.wrapping_mul(1000).wrapping_add(k as u64))
+            } else {
+                normal(n, 0.02, seed.wrapping_mul(1000).wrapping_add(k as u64))
+            };
+            params.set(&s.name, &data)?;
+        }
+        Ok(Gpt { cfg, params })
+    }
+
+    /// A model whose parameters come from a store already filled (checkpoint loading).
+    pub fn from_params(cfg: GptConfig, params: ParamStore) -> Result<Gpt> {
+        Self::check(&cfg)?;
+        Ok(Gpt { cfg, params })
+    }
+
+    fn gelu_kind(&self) -> GeluKind {
+        if self.cfg.activation_function == "gelu" { GeluKind::Erf } else { GeluKind::Tanh }
+    }
+
+    /// A parameter as a Var: on the tape (with gradient) when `tape` is given, else a constant.
+    fn p(&self, tape: Option<&Tape>, name: &str) -> Result<Var> {
+        match tape {
+            Some(t) => self.params.var(t, name),
+            None => Ok(Var::constant(self.params.value(name)?)),
+        }
+    }
+
+    /// The final hidden states ln_f(x), (B, T, C), for token ids (B, T). With a tape, every
+    /// op is recorded for backward; without one nothing is. `key_mask` (B, T) u32 marks
+    /// padding keys with 0.
+    pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        if t > self.cfg.n_positions {
+            return Err(Error::shape("Gpt::forward", format!("sequence of {t} tokens, the model has {} positions", self.cfg.n_positions)));
+        }
+        let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
+        let attn_cfg = AttentionConfig::default();
+        let wte = self.p(tape, "transformer.wte.weight")?;
+        let mut x = embedding(ids, &wte)?; // (B, T, C)
+        x = add_positions(&x, &self.p(tape, "transformer.wpe.weight")?, 0)?;
+        for i in 0..self.cfg.n_layer {
+            let w = |n: &str| self.p(tape, &layer(i, n));
+            let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
+            let qkv = conv1d(&hn, &w("attn.c_attn.weight")?, &w("attn.c_attn.bias")?)?; // (B, T, 3C)
+            let a = attention_fused_qkv(&qkv, h, h, key_mask, &attn_cfg)?; // (B, T, C)
+            x = add(&x, &conv1d(&a, &w("attn.c_proj.weight")?, &w("attn.c_proj.bias")?)?)?;
+            let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
+            let m = gelu(&conv1d(&hn, &w("mlp.c_fc.weight")?, &w("mlp.c_fc.bias")?)?, self.gelu_kind())?; // (B, T, 4C)
+            x = add(&x, &conv1d(&m, &w("mlp.c_proj.weight")?, &w("mlp.c_proj.bias")?)?)?;
+        }
+        let x = layer_norm(&x, &self.p(tape, "transformer.ln_f.weight")?, &self.p(tape, "transformer.ln_f.bias")?, eps)?;
+        debug_assert_eq!(x.shape(), &[b, t, c]);
+        Ok(x)
+    }
+
+    /// Logits (B·T, V) for token ids (B, T): ln_f(x) @ wteᵀ.
+    pub fn forward(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
+        let x = self.hidden(tape, ids, key_mask)?;
+        self.lm_head(tape, &x)
+    }
+
+    /// Logits for hidden states (..., C): (rows, V).
+    pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
+        let c = self.cfg.n_embd;
+        let rows = x.tensor().len() / c;
+        matmul(&x.reshape(&[rows, c])?, &self.p(tape, "transformer.wte.weight")?, false, true)
+    }
+
+    /// One KV cache per layer for batched generation of up to `max_len` tokens.
+    pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
+        let hd = self.cfg.n_embd / self.cfg.n_head;
+        (0..self.cfg.n_layer).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, self.cfg.n_head, hd)).collect()
+    }
+
+    /// Inference step with the KV cache: ids (B, T_new) at positions cache.len()..; returns the
+    /// logits of the last new token of each row, (B, V). No tape.
+    pub fn forward_cached(&self, ids: &Tensor, caches: &mut [KvCache], key_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, tn) = (ids.shape()[0], ids.shape()[1]);
+        let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
+        let hd = c / h;
+        let offset = caches.first().map(|k| k.len()).unwrap_or(0);
+        if offset + tn > self.cfg.n_positions {
+            return Err(Error::shape("Gpt::forward_cached", format!("position {} past the model's {}", offset + tn, self.cfg.n_positions)));
+        }
+        let wte = self.p(None, "transformer.wte.weight")?;
+        let mut x = embedding(ids, &wte)?;
+        x = add_positions(&x, &self.p(None, "transformer.wpe.weight")?, offset)?;
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let w = |n: &str| self.p(None, &layer(i, n));
+            let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
+            let qkv = conv1d(&hn, &w("attn.c_attn.weight")?, &w("attn.c_attn.bias")?)?;
+            let heads = |k: usize| slice_last_forward(qkv.tensor(), k * c, c)?.reshape(&[b, tn, h, hd]);
+            cache.append(&heads(1)?, &heads(2)?)?;
+            let a = cache.attend(&heads(0)?, key_mask)?.reshape(&[b, tn, c])?;
+            x = add(&x, &conv1d(&Var::constant(a), &w("attn.c_proj.weight")?, &w("attn.c_proj.bias")?)?)?;
+            let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
+            let m = gelu(&conv1d(&hn, &w("mlp.c_fc.weight")?, &w("mlp.c_fc.bias")?)?, self.gelu_kind())?;
+            x = add(&x, &conv1d(&m, &w("mlp.c_proj.weight")?, &w("mlp.c_proj.bias")?)?)?;
+        }
+        let last = if tn == 1 { x } else { Var::constant(last_token(x.tensor(), b, tn, c)?) };
+        let x = layer_norm(&last, &self.p(None, "transformer.ln_f.weight")?, &self.p(None, "transformer.ln_f.bias")?, eps)?;
+        Ok(self.lm_head(None, &x)?.tensor().clone())
+    }
+}
+
+/// The last time step of (B, T, C) as (B, 1, C).
+fn last_token(x: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor> {
+    // Viewing (B, T·C) and slicing the last C columns picks row t-1 of every batch.
+    slice_last_forward(&x.reshape(&[b, t * c])?, (t - 1) * c, c)?.reshape(&[b, 1, c])
+}

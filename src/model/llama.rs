@@ -1,0 +1,196 @@
+//! The Llama family (Llama, SmolLM, Qwen2, Mistral-style configs): RMSNorm, rotary positions,
+//! SwiGLU MLP, grouped-query attention, tied or untied LM head, optional q/k/v bias (Qwen2).
+//! Parameter names and shapes are Hugging Face's `LlamaForCausalLM` ones.
+//!     x = x + o_proj(attn(rope(q_proj(h)), rope(k_proj(h)), v_proj(h)))   with h = rms_norm(x)
+//!     x = x + down_proj(silu(gate_proj(h)) * up_proj(h))                    with h = rms_norm(x)
+
+use super::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::nn::normal;
+use crate::ops::activation::swiglu;
+use crate::ops::attention::{attention, AttentionConfig, KvCache};
+use crate::ops::elementwise::{add, slice_last_forward};
+use crate::ops::embedding::embedding;
+use crate::ops::matmul::linear;
+use crate::ops::norm::rms_norm;
+use crate::ops::rope::rope;
+use crate::params::{ParamSpec, ParamStore};
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+use crate::Gpu;
+
+/// A Llama-family model: config and parameters in one flat store.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub params: ParamStore,
+}
+
+fn layer(i: usize, name: &str) -> String {
+    format!("model.layers.{i}.{name}")
+}
+
+impl Llama {
+    fn kv_heads(cfg: &LlamaConfig) -> usize {
+        cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads)
+    }
+
+    fn head_dim(cfg: &LlamaConfig) -> usize {
+        cfg.hidden_size / cfg.num_attention_heads
+    }
+
+    /// Parameter names and shapes in Hugging Face layout (matrices decay, gains and biases not).
+    pub fn param_specs(cfg: &LlamaConfig) -> Vec<ParamSpec> {
+        let (c, v, im) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let (hq, hkv, d) = (cfg.num_attention_heads, Self::kv_heads(cfg), Self::head_dim(cfg));
+        let bias = cfg.attention_bias.unwrap_or(false);
+        let spec = |name: String, shape: Vec<usize>| ParamSpec { decay: shape.len() > 1, name, shape };
+        let mut s = vec![spec("model.embed_tokens.weight".into(), vec![v, c])]; // (V, C)
+        for i in 0..cfg.num_hidden_layers {
+            s.push(spec(layer(i, "input_layernorm.weight"), vec![c]));
+            s.push(spec(layer(i, "self_attn.q_proj.weight"), vec![hq * d, c])); // (Hq·D, C)
+            s.push(spec(layer(i, "self_attn.k_proj.weight"), vec![hkv * d, c])); // (Hkv·D, C)
+            s.push(spec(layer(i, "self_attn.v_proj.weight"), vec![hkv * d, c])); // (Hkv·D, C)
+            if bias {
+                s.push(spec(layer(i, "self_attn.q_proj.bias"), vec![hq * d]));
+                s.push(spec(layer(i, "self_attn.k_proj.bias"), vec![hkv * d]));
+                s.push(spec(layer(i, "self_attn.v_proj.bias"), vec![hkv * d]));
+            }
+            s.push(spec(layer(i, "self_attn.o_proj.weight"), vec![c, hq * d])); // (C, Hq·D)
+            s.push(spec(layer(i, "post_attention_layernorm.weight"), vec![c]));
+            s.push(spec(layer(i, "mlp.gate_proj.weight"), vec![im, c])); // (I, C)
+            s.push(spec(layer(i, "mlp.up_proj.weight"), vec![im, c])); // (I, C)
+            s.push(spec(layer(i, "mlp.down_proj.weight"), vec![c, im])); // (C, I)
+        }
+        s.push(spec("model.norm.weight".into(), vec![c]));
+        if !cfg.tie_word_embeddings {
+            s.push(spec("lm_head.weight".into(), vec![v, c])); // (V, C)
+        }
+        s
+    }
+
+    fn check(cfg: &LlamaConfig) -> Result<()> {
+        let (hq, hkv) = (cfg.num_attention_heads, Self::kv_heads(cfg));
+        if hq == 0 || cfg.hidden_size % hq != 0 || hkv == 0 || hq % hkv != 0 {
+            return Err(Error::config(
+                "Llama config",
+                format!("hidden_size {} / heads {hq} / kv heads {hkv} do not divide", cfg.hidden_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A freshly initialised model: N(0, 0.02) matrices, unit RMSNorm gains, zero biases.
+    pub fn new(gpu: &Gpu, cfg: LlamaConfig, seed: u64) -> Result<Llama> {
+        Self::check(&cfg)?;
+        let specs = Self::param_specs(&cfg);
+        let params = ParamStore::new(gpu, &specs)?;
+        for (k, s) in specs.iter().enumerate() {
+            let n: usize = s.shape.iter().product();
+            let data = if s.name.ends_with("norm.weight") || s.name.ends_with("layernorm.weight") {
+                vec![1.0; n]
+            } else if s.shape.len() == 1 {
+                vec![0.0; n]
+            } else {
+                normal(n, 0.02, seed.wrapping_mul(1000).wrapping_add(k as u64))
+            };
+            params.set(&s.name, &data)?;
+        }
+        Ok(Llama { cfg, params })
+    }
+
+    /// A model over an already filled store (checkpoint loading).
+    pub fn from_params(cfg: LlamaConfig, params: ParamStore) -> Result<Llama> {
+        Self::check(&cfg)?;
+        Ok(Llama { cfg, params })
+    }
+
+    fn p(&self, tape: Option<&Tape>, name: &str) -> Result<Var> {
+        match tape {
+            Some(t) => self.params.var(t, name),
+            None => Ok(Var::constant(self.params.value(name)?)),
+        }
+    }
+
+    fn proj(&self, tape: Option<&Tape>, x: &Var, i: usize, name: &str) -> Result<Var> {
+        let w = self.p(tape, &layer(i, &format!("{name}.weight")))?;
+        let bname = layer(i, &format!("{name}.bias"));
+        let b = if self.params.contains(&bname) { Some(self.p(tape, &bname)?) } else { None };
+        linear(x, &w, b.as_ref())
+    }
+
+    fn mlp(&self, tape: Option<&Tape>, x: &Var, i: usize) -> Result<Var> {
+        let h = rms_norm(x, &self.p(tape, &layer(i, "post_attention_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
+        let g = self.proj(tape, &h, i, "mlp.gate_proj")?;
+        let u = self.proj(tape, &h, i, "mlp.up_proj")?;
+        add(x, &self.proj(tape, &swiglu(&g, &u)?, i, "mlp.down_proj")?)
+    }
+
+    /// Final hidden states norm(x), (B, T, C), for ids (B, T).
+    pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
+        let theta = self.cfg.rope_theta;
+        let mut x = embedding(ids, &self.p(tape, "model.embed_tokens.weight")?)?; // (B, T, C)
+        for i in 0..self.cfg.num_hidden_layers {
+            let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
+            let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
+            let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
+            let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
+            let (q, k) = (rope(&q, theta, 0, None)?, rope(&k, theta, 0, None)?);
+            let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
+            x = add(&x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
+            x = self.mlp(tape, &x, i)?;
+        }
+        rms_norm(&x, &self.p(tape, "model.norm.weight")?, self.cfg.rms_norm_eps)
+    }
+
+    fn head_name(&self) -> &'static str {
+        if self.cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }
+    }
+
+    /// Logits (rows, V) for hidden states (..., C).
+    pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
+        let c = self.cfg.hidden_size;
+        let rows = x.tensor().len() / c;
+        linear(&x.reshape(&[rows, c])?, &self.p(tape, self.head_name())?, None)
+    }
+
+    /// Logits (B·T, V) for ids (B, T).
+    pub fn forward(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
+        let x = self.hidden(tape, ids, key_mask)?;
+        self.lm_head(tape, &x)
+    }
+
+    /// One KV cache per layer.
+    pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
+        let (hkv, d) = (Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
+        (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, hkv, d)).collect()
+    }
+
+    /// Inference with the KV cache; returns logits (B, V) of each row's last new token.
+    pub fn forward_cached(&self, ids: &Tensor, caches: &mut [KvCache], key_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, tn) = (ids.shape()[0], ids.shape()[1]);
+        let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
+        let c = self.cfg.hidden_size;
+        let offset = caches.first().map(|k| k.len()).unwrap_or(0);
+        let mut x = embedding(ids, &self.p(None, "model.embed_tokens.weight")?)?;
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let h = rms_norm(&x, &self.p(None, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
+            let q = self.proj(None, &h, i, "self_attn.q_proj")?.reshape(&[b, tn, hq, d])?;
+            let k = self.proj(None, &h, i, "self_attn.k_proj")?.reshape(&[b, tn, hkv, d])?;
+            let v = self.proj(None, &h, i, "self_attn.v_proj")?.reshape(&[b, tn, hkv, d])?;
+            let (q, k) = (rope(&q, self.cfg.rope_theta, offset, None)?, rope(&k, self.cfg.rope_theta, offset, None)?);
+            cache.append(k.tensor(), v.tensor())?;
+            let a = cache.attend(q.tensor(), key_mask)?.reshape(&[b, tn, hq * d])?;
+            x = add(&x, &self.proj(None, &Var::constant(a), i, "self_attn.o_proj")?)?;
+            x = self.mlp(None, &x, i)?;
+        }
+        let last = if tn == 1 {
+            x
+        } else {
+            Var::constant(slice_last_forward(&x.tensor().reshape(&[b, tn * c])?, (tn - 1) * c, c)?.reshape(&[b, 1, c])?)
+        };
+        let x = rms_norm(&last, &self.p(None, "model.norm.weight")?, self.cfg.rms_norm_eps)?;
+        Ok(self.lm_head(None, &x)?.tensor().clone())
+    }
+}
