@@ -115,7 +115,9 @@ impl Tape {
         if loss.tensor().len() != 1 {
             return Err(Error::shape("Tape::backward", format!("loss must have one element, has shape {:?}", loss.shape())));
         }
-        let seed = Tensor::from_f32(loss.tensor().gpu(), &[1.0], loss.shape())?;
+        // A fill dispatch, not an upload: it stays inside the step's open compute pass.
+        let seed = Tensor::empty(loss.tensor().gpu(), loss.shape(), crate::tensor::DType::F32, "loss seed")?;
+        crate::ops::elementwise::fill(&seed, 1.0)?;
         self.backward_with(loss, seed)
     }
 

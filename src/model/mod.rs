@@ -5,6 +5,7 @@
 pub mod config;
 pub mod gpt;
 pub mod llama;
+pub mod presets;
 
 pub use config::{GptConfig, LlamaConfig, ModelConfig};
 pub use gpt::Gpt;

@@ -1,0 +1,92 @@
+//! Checkpoints a killed run can resume from exactly: `out/checkpoint-<step>/` holds the model in
+//! Hugging Face layout (config.json, model.safetensors, tokenizer.json when known), the AdamW
+//! moments (optimizer.safetensors) and `trainer_state.json` (step, seed, data position). The
+//! directory is written under a temporary name and renamed whole; `out/latest` names the newest.
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::ops::optim::{AdamW, AdamWState};
+use crate::weights::{save_f32, write_atomic, WeightFile};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where a run stands: enough to continue it bit-for-bit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// The run's seed (batches are a function of seed and batch index).
+    pub seed: u64,
+    /// Batches consumed so far (the data position).
+    pub batches_seen: u64,
+    /// Which trainer wrote it ("sft", "reward", "dpo", ...).
+    pub trainer: String,
+    /// Free-form trainer settings, so a resume can check it continues the same run.
+    pub config: serde_json::Value,
+}
+
+/// Write a checkpoint for `state.step` under `out`; returns its directory.
+pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<PathBuf> {
+    let name = format!("checkpoint-{}", state.step);
+    let dir = out.join(&name);
+    let tmp = out.join(format!("{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    model.save(&tmp)?;
+    let s = opt.state()?;
+    let n = s.m.len();
+    save_f32(
+        tmp.join("optimizer.safetensors"),
+        &[("exp_avg".into(), vec![n], s.m), ("exp_avg_sq".into(), vec![n], s.v)],
+        HashMap::from([("step".to_string(), s.step.to_string())]),
+    )?;
+    let js = serde_json::to_string_pretty(state).expect("state serialises");
+    write_atomic(&tmp.join("trainer_state.json"), js.as_bytes())?;
+    if let Some(t) = tokenizer_json {
+        std::fs::copy(t, tmp.join("tokenizer.json")).map_err(|e| Error::io(t, e))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&out.join("latest"), name.as_bytes())?;
+    Ok(dir)
+}
+
+/// The newest complete checkpoint under `out`, if any.
+pub fn latest(out: &Path) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(out.join("latest")).ok()?;
+    let dir = out.join(name.trim());
+    dir.join("trainer_state.json").exists().then_some(dir)
+}
+
+/// Read the trainer state of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))
+}
+
+/// Load the optimizer moments of a checkpoint into `opt`.
+pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
+    let f = WeightFile::open(dir.join("optimizer.safetensors"))?;
+    let n = f.shape("exp_avg").and_then(|s| s.first().copied()).unwrap_or(0);
+    let step = f
+        .metadata()
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(f.path(), "missing `step` in the metadata"))?;
+    let state = AdamWState { step, m: f.get_f32("exp_avg", &[n])?, v: f.get_f32("exp_avg_sq", &[n])? };
+    opt.load_state(&state)
+}
+
+/// Copy a checkpoint's weights into an existing model (same architecture and sizes).
+pub fn load_weights(dir: &Path, model: &Model) -> Result<()> {
+    let f = WeightFile::open(dir.join("model.safetensors"))?;
+    for e in model.params().entries() {
+        model.params().set(&e.name, &f.get_f32(&e.name, &e.shape)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `plumb sft`: supervised fine-tuning / pretraining. With no data it trains a small byte-level
+//! GPT on the built-in movie-review sentences and prints samples that read like reviews.
+
+use plumb::data::{movie_reviews, Dataset, DatasetKind, SftDataset, TokenStream};
+use plumb::generate::{generate, GenerateConfig};
+use plumb::model::{presets, Model};
+use plumb::ops::sample::SamplingConfig;
+use plumb::train::batch::{BatchSource, SftSource, StreamSource};
+use plumb::train::schedule::Schedule;
+use plumb::train::sft::{self, SftConfig};
+use plumb::{Error, Gpu, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  plumb sft                                   # built-in movie reviews, byte-level GPT (gpt-w2)
+  plumb sft --steps 2000 --out runs/reviews    # longer, with checkpoints
+  plumb sft --out runs/reviews --resume        # continue a killed run exactly
+  plumb sft --data train.bin --model models/presets/gpt-w2  # a file from `plumb data prepare`")]
+pub struct SftArgs {
+    /// Model: a preset (gpt-w2, gpt-nano, llama-nano) or a Hugging Face directory.
+    #[arg(long, default_value = "gpt-w2")]
+    model: String,
+    /// Start from a checkpoint directory's weights instead of a fresh model.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Training data from `plumb data prepare` (token stream or prompt/completion); default: the
+    /// built-in movie-review corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out data (same kind); default: a held-out slice of the built-in corpus.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Output directory for checkpoints and metrics.jsonl.
+    #[arg(long, default_value = "runs/sft")]
+    out: PathBuf,
+    /// Continue from `<out>/latest`.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples to print at the end.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+}
+
+/// Byte-level corpus of the built-in sentences, one per line; (train, held-out) split 95/5.
+pub fn builtin_corpus() -> Result<(Vec<u32>, Vec<u32>, Vec<String>)> {
+    let (mut train, mut held, mut held_text) = (vec![], vec![], vec![]);
+    for s in movie_reviews()? {
+        let bytes = s.text.bytes().map(u32::from).chain(std::iter::once(b'\n' as u32));
+        if s.id % 20 == 0 {
+            held.extend(bytes);
+            held_text.push(s.text);
+        } else {
+            train.extend(bytes);
+        }
+    }
+    Ok((train, held, held_text))
+}
+
+fn source(path: &PathBuf, seed: u64) -> Result<Box<dyn BatchSource>> {
+    let kind = Dataset::open(path)?.kind();
+    Ok(match kind {
+        DatasetKind::TokenStream => Box::new(StreamSource::from_file(TokenStream::open(path)?, seed)),
+        DatasetKind::Sft => Box::new(SftSource::new(SftDataset::open(path)?, seed, 0)?),
+        k => return Err(Error::config("--data", format!("{} holds {} rows; sft takes a token stream or prompt/completion rows", path.display(), k.name()))),
+    })
+}
+
+pub fn run(a: SftArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let cfg = presets::resolve(&a.model)?;
+    let model = match &a.init {
+        Some(dir) => Model::load(&gpu, dir)?,
+        None => Model::new(&gpu, &cfg, a.seed)?,
+    };
+    println!("model: {} parameters on {}", model.params().numel(), gpu.adapter().info.name);
+    let (train, eval, prompts): (Box<dyn BatchSource>, Option<Box<dyn BatchSource>>, Vec<String>) = match &a.data {
+        Some(p) => (source(p, a.seed)?, a.eval_data.as_ref().map(|e| source(e, a.seed ^ 1)).transpose()?, vec![]),
+        None => {
+            if model.vocab_size() != 256 {
+                return Err(Error::config("--model", "the built-in corpus is byte-level: use a model with vocab_size 256"));
+            }
+            let (tr, ev, text) = builtin_corpus()?;
+            println!("data: built-in movie reviews, {} training bytes, {} held-out bytes", tr.len(), ev.len());
+            (
+                Box::new(StreamSource::from_tokens(tr, a.seed, "movie reviews (train)")),
+                Some(Box::new(StreamSource::from_tokens(ev, a.seed ^ 1, "movie reviews (held out)"))),
+                text.iter().take(a.samples).map(|t| t.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect(),
+            )
+        }
+    };
+    let cfg = SftConfig {
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        steps: a.steps,
+        grad_accum: a.grad_accum,
+        schedule: Schedule { lr: a.lr, warmup: a.warmup, total: a.steps, min_lr: a.lr / 10.0 },
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        out_dir: Some(a.out.clone()),
+        resume: a.resume,
+        seed: a.seed,
+        progress: true,
+        ..SftConfig::default()
+    };
+    let report = sft::train(&model, train.as_ref(), eval.as_deref(), &cfg)?;
+    if let (Some(first), Some(last)) = (report.losses.first(), report.losses.last()) {
+        println!("train loss {first:.3} -> {last:.3} over steps {}..{}, {:.0} tokens/s", report.start_step, a.steps, report.tokens_per_s);
+    }
+    for (s, l) in &report.evals {
+        println!("held-out loss at step {s}: {l:.3}");
+    }
+    println!("checkpoint: {}", a.out.join(format!("checkpoint-{}", a.steps)).display());
+    if !prompts.is_empty() {
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.bytes().map(u32::from).collect()).collect();
+        let gen = GenerateConfig {
+            max_new_tokens: 96.min(model.max_len().saturating_sub(ids.iter().map(|x| x.len()).max().unwrap_or(0))),
+            sampling: SamplingConfig { temperature: 0.8, top_k: 0, top_p: 0.95 },
+            stop_ids: vec![b'\n' as u32],
+            seed: a.seed,
+            pad_id: b' ' as u32,
+        };
+        println!("samples:");
+        for (p, out) in prompts.iter().zip(generate(&model, &ids, &gen)?) {
+            let bytes: Vec<u8> = out.iter().filter(|&&t| t != b'\n' as u32).map(|&t| t as u8).collect();
+            let text = String::from_utf8_lossy(&bytes);
+            println!("  {p}{text}");
+        }
+    }
+    Ok(())
+}
