@@ -2,9 +2,23 @@
 //! (they record GPU dispatches), the Var-level function that puts them on the tape, and an f64
 //! CPU reference; its kernels live in `shaders/<family>/`.
 
+pub mod activation;
 pub mod elementwise;
+pub mod embedding;
+pub mod norm;
+pub mod reduce;
+pub mod rope;
+pub mod softmax;
 
 use crate::gpu::ShaderSource;
 
 /// Every family's shader list; `gpu::all_shaders` flattens it.
-pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[elementwise::SHADERS];
+pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
+    elementwise::SHADERS,
+    activation::SHADERS,
+    embedding::SHADERS,
+    norm::SHADERS,
+    reduce::SHADERS,
+    rope::SHADERS,
+    softmax::SHADERS,
+];

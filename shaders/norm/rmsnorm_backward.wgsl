@@ -1,0 +1,89 @@
+// RMSNorm backward, with norm = x * rstd and dnorm = dout * weight:
+//   dinp = (dnorm - norm * mean(dnorm * norm)) * rstd                          (per row)
+//   dweight partials: dst[b, c] = sum over the rows r of block b of dout[r, c] * norm[r, c]
+// The partials (one row per block of rows_per_block rows) are summed by reduce's column sum,
+// so dweight is deterministic without atomics.
+// Row kernels in two variants: backward_thread (one thread per row: CPU adapters) and
+// backward_group (one 256-thread workgroup per row: GPUs).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    rows_per_block: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// dinp for the row kernels, dweight partials for weight_grad_partial.
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> dout: array<f32>;
+@group(0) @binding(3) var<storage, read> inp: array<f32>;
+@group(0) @binding(4) var<storage, read> rstd: array<f32>;
+@group(0) @binding(5) var<storage, read> weight: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(64)
+fn backward_thread(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * 64u;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let r = rstd[row];
+    // accumulate: mean(dnorm * norm)
+    var s = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        s += dout[base + c] * weight[c] * inp[base + c] * r;
+    }
+    let mean2 = s / f32(p.cols);
+    // store
+    for (var c = 0u; c < p.cols; c++) {
+        let dnorm = dout[base + c] * weight[c];
+        dst[base + c] = (dnorm - inp[base + c] * r * mean2) * r;
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) { return; }
+    let base = row * p.cols;
+    let r = rstd[row];
+    // accumulate: a strided slice of sum(dnorm * norm)
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        s += dout[base + c] * weight[c] * inp[base + c] * r;
+    }
+    // reduce: tree over the workgroup
+    partial[lid] = s;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+        if (lid < k) { partial[lid] += partial[lid + k]; }
+        workgroupBarrier();
+    }
+    let mean2 = partial[0] / f32(p.cols);
+    // store
+    for (var c = lid; c < p.cols; c += WG) {
+        let dnorm = dout[base + c] * weight[c];
+        dst[base + c] = (dnorm - inp[base + c] * r * mean2) * r;
+    }
+}
+
+@compute @workgroup_size(64)
+fn weight_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let blocks = (p.rows + p.rows_per_block - 1u) / p.rows_per_block;
+    if (i >= blocks * p.cols) { return; }
+    let c = i % p.cols;
+    let r0 = (i / p.cols) * p.rows_per_block;
+    let r1 = min(r0 + p.rows_per_block, p.rows);
+    // accumulate: the block's rows in order
+    var s = 0.0;
+    for (var row = r0; row < r1; row++) {
+        let k = row * p.cols + c;
+        s += dout[k] * inp[k] * rstd[row];
+    }
+    // store
+    dst[i] = s;
+}
