@@ -3,8 +3,10 @@
 //! CPU reference; its kernels live in `shaders/<family>/`.
 
 pub mod elementwise;
+pub mod loss;
+pub mod optim;
 
 use crate::gpu::ShaderSource;
 
 /// Every family's shader list; `gpu::all_shaders` flattens it.
-pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[elementwise::SHADERS];
+pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[elementwise::SHADERS, loss::SHADERS, optim::SHADERS];
