@@ -4,11 +4,13 @@
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod params;
 pub mod tape;
 pub mod tensor;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, KernelVariant};
+pub use params::{ParamSpec, ParamStore};
 pub use tape::{Grads, Tape, Var};
 pub use tensor::{DType, Tensor};

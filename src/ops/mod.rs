@@ -5,7 +5,9 @@
 pub mod activation;
 pub mod elementwise;
 pub mod embedding;
+pub mod loss;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
@@ -17,7 +19,9 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     elementwise::SHADERS,
     activation::SHADERS,
     embedding::SHADERS,
+    loss::SHADERS,
     norm::SHADERS,
+    optim::SHADERS,
     reduce::SHADERS,
     rope::SHADERS,
     softmax::SHADERS,

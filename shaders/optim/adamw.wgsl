@@ -1,0 +1,66 @@
+// Fused AdamW over the flat parameter buffer (PyTorch semantics), one thread per element:
+//   g  = grad * clip            clip = min(1, max_norm / (norm + 1e-6)), norm read from the GPU
+//   p *= 1 - lr * wd            decoupled weight decay, only for elements < decay_end
+//   m  = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
+//   p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+// The gradient buffer is only read. Padding between tensors is zero in p, g, m, v and stays so.
+
+struct Params {
+    n: u32,
+    decay_end: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    bias_correction1: f32,       // 1 - beta1^step
+    bias_correction2_sqrt: f32,  // sqrt(1 - beta2^step)
+    max_norm: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read> norm: array<f32>;
+
+const WG: u32 = 256u;
+
+fn update(i: u32, grad_scale: f32) {
+    // load
+    let g = grads[i] * grad_scale;
+    var w = params[i];
+    // decoupled weight decay
+    if (i < p.decay_end) {
+        w = w * (1.0 - p.lr * p.weight_decay);
+    }
+    // moments
+    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    // store
+    m[i] = mi;
+    v[i] = vi;
+    let denom = sqrt(vi) / p.bias_correction2_sqrt + p.eps;
+    params[i] = w - (p.lr / p.bias_correction1) * mi / denom;
+}
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+@compute @workgroup_size(WG)
+fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n) { return; }
+    update(i, 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn adamw_clip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n) { return; }
+    update(i, min(1.0, p.max_norm / (norm[0] + 1e-6)));
+}
