@@ -1,12 +1,14 @@
 //! plumb: train and align small transformers on any GPU, with hand-written WGSL kernels run
 //! through wgpu (Vulkan, Metal, DX12, GL). See README.md for the tour.
 
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod ops;
 pub mod params;
 pub mod tape;
 pub mod tensor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

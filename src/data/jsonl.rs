@@ -1,0 +1,539 @@
+//! JSONL import: TRL's dataset formats, one JSON object per line, to a plumb dataset file.
+//!
+//! Input row shapes (detected per line by their keys; values are strings, or lists of
+//! `{"role", "content"}` messages for the conversational variants):
+//! - `{"text"}` language modeling; `{"messages"}` conversational language modeling;
+//! - `{"prompt", "completion"}` prompt/completion;
+//! - `{"prompt", "chosen", "rejected"}` preference with explicit prompt, `{"chosen", "rejected"}`
+//!   with implicit prompt (the longest common prefix, TRL's `extract_prompt` rule: a space just
+//!   before the split goes with the completions);
+//! - `{"prompt"}` prompt only.
+//!
+//! Output kinds ([`OutputFormat`]): `text` (token stream: text, messages, prompt+completion
+//! joined), `sft` (prompt/completion; `messages` split before the last assistant turn),
+//! `preference`, `prompts` (the prompt of any row that has one). `auto` picks from the first row:
+//! text -> text, messages and prompt/completion -> sft, chosen/rejected -> preference, prompt ->
+//! prompts. Conversations are rendered with the built-in ChatML template ([`super::chat`]).
+//!
+//! The file is read line by line (never whole); rows are streamed into `<output>.tmp`, renamed
+//! when complete. Errors read `data.jsonl:17: field `chosen`: expected a string ...`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::chat::{self, Message};
+use super::format::{DatasetKind, DatasetWriter};
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// Which dataset kind to write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Decide from the first row's shape.
+    #[default]
+    Auto,
+    /// Token stream (pretraining / language modeling).
+    Text,
+    /// Prompt/completion (SFT).
+    Sft,
+    /// Prompt, chosen, rejected (DPO).
+    Preference,
+    /// Prompts only (PPO, GRPO).
+    Prompts,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<OutputFormat> {
+        match s {
+            "auto" => Ok(OutputFormat::Auto),
+            "text" => Ok(OutputFormat::Text),
+            "sft" => Ok(OutputFormat::Sft),
+            "preference" => Ok(OutputFormat::Preference),
+            "prompts" => Ok(OutputFormat::Prompts),
+            _ => Err(Error::config("format", format!("`{s}`; expected auto, text, sft, preference or prompts"))),
+        }
+    }
+}
+
+/// What to do with a row longer than `max_len` tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Cut completions (chosen and rejected) at the end, documents at the end, prompts-only rows
+    /// at the start (generation continues from the end). A row whose prompt alone reaches
+    /// `max_len` is dropped.
+    #[default]
+    Truncate,
+    /// Drop the row.
+    Drop,
+}
+
+/// Options for [`prepare`].
+#[derive(Clone, Debug, Default)]
+pub struct PrepareOptions {
+    /// Output kind (default: auto).
+    pub format: OutputFormat,
+    /// Longest row in tokens (prompt + longest completion), if any.
+    pub max_len: Option<usize>,
+    /// Truncate or drop rows over `max_len`.
+    pub overflow: Overflow,
+    /// Append the tokenizer's EOS to documents, completions, chosen and rejected (not prompts).
+    pub append_eos: bool,
+    /// Preference output only: reserve the reference log-prob section to fill in place later.
+    pub reserve_reference_logps: bool,
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrepareSummary {
+    /// Kind written.
+    pub kind: DatasetKind,
+    /// Non-blank lines read.
+    pub lines: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Rows in the output file.
+    pub rows: u64,
+    /// Tokens in the output file.
+    pub tokens: u64,
+    /// Rows shortened to `max_len`.
+    pub truncated: u64,
+    /// Rows left out, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Conversational rows rendered with the chat template.
+    pub conversational_rows: u64,
+    /// Remarks worth showing (e.g. the tokenizer's own chat template was not used).
+    pub notes: Vec<String>,
+}
+
+impl PrepareSummary {
+    /// Total rows dropped.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+impl std::fmt::Display for PrepareSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kind:      {}", self.kind.name())?;
+        writeln!(f, "lines:     {} ({} blank skipped)", self.lines, self.blank_lines)?;
+        writeln!(f, "rows:      {}", self.rows)?;
+        writeln!(f, "tokens:    {}", self.tokens)?;
+        writeln!(f, "truncated: {}", self.truncated)?;
+        writeln!(f, "dropped:   {}", self.dropped_total())?;
+        for (why, n) in &self.dropped {
+            writeln!(f, "  {n:>8}  {why}")?;
+        }
+        if self.conversational_rows > 0 {
+            writeln!(f, "chat template: {} ({} conversational rows)", chat::TEMPLATE_NAME, self.conversational_rows)?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Convert a TRL-style JSONL file to a plumb dataset at `output`.
+pub fn prepare(input: &Path, output: &Path, tokenizer: &Tokenizer, opts: &PrepareOptions) -> Result<PrepareSummary> {
+    prepare_with_progress(input, output, tokenizer, opts, &mut |_, _| {})
+}
+
+/// [`prepare`], calling `progress(bytes_read, file_size)` as it goes (for a progress bar).
+pub fn prepare_with_progress(
+    input: &Path,
+    output: &Path,
+    tokenizer: &Tokenizer,
+    opts: &PrepareOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PrepareSummary> {
+    let eos = match (opts.append_eos, tokenizer.eos_id()) {
+        (true, None) => return Err(Error::config("--append-eos", format!("tokenizer `{}` has no EOS token", tokenizer.name()))),
+        (true, Some(e)) => Some(e),
+        (false, _) => None,
+    };
+    if opts.max_len == Some(0) {
+        return Err(Error::config("max length", "must be at least 1"));
+    }
+    let file = File::open(input).map_err(|e| Error::io(input, e))?;
+    let size = file.metadata().map_err(|e| Error::io(input, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let vocab = u32::try_from(tokenizer.vocab_size()).map_err(|_| Error::config("tokenizer", "vocabulary over 2^32"))?;
+
+    let mut sum = PrepareSummary {
+        kind: DatasetKind::TokenStream,
+        lines: 0,
+        blank_lines: 0,
+        rows: 0,
+        tokens: 0,
+        truncated: 0,
+        dropped: BTreeMap::new(),
+        conversational_rows: 0,
+        notes: Vec::new(),
+    };
+    let mut writer: Option<DatasetWriter> = None;
+    let mut kind: Option<DatasetKind> = None;
+    let (mut line_no, mut bytes_read) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(input, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        bytes_read += n as u64;
+        if line_no % 256 == 0 {
+            progress(bytes_read, size);
+        }
+        let at = |msg: String| line_error(input, line_no, msg);
+        let text = std::str::from_utf8(&buf).map_err(|e| at(format!("not valid UTF-8 ({e})")))?;
+        let text = text.trim();
+        if text.is_empty() {
+            sum.blank_lines += 1;
+            continue;
+        }
+        sum.lines += 1;
+        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| at("expected a JSON object".into()))?;
+        let row = Row::parse(obj).map_err(at)?;
+        let k = *kind.get_or_insert_with(|| resolve_kind(opts.format, &row));
+        if writer.is_none() {
+            let mut w = DatasetWriter::create(output, k, vocab, tokenizer.eos_id())?;
+            if opts.reserve_reference_logps {
+                w.reserve_reference_logps()?;
+            }
+            writer = Some(w);
+        }
+        if row.is_conversational() {
+            sum.conversational_rows += 1;
+        }
+        let segments = row.to_segments(k).map_err(at)?;
+        let mut tokens = Vec::with_capacity(segments.len());
+        for s in &segments {
+            tokens.push(tokenizer.encode(s).map_err(|e| at(e.to_string()))?);
+        }
+        if let Some(why) = empty_reason(k, &tokens) {
+            *sum.dropped.entry(why.to_string()).or_default() += 1;
+            continue;
+        }
+        if let Some(e) = eos {
+            // EOS ends every generated part: documents, completions, chosen, rejected.
+            let from = usize::from(k != DatasetKind::TokenStream);
+            if k != DatasetKind::Prompts {
+                tokens.iter_mut().skip(from).for_each(|t| t.push(e));
+            }
+        }
+        match fit_length(k, &mut tokens, opts) {
+            Fit::Keep => {}
+            Fit::Truncated => sum.truncated += 1,
+            Fit::Drop(why) => {
+                *sum.dropped.entry(why.to_string()).or_default() += 1;
+                continue;
+            }
+        }
+        let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+        if let Some(w) = writer.as_mut() {
+            w.push_row(&refs).map_err(|e| at(e.to_string()))?;
+        }
+    }
+    progress(bytes_read, size);
+    let writer = writer.ok_or_else(|| Error::format(input, "no rows: the file has no JSON lines"))?;
+    sum.kind = kind.unwrap_or(DatasetKind::TokenStream);
+    sum.rows = writer.rows();
+    sum.tokens = writer.tokens();
+    if sum.rows == 0 {
+        let why: Vec<String> = sum.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        return Err(Error::format(input, format!("no rows written (dropped: {})", why.join(", "))));
+    }
+    writer.finish()?;
+    if sum.conversational_rows > 0 && tokenizer.chat_template().is_some() {
+        sum.notes.push(format!(
+            "the tokenizer's own chat template was not applied; conversations use {}",
+            chat::TEMPLATE_NAME
+        ));
+    }
+    Ok(sum)
+}
+
+/// `input:line: msg`: the Format error's path carries the line number so it prints as one.
+fn line_error(input: &Path, line: u64, msg: String) -> Error {
+    Error::format(PathBuf::from(format!("{}:{line}", input.display())), msg)
+}
+
+/// A string or a conversation.
+#[derive(Clone, Debug, PartialEq)]
+enum Content {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+/// One input row, by shape.
+#[derive(Clone, Debug, PartialEq)]
+enum Row {
+    Text(String),
+    Messages(Vec<Message>),
+    PromptCompletion(Content, Content),
+    Preference(Option<Content>, Content, Content),
+    PromptOnly(Content),
+}
+
+impl Row {
+    /// Detect the shape by keys and check every field's type.
+    fn parse(obj: &Map<String, Value>) -> std::result::Result<Row, String> {
+        let has = |k: &str| obj.contains_key(k);
+        let field = |k: &str| content(obj, k);
+        if has("chosen") || has("rejected") {
+            let prompt = if has("prompt") { Some(field("prompt")?) } else { None };
+            let (c, r) = (field("chosen")?, field("rejected")?);
+            same_variant(&c, &r, "rejected", "chosen")?;
+            if let Some(p) = &prompt {
+                same_variant(p, &c, "chosen", "prompt")?;
+            }
+            return Ok(Row::Preference(prompt, c, r));
+        }
+        if has("completion") {
+            let (p, c) = (field("prompt")?, field("completion")?);
+            same_variant(&p, &c, "completion", "prompt")?;
+            return Ok(Row::PromptCompletion(p, c));
+        }
+        if has("messages") {
+            return match field("messages")? {
+                Content::Chat(m) => Ok(Row::Messages(m)),
+                Content::Text(_) => Err("field `messages`: expected a list of {role, content} messages".into()),
+            };
+        }
+        if has("text") {
+            return match obj.get("text") {
+                Some(Value::String(s)) => Ok(Row::Text(s.clone())),
+                _ => Err("field `text`: expected a string".into()),
+            };
+        }
+        if has("prompt") {
+            return Ok(Row::PromptOnly(field("prompt")?));
+        }
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        Err(format!(
+            "no known fields (expected text, messages, prompt/completion, or chosen/rejected); found {keys:?}"
+        ))
+    }
+
+    fn is_conversational(&self) -> bool {
+        match self {
+            Row::Text(_) => false,
+            Row::Messages(_) => true,
+            Row::PromptCompletion(c, _) | Row::Preference(_, c, _) | Row::PromptOnly(c) => matches!(c, Content::Chat(_)),
+        }
+    }
+
+    fn shape(&self) -> &'static str {
+        match self {
+            Row::Text(_) => "a `text` row",
+            Row::Messages(_) => "a `messages` row",
+            Row::PromptCompletion(..) => "a prompt/completion row",
+            Row::Preference(..) => "a preference row",
+            Row::PromptOnly(_) => "a prompt-only row",
+        }
+    }
+
+    /// The text of each segment of `kind` (see [`DatasetKind::segment_names`]).
+    fn to_segments(&self, kind: DatasetKind) -> std::result::Result<Vec<String>, String> {
+        let cannot = || format!("{} cannot become a {} row; choose another --format", self.shape(), kind.name());
+        Ok(match (kind, self) {
+            (DatasetKind::TokenStream, Row::Text(t)) => vec![t.clone()],
+            (DatasetKind::TokenStream, Row::Messages(m)) => vec![chat::render_chatml(m, false)],
+            (DatasetKind::TokenStream, Row::PromptCompletion(p, c)) => {
+                let (p, c) = split(p, c, "completion")?;
+                vec![p + &c]
+            }
+            (DatasetKind::PromptCompletion, Row::PromptCompletion(p, c)) => {
+                let (p, c) = split(p, c, "completion")?;
+                vec![p, c]
+            }
+            (DatasetKind::PromptCompletion, Row::Messages(m)) => {
+                let (p, c) = split_last_assistant(m)?;
+                let (p, c) = split(&Content::Chat(p.to_vec()), &Content::Chat(c.to_vec()), "messages")?;
+                vec![p, c]
+            }
+            (DatasetKind::Preference, Row::Preference(p, c, r)) => {
+                let (p, c, r) = match p {
+                    Some(p) => (p.clone(), c.clone(), r.clone()),
+                    None => extract_prompt(c, r),
+                };
+                let (pc, c) = split(&p, &c, "chosen")?;
+                let (_, r) = split(&p, &r, "rejected")?;
+                vec![pc, c, r]
+            }
+            (DatasetKind::Prompts, Row::PromptOnly(p) | Row::PromptCompletion(p, _) | Row::Preference(Some(p), ..)) => {
+                vec![prompt_text(p)]
+            }
+            (DatasetKind::Prompts, Row::Preference(None, c, r)) => vec![prompt_text(&extract_prompt(c, r).0)],
+            (DatasetKind::Prompts, Row::Messages(m)) => {
+                let prompt = split_last_assistant(m).map(|(p, _)| p).unwrap_or(m);
+                vec![chat::render_chatml(prompt, true)]
+            }
+            _ => return Err(cannot()),
+        })
+    }
+}
+
+/// The output kind for `format`, or the natural one for the first row's shape.
+fn resolve_kind(format: OutputFormat, first: &Row) -> DatasetKind {
+    match format {
+        OutputFormat::Text => DatasetKind::TokenStream,
+        OutputFormat::Sft => DatasetKind::PromptCompletion,
+        OutputFormat::Preference => DatasetKind::Preference,
+        OutputFormat::Prompts => DatasetKind::Prompts,
+        OutputFormat::Auto => match first {
+            Row::Text(_) => DatasetKind::TokenStream,
+            Row::Messages(_) | Row::PromptCompletion(..) => DatasetKind::PromptCompletion,
+            Row::Preference(..) => DatasetKind::Preference,
+            Row::PromptOnly(_) => DatasetKind::Prompts,
+        },
+    }
+}
+
+/// Field `key` as a string or a list of messages.
+fn content(obj: &Map<String, Value>, key: &str) -> std::result::Result<Content, String> {
+    match obj.get(key) {
+        None => Err(format!("missing field `{key}`")),
+        Some(Value::String(s)) => Ok(Content::Text(s.clone())),
+        Some(Value::Array(items)) => {
+            let mut msgs = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let get = |f: &str| match item.get(f) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(_) => Err(format!("field `{key}[{i}].{f}`: expected a string")),
+                    None if item.is_object() => Err(format!("field `{key}[{i}]`: missing `{f}`")),
+                    None => Err(format!("field `{key}[{i}]`: expected a {{role, content}} object")),
+                };
+                msgs.push(Message { role: get("role")?, content: get("content")? });
+            }
+            Ok(Content::Chat(msgs))
+        }
+        Some(other) => Err(format!("field `{key}`: expected a string or a list of messages, found {}", kind_of(other))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Both strings or both conversations, as TRL requires of a row's fields.
+fn same_variant(a: &Content, b: &Content, b_name: &str, a_name: &str) -> std::result::Result<(), String> {
+    match (a, b) {
+        (Content::Text(_), Content::Chat(_)) => Err(format!("field `{b_name}`: expected a string, like `{a_name}`")),
+        (Content::Chat(_), Content::Text(_)) => Err(format!("field `{b_name}`: expected a list of messages, like `{a_name}`")),
+        _ => Ok(()),
+    }
+}
+
+/// Prompt and completion texts. Conversations are rendered so prompt + completion equals the
+/// rendering of the whole, the prompt ending with the assistant generation prompt.
+fn split(p: &Content, c: &Content, field: &str) -> std::result::Result<(String, String), String> {
+    match (p, c) {
+        (Content::Text(p), Content::Text(c)) => Ok((p.clone(), c.clone())),
+        (Content::Chat(p), Content::Chat(c)) => chat::render_prompt_completion(p, c)
+            .ok_or_else(|| format!("field `{field}`: the completion must start with an `assistant` message")),
+        _ => Err(format!("field `{field}`: mixes a string and a list of messages")),
+    }
+}
+
+/// (everything before the last message, the last message), which must be the assistant's.
+fn split_last_assistant(m: &[Message]) -> std::result::Result<(&[Message], &[Message]), String> {
+    match m.split_last() {
+        Some((last, _)) if last.role == "assistant" => Ok((&m[..m.len() - 1], &m[m.len() - 1..])),
+        _ => Err("field `messages`: the last message must be from the `assistant` (it becomes the completion)".into()),
+    }
+}
+
+fn prompt_text(p: &Content) -> String {
+    match p {
+        Content::Text(t) => t.clone(),
+        Content::Chat(m) => chat::render_chatml(m, true),
+    }
+}
+
+/// Implicit prompt: the longest common prefix of chosen and rejected (characters for strings,
+/// whole messages for conversations). As in TRL, a space just before the split point moves to
+/// the completions.
+fn extract_prompt(chosen: &Content, rejected: &Content) -> (Content, Content, Content) {
+    match (chosen, rejected) {
+        (Content::Text(c), Content::Text(r)) => {
+            let mut split = c.char_indices().zip(r.chars()).find(|((_, a), b)| a != b).map(|((i, _), _)| i);
+            if split.is_none() {
+                split = Some(c.len().min(r.len()));
+            }
+            let mut at = split.unwrap_or(0);
+            if at > 0 && c.as_bytes()[at - 1] == b' ' {
+                at -= 1;
+            }
+            (Content::Text(c[..at].into()), Content::Text(c[at..].into()), Content::Text(r[at..].into()))
+        }
+        (Content::Chat(c), Content::Chat(r)) => {
+            let n = c.iter().zip(r).take_while(|(a, b)| a == b).count();
+            (Content::Chat(c[..n].to_vec()), Content::Chat(c[n..].to_vec()), Content::Chat(r[n..].to_vec()))
+        }
+        // Rejected earlier by same_variant; keep everything as completion.
+        (c, r) => (Content::Text(String::new()), c.clone(), r.clone()),
+    }
+}
+
+enum Fit {
+    Keep,
+    Truncated,
+    Drop(&'static str),
+}
+
+/// Apply `max_len` to one row's token segments.
+fn fit_length(kind: DatasetKind, t: &mut [Vec<u32>], opts: &PrepareOptions) -> Fit {
+    let Some(max) = opts.max_len else { return Fit::Keep };
+    let prompt = if matches!(kind, DatasetKind::TokenStream | DatasetKind::Prompts) { 0 } else { t[0].len() };
+    let longest = match kind {
+        DatasetKind::TokenStream | DatasetKind::Prompts => t[0].len(),
+        _ => prompt + t[1..].iter().map(Vec::len).max().unwrap_or(0),
+    };
+    if longest <= max {
+        return Fit::Keep;
+    }
+    if opts.overflow == Overflow::Drop {
+        return Fit::Drop("longer than max length");
+    }
+    match kind {
+        DatasetKind::TokenStream => t[0].truncate(max),
+        DatasetKind::Prompts => {
+            let cut = t[0].len() - max;
+            t[0].drain(..cut);
+        }
+        _ => {
+            if prompt >= max {
+                return Fit::Drop("prompt alone reaches max length");
+            }
+            t[1..].iter_mut().for_each(|c| c.truncate(max - prompt));
+        }
+    }
+    Fit::Truncated
+}
+
+/// Why a row with an empty part is dropped, if it is.
+fn empty_reason(kind: DatasetKind, t: &[Vec<u32>]) -> Option<&'static str> {
+    match kind {
+        DatasetKind::TokenStream if t[0].is_empty() => Some("empty text"),
+        DatasetKind::Prompts if t[0].is_empty() => Some("empty prompt"),
+        DatasetKind::PromptCompletion if t[1].is_empty() => Some("empty completion"),
+        DatasetKind::Preference if t[1].is_empty() || t[2].is_empty() => Some("empty chosen or rejected"),
+        DatasetKind::Preference if t[1] == t[2] => Some("chosen equals rejected"),
+        _ => None,
+    }
+}
