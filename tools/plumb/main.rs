@@ -1,5 +1,6 @@
 //! The `plumb` command line: one subcommand per job, each in its own file under tools/plumb/.
 
+mod data;
 mod info;
 
 use clap::{Parser, Subcommand};
@@ -20,12 +21,19 @@ enum Command {
     ///   plumb info
     ///   PLUMB_BACKEND=gl plumb info
     Info(info::InfoArgs),
+    /// Convert JSONL (TRL's formats) to memory-mapped datasets, or inspect one.
+    ///
+    /// Examples:
+    ///   plumb data prepare prefs.jsonl prefs.bin --tokenizer gpt2
+    ///   plumb data inspect prefs.bin --tokenizer gpt2
+    Data(data::DataArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Data(a) => data::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
