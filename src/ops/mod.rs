@@ -6,6 +6,7 @@ pub mod activation;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
+pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod reduce;
@@ -20,6 +21,7 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     activation::SHADERS,
     embedding::SHADERS,
     loss::SHADERS,
+    matmul::SHADERS,
     norm::SHADERS,
     optim::SHADERS,
     reduce::SHADERS,

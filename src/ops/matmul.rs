@@ -1,0 +1,520 @@
+//! Matrix products, the op that dominates training time: `C = op(A)·op(B) (+ bias)` with
+//! optional transposes, batching (B batched like A, or one 2-D B shared by the whole batch),
+//! f32 or f16 inputs (f32 accumulation and output), and the `linear` layer built on it.
+//! Backward runs the same kernels with the transposes swapped; a shared B's gradient is summed
+//! over the batch by flattening the batch into rows. The bias gradient is a deterministic
+//! two-pass column sum.
+//!
+//! Two kernel families, chosen by [`Gpu::variant`]:
+//! - `Register` (CPU adapters such as lavapipe): `register.wgsl`, a register-tiled kernel with
+//!   no workgroup memory and no barriers; each thread computes up to 16x32 outputs. Its operands
+//!   come from rgba32float textures where their rows allow a texture copy (lavapipe's texel
+//!   fetches are vector gathers; its storage-buffer loads go one lane at a time), else from the
+//!   storage buffers. The thread tile and workgroup shape are chosen per shape by a small cost
+//!   model, so decode-time products with a handful of rows stay fast too.
+//! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
+//!   memory.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
+use crate::shader;
+use crate::tape::Var;
+use crate::tensor::{DType, Tensor};
+
+static REGISTER: ShaderSource = shader!("matmul/register.wgsl");
+static TILED: ShaderSource = shader!("matmul/tiled.wgsl");
+static TILED_F16: ShaderSource = shader!("matmul/tiled_f16.wgsl");
+static CONVERT_F16: ShaderSource = shader!("matmul/convert_f16.wgsl");
+static COLSUM: ShaderSource = shader!("matmul/colsum.wgsl");
+/// Shaders of this family.
+pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM];
+
+/// Sizes of one product, shared by every matmul kernel.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    _pad0: u32,
+    /// Batch strides in elements (0 for an operand shared by the batch).
+    a_stride: u32,
+    b_stride: u32,
+    c_stride: u32,
+    _pad1: u32,
+}
+
+/// One product after shape checks: `batch` products of (m, k)·(k, n).
+#[derive(Clone, Copy, Debug)]
+struct Problem {
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    /// The operand is 2-D and used by every batch entry.
+    shared_a: bool,
+    shared_b: bool,
+}
+
+/// Check shapes and dtypes; returns the problem and the output shape.
+fn problem(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Problem, Vec<usize>)> {
+    const OP: &str = "matmul";
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(Error::shape(OP, format!("operands need at least 2 dimensions, got {sa:?} and {sb:?}")));
+    }
+    match (a.dtype(), b.dtype()) {
+        (DType::F32, DType::F32) => {}
+        (DType::F16, DType::F16) if a.gpu().has_f16() => {}
+        (DType::F16, DType::F16) => return Err(Error::shape(OP, "f16 inputs need an adapter with shader f16")),
+        (x, y) => return Err(Error::shape(OP, format!("inputs must be both f32 or both f16, got {x:?} and {y:?}"))),
+    }
+    let (lead_a, lead_b) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+    let (a0, a1) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (b0, b1) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    let (m, ka) = if trans_a { (a1, a0) } else { (a0, a1) };
+    let (kb, n) = if trans_b { (b1, b0) } else { (b0, b1) };
+    if ka != kb {
+        return Err(Error::shape(OP, format!("inner sizes differ: {sa:?}{} · {sb:?}{}", t(trans_a), t(trans_b))));
+    }
+    let lead = match (lead_a.is_empty(), lead_b.is_empty()) {
+        (_, true) => lead_a,
+        (true, false) => lead_b,
+        (false, false) if lead_a == lead_b => lead_a,
+        _ => return Err(Error::shape(OP, format!("batch dimensions differ: {sa:?} vs {sb:?}"))),
+    };
+    let batch: usize = lead.iter().product();
+    let mut out = lead.to_vec();
+    out.extend([m, n]);
+    let shared_a = lead_a.is_empty() && batch > 1;
+    let shared_b = lead_b.is_empty() && batch > 1;
+    let p = Problem { batch, m, k: ka, n, trans_a, trans_b, shared_a, shared_b };
+    for (what, x) in [("rows", m), ("inner size", ka), ("columns", n), ("output", batch * m * n)] {
+        if x > u32::MAX as usize / 2 {
+            return Err(Error::shape(OP, format!("{what} {x} too large")));
+        }
+    }
+    Ok((p, out))
+}
+
+fn t(trans: bool) -> &'static str {
+    if trans {
+        "ᵀ"
+    } else {
+        ""
+    }
+}
+
+/// `C = op(A)·op(B) (+ bias)`, f32 output.
+///
+/// A is (..., M, K), or stored (..., K, M) with `trans_a`; B is (..., K, N), or stored
+/// (..., N, K) with `trans_b`. The leading dimensions are the batch: B has the same ones as A or
+/// none (one B for the whole batch); likewise A may be 2-D with a batched B. `bias` (N), f32, is
+/// added to every row. Inputs are both f32 or both f16 (f16 needs [`Gpu::has_f16`]); the sums
+/// are f32 either way. The output is (..., M, N).
+pub fn matmul_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    if let Some(bias) = bias {
+        bias.expect_dtype("matmul bias", DType::F32)?;
+        bias.expect_shape("matmul bias", &[p.n])?;
+    }
+    let out = Tensor::empty(a.gpu(), &out_shape, DType::F32, "matmul output")?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // One B for the whole batch and A not transposed: the batch is just more rows.
+    if p.shared_b && !p.trans_a {
+        p = Problem { m: p.batch * p.m, batch: 1, shared_b: false, ..p };
+    }
+    match a.gpu().variant() {
+        KernelVariant::Register => register_forward(a, b, bias, &out, &p)?,
+        KernelVariant::Tiled => tiled_forward(a, b, bias, &out, &p)?,
+    }
+    Ok(out)
+}
+
+fn params(p: &Problem) -> Params {
+    let (m, k, n) = (p.m as u32, p.k as u32, p.n as u32);
+    Params {
+        m,
+        k,
+        n,
+        _pad0: 0,
+        a_stride: if p.shared_a { 0 } else { m * k },
+        b_stride: if p.shared_b { 0 } else { k * n },
+        c_stride: m * n,
+        _pad1: 0,
+    }
+}
+
+fn batch_groups(gpu: &Gpu, p: &Problem) -> Result<u32> {
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if p.batch > max {
+        return Err(Error::shape("matmul", format!("batch {} exceeds the adapter's {max} workgroups", p.batch)));
+    }
+    Ok(p.batch as u32)
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The workgroup-memory kernel (real GPUs).
+fn tiled_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor, p: &Problem) -> Result<()> {
+    let gpu = a.gpu();
+    let shader = if a.dtype() == DType::F16 { &TILED_F16 } else { &TILED };
+    let consts = [("TRANS_A", flag(p.trans_a)), ("TRANS_B", flag(p.trans_b)), ("HAS_BIAS", flag(bias.is_some()))];
+    let groups = [p.n.div_ceil(64) as u32, p.m.div_ceil(64) as u32, batch_groups(gpu, p)?];
+    let bias_bind = bias.unwrap_or(a).binding();
+    gpu.dispatch(
+        &Kernel::new(shader, "matmul").with(&consts),
+        bytemuck::bytes_of(&params(p)),
+        &[a.binding(), b.binding(), bias_bind, out.binding()],
+        groups,
+    )
+}
+
+/// Thread tile and workgroup shape of the register kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tile {
+    /// 4-row blocks per thread (1, 2, 4) and 4-column blocks (1, 2, 4, 8).
+    rb: usize,
+    cb: usize,
+    wg_x: usize,
+    wg_y: usize,
+}
+
+/// Pick the register tile for an (m, n) output per batch entry. Estimated time = padded work
+/// x cost per multiply-add of the tile / how evenly the workgroups fill the CPU's threads.
+/// The cost per multiply-add falls with the tile (each loaded value feeds more of them):
+/// `alpha·(1/rows + 1/cols) + beta`, fitted to lavapipe measurements (buffer loads cost about
+/// ten times what texel fetches do, so without textures big tiles matter even more).
+fn register_tile(m: usize, n: usize, batch: usize, from_texture: bool) -> Tile {
+    let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
+    let (alpha, beta) = if from_texture { (0.18, 0.03) } else { (2.2, 0.03) };
+    let mut best = (f64::MAX, Tile { rb: 1, cb: 1, wg_x: 8, wg_y: 8 });
+    for (rb, cb) in [(4, 8), (4, 4), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)] {
+        for wg_y in [8, 4, 2, 1] {
+            let wg_x = 64 / wg_y;
+            let (tm, tn) = (4 * rb, 4 * cb);
+            let (gy, gx) = (m.div_ceil(tm * wg_y), n.div_ceil(tn * wg_x));
+            let padded = (gy * tm * wg_y * gx * tn * wg_x * batch) as f64;
+            let groups = gx * gy * batch;
+            let fill = groups as f64 / (threads * groups.div_ceil(threads)) as f64;
+            let cost = padded * (alpha * (1.0 / tm as f64 + 1.0 / tn as f64) + beta) / fill;
+            if cost < best.0 {
+                best = (cost, Tile { rb, cb, wg_x, wg_y });
+            }
+        }
+    }
+    best.1
+}
+
+/// The register-tiled kernel (CPU adapters).
+fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor, p: &Problem) -> Result<()> {
+    let gpu = a.gpu();
+    // The register kernel reads f32: widen f16 operands first.
+    if a.dtype() == DType::F16 {
+        return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
+    }
+    // Stored layouts: rows of `pitch` elements.
+    let (a_rows, a_pitch) = if p.trans_a { (p.k, p.m) } else { (p.m, p.k) };
+    let (b_rows, b_pitch) = if p.trans_b { (p.n, p.k) } else { (p.k, p.n) };
+    let a_count = if p.shared_a { 1 } else { p.batch };
+    let b_count = if p.shared_b { 1 } else { p.batch };
+    let textures = texture_fits(gpu, a_count * a_rows, a_pitch) && texture_fits(gpu, b_count * b_rows, b_pitch);
+    let tile = register_tile(p.m, p.n, p.batch, textures);
+    let consts = [
+        ("FROM_TEXTURE", flag(textures)),
+        ("TRANS_A", flag(p.trans_a)),
+        ("TRANS_B", flag(p.trans_b)),
+        ("A_VEC4", flag(a_pitch % 4 == 0)),
+        ("B_VEC4", flag(b_pitch % 4 == 0)),
+        ("C_VEC4", flag(p.n % 4 == 0)),
+        ("HAS_BIAS", flag(bias.is_some())),
+        ("RB", tile.rb as f64),
+        ("CB", tile.cb as f64),
+        ("WG_X", tile.wg_x as f64),
+        ("WG_Y", tile.wg_y as f64),
+    ];
+    let groups = [
+        p.n.div_ceil(4 * tile.cb * tile.wg_x) as u32,
+        p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
+        batch_groups(gpu, p)?,
+    ];
+    let (ta, tb) = if textures {
+        (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?)
+    } else {
+        let dummy = dummy_texture(gpu);
+        (dummy.clone(), dummy)
+    };
+    let bias_bind = bias.unwrap_or(a).binding_vec4();
+    gpu.dispatch_with_textures(
+        &Kernel::new(&REGISTER, "matmul").with(&consts),
+        bytemuck::bytes_of(&params(p)),
+        &[&ta, &tb],
+        &[a.binding_vec4(), b.binding_vec4(), bias_bind, out.binding_vec4()],
+        groups,
+    )
+}
+
+/// True when `rows` rows of `pitch` f32 fit an rgba32float texture filled by a buffer copy
+/// (copies need rows of a multiple of 256 bytes).
+fn texture_fits(gpu: &Gpu, rows: usize, pitch: usize) -> bool {
+    let max = gpu.limits().max_texture_dimension_2d as usize;
+    pitch > 0 && pitch % 64 == 0 && pitch / 4 <= max && rows > 0 && rows <= max
+}
+
+/// Copy `t` (rows of `pitch` f32) into a new rgba32float texture: texel (x, y) holds elements
+/// 4x..4x+3 of row y. The copy is recorded in order with the step's dispatches.
+fn upload_texture(t: &Tensor, rows: usize, pitch: usize) -> Result<wgpu::TextureView> {
+    let gpu = t.gpu();
+    let size = wgpu::Extent3d { width: (pitch / 4) as u32, height: rows as u32, depth_or_array_layers: 1 };
+    let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("matmul operand"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let b = t.binding();
+    gpu.with_encoder(|enc| {
+        enc.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: b.buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: b.offset,
+                    bytes_per_row: Some((pitch * 4) as u32),
+                    rows_per_image: Some(rows as u32),
+                },
+            },
+            tex.as_image_copy(),
+            size,
+        )
+    });
+    Ok(tex.create_view(&wgpu::TextureViewDescriptor::default()))
+}
+
+/// A 1x1 texture for the texture bindings of the buffer-fed path (never read).
+fn dummy_texture(gpu: &Gpu) -> wgpu::TextureView {
+    gpu.device()
+        .create_texture(&wgpu::TextureDescriptor {
+            label: Some("matmul unused texture"),
+            size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING,
+            view_formats: &[],
+        })
+        .create_view(&wgpu::TextureViewDescriptor::default())
+}
+
+/// An f32 copy of an f16 tensor.
+fn to_f32(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return Ok(x.clone());
+    }
+    x.expect_dtype("matmul to_f32", DType::F16)?;
+    let gpu = x.gpu();
+    let out = Tensor::empty(gpu, x.shape(), DType::F32, "matmul f32 copy")?;
+    let p = [x.len() as u32, 0, 0, 0];
+    gpu.dispatch(
+        &Kernel::new(&CONVERT_F16, "to_f32"),
+        bytemuck::bytes_of(&p),
+        &[x.binding(), out.binding()],
+        gpu.groups_1d(x.len(), 256),
+    )?;
+    Ok(out)
+}
+
+/// Column sums over groups of `group_rows` rows: (rows, n) to (ceil(rows / group_rows), n).
+fn colsum(x: &Tensor, rows: usize, n: usize, group_rows: usize) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let groups = rows.div_ceil(group_rows);
+    let out = Tensor::empty(gpu, &[groups, n], DType::F32, "column sums")?;
+    let p = [rows as u32, n as u32, group_rows as u32, 0];
+    gpu.dispatch(
+        &Kernel::new(&COLSUM, "colsum"),
+        bytemuck::bytes_of(&p),
+        &[x.binding(), out.binding()],
+        gpu.groups_1d(groups * n, 64),
+    )?;
+    Ok(out)
+}
+
+/// Column sums of `dy` seen as (rows, N) with N its last dimension: the gradient of a bias
+/// added to every row. Deterministic: groups of 64 rows, then the group sums, in order.
+pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
+    dy.expect_dtype("bias_grad", DType::F32)?;
+    let n = dy.last_dim();
+    if n == 0 || dy.shape().is_empty() {
+        return Err(Error::shape("bias_grad", format!("need a (rows, N) tensor, got {:?}", dy.shape())));
+    }
+    let rows = dy.len() / n;
+    if rows == 0 {
+        return Tensor::zeros(dy.gpu(), &[n], DType::F32, "bias gradient");
+    }
+    const GROUP: usize = 64;
+    let sums = if rows > GROUP { colsum(dy, rows, n, GROUP)? } else { dy.clone() };
+    let rows = sums.len() / n;
+    colsum(&sums, rows, n, rows)?.reshape(&[n])
+}
+
+/// Sum a (batch, ...) tensor over its first dimension.
+fn sum_batch(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let batch = x.len() / n.max(1);
+    colsum(x, batch, n, batch)?.reshape(shape)
+}
+
+/// Reshape to 2-D (rows, last two dims merged as stored) — the batch flattened into rows.
+fn flat(x: &Tensor) -> Result<Tensor> {
+    let s = x.shape();
+    let cols = s[s.len() - 1];
+    x.reshape(&[x.len() / cols.max(1), cols])
+}
+
+/// Gradients of `matmul_forward(a, b, None, trans_a, trans_b)` given `dc`, the gradient of its
+/// output: `(da, db)`, shaped like `a` and `b` (f32 even for f16 inputs). A 2-D operand used
+/// by a whole batch gets its gradient summed over the batch.
+pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
+    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    dc.expect_shape("matmul backward", &out_shape)?;
+    let (a, b) = (to_f32(a)?, to_f32(b)?);
+    let mm = |x: &Tensor, y: &Tensor, tx: bool, ty: bool| matmul_forward(x, y, None, tx, ty);
+    // dA (stored layout): dC·op(B)ᵀ, or its transpose op(B)·dCᵀ when A is stored transposed.
+    let da = |a_shared: bool| -> Result<Tensor> {
+        let g = match (trans_a, trans_b) {
+            (false, false) => mm(dc, &b, false, true)?,
+            (false, true) => mm(dc, &b, false, false)?,
+            (true, false) => mm(&b, dc, false, true)?,
+            (true, true) => mm(&b, dc, true, true)?,
+        };
+        if a_shared {
+            sum_batch(&g, a.shape())
+        } else {
+            Ok(g)
+        }
+    };
+    // dB (stored layout): op(A)ᵀ·dC, or its transpose dCᵀ·op(A) when B is stored transposed.
+    let db = |a: &Tensor, dc: &Tensor, b_shared: bool| -> Result<Tensor> {
+        let g = match (trans_a, trans_b) {
+            (false, false) => mm(a, dc, true, false)?,
+            (true, false) => mm(a, dc, false, false)?,
+            (false, true) => mm(dc, a, true, false)?,
+            (true, true) => mm(dc, a, true, true)?,
+        };
+        if b_shared {
+            sum_batch(&g, b.shape())
+        } else {
+            Ok(g)
+        }
+    };
+    let da = da(p.shared_a)?;
+    // A shared B with A not transposed: flatten the batch into rows, one 2-D product sums it.
+    let db = if p.shared_b && !trans_a { db(&flat(&a)?, &flat(dc)?, false)? } else { db(&a, dc, p.shared_b)? };
+    Ok((da, db))
+}
+
+/// `op(a)·op(b)` on the tape (see [`matmul_forward`] for shapes).
+pub fn matmul(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let out = matmul_forward(a.tensor(), b.tensor(), None, trans_a, trans_b)?;
+    let (at, bt) = (a.tensor().clone(), b.tensor().clone());
+    Ok(Var::from_op(out, &[a, b], move |g| {
+        let (da, db) = matmul_backward(&at, &bt, g, trans_a, trans_b)?;
+        Ok(vec![Some(da), Some(db)])
+    }))
+}
+
+/// The linear layer in PyTorch/HF layout: `x` (..., in), `w` (out, in), `b` (out);
+/// `y = x·wᵀ + b`, (..., out). Backward: `dx = dy·w`, `dw = dyᵀ·x` and `db` = column sums of
+/// `dy`, all rows of the batch flattened.
+pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    let (xs, ws) = (x.shape().to_vec(), w.shape().to_vec());
+    if xs.is_empty() || ws.len() != 2 || ws[1] != xs[xs.len() - 1] {
+        return Err(Error::shape("linear", format!("x {xs:?} and w {ws:?} (need w = (out, in), x = (..., in))")));
+    }
+    let (inp, outp) = (ws[1], ws[0]);
+    let rows = x.tensor().len() / inp.max(1);
+    let x2 = x.tensor().reshape(&[rows, inp])?;
+    let y = matmul_forward(&x2, w.tensor(), b.map(|b| b.tensor()), false, true)?;
+    let mut ys = xs.clone();
+    *ys.last_mut().expect("x has a last dimension") = outp;
+    let y = y.reshape(&ys)?;
+    let wt = to_f32(w.tensor())?;
+    let inputs: Vec<&Var> = match b {
+        Some(b) => vec![x, w, b],
+        None => vec![x, w],
+    };
+    let has_bias = b.is_some();
+    Ok(Var::from_op(y, &inputs, move |g| {
+        let dy = g.reshape(&[rows, outp])?;
+        let dx = matmul_forward(&dy, &wt, None, false, false)?.reshape(&xs)?;
+        let dw = matmul_forward(&dy, &to_f32(&x2)?, None, true, false)?;
+        let mut grads = vec![Some(dx), Some(dw)];
+        if has_bias {
+            grads.push(Some(bias_grad(&dy)?));
+        }
+        Ok(grads)
+    }))
+}
+
+/// CPU references (f64), used by the gradient-check table and the tests.
+pub mod reference {
+    /// `op(a)·op(b) (+ bias)` for `batch` products; `a_shared` / `b_shared` mark a 2-D operand
+    /// used by every batch entry. a is (m, k) or stored (k, m) with `ta`; b is (k, n) or stored
+    /// (n, k) with `tb`. Returns (batch, m, n) row-major.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        a: &[f64],
+        b: &[f64],
+        bias: Option<&[f64]>,
+        batch: usize,
+        (m, k, n): (usize, usize, usize),
+        (ta, tb): (bool, bool),
+        (a_shared, b_shared): (bool, bool),
+    ) -> Vec<f64> {
+        let mut c = vec![0.0; batch * m * n];
+        for z in 0..batch {
+            let ao = if a_shared { 0 } else { z * m * k };
+            let bo = if b_shared { 0 } else { z * k * n };
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = bias.map_or(0.0, |b| b[j]);
+                    for q in 0..k {
+                        let av = if ta { a[ao + q * m + i] } else { a[ao + i * k + q] };
+                        let bv = if tb { b[bo + j * k + q] } else { b[bo + q * n + j] };
+                        s += av * bv;
+                    }
+                    c[z * m * n + i * n + j] = s;
+                }
+            }
+        }
+        c
+    }
+
+    /// `x·wᵀ + b` with x (rows, in), w (out, in).
+    pub fn linear(x: &[f64], w: &[f64], b: Option<&[f64]>, rows: usize, inp: usize, out: usize) -> Vec<f64> {
+        matmul(x, w, b, 1, (rows, inp, out), (false, true), (false, false))
+    }
+
+    /// Column sums of a (rows, n) matrix.
+    pub fn bias_grad(dy: &[f64], n: usize) -> Vec<f64> {
+        let mut s = vec![0.0; n];
+        for (i, v) in dy.iter().enumerate() {
+            s[i % n] += v;
+        }
+        s
+    }
+}
