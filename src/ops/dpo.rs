@@ -85,9 +85,9 @@ impl DpoLoss {
         }
     }
 
-    /// The weight slot of this type in the kernel's uniform.
+    /// The weight slot of this type in the kernel's uniform (declaration order = `ALL` order).
     fn slot(self) -> usize {
-        DpoLoss::ALL.iter().position(|&k| k == self).unwrap_or(0)
+        self as usize
     }
 }
 

@@ -159,7 +159,7 @@ pub fn group_advantages(rewards: &Tensor, group_size: usize, scale_by_std: bool)
     if rewards.dtype() != DType::F32 || n == 0 || n > u32::MAX as usize {
         return Err(Error::shape("group_advantages", format!("rewards must be a non-empty f32 tensor, got {:?} {:?}", rewards.dtype(), rewards.shape())));
     }
-    if group_size < 2 || n % group_size != 0 {
+    if group_size < 2 || !n.is_multiple_of(group_size) {
         return Err(Error::shape("group_advantages", format!("{n} rewards do not split into groups of {group_size} (at least 2)")));
     }
     let gpu = rewards.gpu();
@@ -470,6 +470,7 @@ pub mod reference {
     }
 
     /// Per-token (pg, vf, pg clipped, value clipped) of PPO.
+    #[allow(clippy::too_many_arguments)]
     fn ppo_terms(i: usize, logp: &[f64], old: &[f64], adv: &[f64], v: &[f64], old_v: &[f64], ret: &[f64], cfg: &PpoLossConfig) -> [f64; 4] {
         let (eps, eps_v) = (cfg.clip_range as f64, cfg.clip_range_value as f64);
         let ratio = (logp[i] - old[i]).exp();
@@ -492,14 +493,14 @@ pub mod reference {
     }
 
     /// GRPO's `[loss, kl, clip low, clip high, clip region]`; `ref_logp` empty means none.
+    #[allow(clippy::too_many_arguments)]
     pub fn grpo(logp: &[f64], old: &[f64], ref_logp: &[f64], adv: &[f64], mask: &[f64], t: usize, clip: f64, beta: f64) -> Vec<f64> {
         let b = adv.len();
         let mut per_seq = 0.0;
         let (mut kl, mut low, mut high) = (vec![0.0; logp.len()], vec![0.0; logp.len()], vec![0.0; logp.len()]);
-        for row in 0..b {
+        for (row, &a) in adv.iter().enumerate() {
             let (mut sum, mut count) = (0.0, 0.0);
             for j in row * t..(row + 1) * t {
-                let a = adv[row];
                 let ratio = (logp[j] - old[j]).exp();
                 let mut l = -(ratio * a).min(ratio.clamp(1.0 - clip, 1.0 + clip) * a);
                 if !ref_logp.is_empty() {
