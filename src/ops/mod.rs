@@ -3,13 +3,16 @@
 //! CPU reference; its kernels live in `shaders/<family>/`.
 
 pub mod activation;
+pub mod dpo;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod ppo;
 pub mod reduce;
+pub mod reward;
 pub mod rope;
 pub mod softmax;
 
@@ -17,14 +20,17 @@ use crate::gpu::ShaderSource;
 
 /// Every family's shader list; `gpu::all_shaders` flattens it.
 pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
-    elementwise::SHADERS,
     activation::SHADERS,
+    dpo::SHADERS,
+    elementwise::SHADERS,
     embedding::SHADERS,
     loss::SHADERS,
     matmul::SHADERS,
     norm::SHADERS,
     optim::SHADERS,
+    ppo::SHADERS,
     reduce::SHADERS,
+    reward::SHADERS,
     rope::SHADERS,
     softmax::SHADERS,
 ];

@@ -1,0 +1,393 @@
+//! The alignment losses against their f64 CPU formulas: DPO (every loss type and a mixture),
+//! Bradley-Terry, PPO and GRPO through the gradient-check table (value, and gradient by central
+//! differences of the reference); GAE, whitening, KL estimators, group advantages and every
+//! metric by plain value tests.
+mod common;
+use common::gradcheck::{run_table, Case, Input};
+use common::{assert_close, rand_vec};
+use plumb::ops::dpo::{self, reference as dref, DpoConfig, DpoLoss};
+use plumb::ops::ppo::{self, reference as pref, KlKind, PpoLossConfig};
+use plumb::ops::reward::{self, reference as rref};
+use plumb::{Tape, Tensor, Var};
+
+/// A float input whose gradient is checked, uniform in [lo, hi).
+fn grad(shape: &[usize], lo: f32, hi: f32) -> Input {
+    Input::range(shape, lo, hi)
+}
+
+/// A float input without gradient, uniform in [lo, hi).
+fn constant(shape: &[usize], lo: f32, hi: f32) -> Input {
+    Input::Float { shape: shape.to_vec(), lo, hi, grad: false }
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A ragged (B, T) mask: full rows, right padding, left padding, holes and (for B >= 5) an
+/// all-zero row.
+fn ragged_mask(b: usize, t: usize) -> Vec<f32> {
+    let mut m = vec![0.0; b * t];
+    for r in 0..b {
+        for j in 0..t {
+            let on = match r % 5 {
+                0 => true,
+                1 => j < t.div_ceil(2),
+                2 => j >= t / 3,
+                3 => j % 3 != 1,
+                _ => false,
+            };
+            m[r * t + j] = on as u8 as f32;
+        }
+    }
+    if b < 5 {
+        m[(b - 1) * t] = 1.0; // keep at least one valid token in the last row
+    }
+    m
+}
+
+fn dpo_case(name: String, n: usize, cfg: DpoConfig) -> Case {
+    let cpu_cfg = cfg.clone();
+    // Sums of per-token log-probs over 3..30 tokens; β h spans both signs of every kink.
+    let inputs = vec![
+        grad(&[n], -40.0, -5.0),
+        grad(&[n], -40.0, -5.0),
+        constant(&[n], -40.0, -5.0),
+        constant(&[n], -40.0, -5.0),
+        constant(&[n], 3.0, 30.0),
+        constant(&[n], 3.0, 30.0),
+    ];
+    Case::new(
+        name,
+        inputs,
+        move |v| Ok(dpo::dpo_loss(&v[0], &v[1], v[2].tensor(), v[3].tensor(), v[4].tensor(), v[5].tensor(), &cfg)?.0),
+        move |d| vec![dref::dpo_loss(&d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &cpu_cfg)],
+    )
+    .tol((1e-5, 1e-4), (1e-8, 2e-3))
+}
+
+#[test]
+fn dpo_table() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    for kind in DpoLoss::ALL {
+        for n in [1usize, 7, 33] {
+            let eps = if matches!(kind, DpoLoss::Sigmoid | DpoLoss::Robust) { 0.1 } else { 0.0 };
+            let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, bco_delta: 0.2 };
+            cases.push(dpo_case(format!("dpo {kind} n={n}"), n, cfg));
+        }
+    }
+    cases.push(dpo_case("dpo sigmoid eps=0 beta=0.5 n=33".into(), 33, DpoConfig { beta: 0.5, ..Default::default() }));
+    for n in [7usize, 33] {
+        let cfg = DpoConfig { losses: vec![(DpoLoss::Sigmoid, 1.0), (DpoLoss::Sft, 0.5)], ..Default::default() };
+        cases.push(dpo_case(format!("dpo sigmoid + 0.5 sft n={n}"), n, cfg));
+        let cfg = DpoConfig {
+            losses: vec![(DpoLoss::Hinge, 0.3), (DpoLoss::Ipo, 0.2), (DpoLoss::ApoDown, 1.0), (DpoLoss::Hinge, 0.7)],
+            ..Default::default()
+        };
+        cases.push(dpo_case(format!("dpo hinge + ipo + apo_down (hinge twice) n={n}"), n, cfg));
+    }
+    run_table(&gpu, "dpo", &cases);
+}
+
+#[test]
+fn dpo_metrics_and_config() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = 70; // more pairs than threads of the reduction
+    let (pc, pr) = (rand_vec(n, 11, -40.0, -5.0), rand_vec(n, 12, -40.0, -5.0));
+    let (rc, rr) = (rand_vec(n, 13, -40.0, -5.0), rand_vec(n, 14, -40.0, -5.0));
+    let (lc, lr) = (rand_vec(n, 15, 3.0, 30.0), rand_vec(n, 16, 3.0, 30.0));
+    let t = |x: &[f32]| Tensor::from_f32(&gpu, x, &[n]).unwrap();
+    let cfg = DpoConfig { beta: 0.2, losses: vec![(DpoLoss::Sigmoid, 1.0), (DpoLoss::Sft, 0.25)], ..Default::default() };
+    let tape = Tape::new();
+    let (vc, vr) = (tape.var(t(&pc)), tape.var(t(&pr)));
+    let (loss, metrics) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&lc), &t(&lr), &cfg).unwrap();
+    let (pc, pr, rc, rr, lc, lr) = (f64s(&pc), f64s(&pr), f64s(&rc), f64s(&rr), f64s(&lc), f64s(&lr));
+    let want_loss = dref::dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr, &cfg);
+    assert_close("dpo loss", &loss.to_f32_vec().unwrap(), &[want_loss], 1e-5, 1e-5);
+    let got = metrics.read().unwrap();
+    let names: Vec<&str> = got.iter().map(|m| m.0).collect();
+    assert_eq!(names, dpo::DPO_METRIC_NAMES);
+    let values: Vec<f32> = got.iter().map(|m| m.1).collect();
+    let want = dref::dpo_metrics(&pc, &pr, &rc, &rr, &cfg);
+    assert_close("dpo metrics", &values, &want, 1e-5, 1e-5);
+    assert!(want[3] > 0.0 && want[3] < 1.0, "accuracy should be strictly between 0 and 1 here");
+    // Backward from the loss itself (seed 1): the gradient of sft alone would be -0.25/(N lc).
+    let grads = tape.backward(&loss).unwrap();
+    let dpc = grads.get(&vc).unwrap().to_f32_vec().unwrap();
+    let want_dpc: Vec<f64> = (0..n)
+        .map(|i| {
+            let h = (pc[i] - rc[i]) - (pr[i] - rr[i]);
+            (-0.2 * dref::sigmoid(-0.2 * h) - 0.25 / lc[i]) / n as f64
+        })
+        .collect();
+    assert_close("dpo d pc", &dpc, &want_dpc, 1e-8, 1e-4);
+
+    // Names parse both ways; bad names and settings are errors, not panics.
+    for kind in DpoLoss::ALL {
+        assert_eq!(kind.name().parse::<DpoLoss>().unwrap(), kind);
+    }
+    assert!("simpo".parse::<DpoLoss>().is_err());
+    let bad = [
+        DpoConfig { beta: 0.0, ..Default::default() },
+        DpoConfig { losses: vec![], ..Default::default() },
+        DpoConfig { losses: vec![(DpoLoss::Robust, 1.0)], label_smoothing: 0.5, ..Default::default() },
+    ];
+    for cfg in bad {
+        assert!(dpo::dpo_loss(&vc, &vr, &t(&[0.0; 70]), &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &cfg).is_err());
+    }
+    let short = Tensor::from_f32(&gpu, &[0.0; 3], &[3]).unwrap();
+    assert!(dpo::dpo_loss(&vc, &vr, &short, &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &DpoConfig::default()).is_err());
+}
+
+#[test]
+fn bradley_terry_table_and_metrics() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    for n in [1usize, 7, 33] {
+        for (with_margin, mu) in [(false, 0.0f32), (true, 0.0), (true, 0.01), (false, 0.1)] {
+            let mut inputs = vec![grad(&[n], -3.0, 3.0), grad(&[n], -3.0, 3.0)];
+            if with_margin {
+                inputs.push(constant(&[n], 0.0, 1.0));
+            }
+            cases.push(
+                Case::new(
+                    format!("bradley_terry n={n} margin={with_margin} mu={mu}"),
+                    inputs,
+                    move |v| Ok(reward::bradley_terry(&v[0], &v[1], v.get(2).map(|m| m.tensor()), mu)?.0),
+                    move |d| vec![rref::bradley_terry(&d[0], &d[1], d.get(2).map(|m| &m[..]).unwrap_or(&[]), mu as f64)],
+                )
+                .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+            );
+        }
+    }
+    run_table(&gpu, "reward", &cases);
+
+    let n = 130;
+    let (c, r, m) = (rand_vec(n, 21, -3.0, 3.0), rand_vec(n, 22, -3.0, 3.0), rand_vec(n, 23, 0.0, 1.0));
+    let t = |x: &[f32]| Tensor::from_f32(&gpu, x, &[n]).unwrap();
+    let (loss, metrics) = reward::bradley_terry(&Var::constant(t(&c)), &Var::constant(t(&r)), Some(&t(&m)), 0.05).unwrap();
+    let (c, r, m) = (f64s(&c), f64s(&r), f64s(&m));
+    assert_close("bt loss", &loss.to_f32_vec().unwrap(), &[rref::bradley_terry(&c, &r, &m, 0.05)], 1e-5, 1e-5);
+    let got = metrics.read().unwrap();
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), reward::REWARD_METRIC_NAMES);
+    let values: Vec<f32> = got.iter().map(|m| m.1).collect();
+    assert_close("bt metrics", &values, &rref::metrics(&c, &r), 1e-5, 1e-5);
+    assert!(reward::bradley_terry(&Var::constant(t(&[0.0; 130])), &Var::constant(Tensor::from_f32(&gpu, &[0.0; 3], &[3]).unwrap()), None, 0.0).is_err());
+}
+
+#[test]
+fn gae_whiten_kl_group_advantages() {
+    let Some(gpu) = common::gpu() else { return };
+    // GAE over ragged masks; B = 70 spans two workgroups of sequences.
+    let (b, t) = (70usize, 13usize);
+    let rewards = rand_vec(b * t, 31, -1.0, 1.0);
+    let values = rand_vec(b * t, 32, -1.0, 1.0);
+    let mask = ragged_mask(b, t);
+    let up = |x: &[f32]| Tensor::from_f32(&gpu, x, &[b, t]).unwrap();
+    let (adv, ret) = ppo::gae(&up(&rewards), &up(&values), &up(&mask), 0.99, 0.95).unwrap();
+    let (want_adv, want_ret) = pref::gae(&f64s(&rewards), &f64s(&values), &f64s(&mask), t, 0.99, 0.95);
+    let (got_adv, got_ret) = (adv.to_f32_vec().unwrap(), ret.to_f32_vec().unwrap());
+    assert_close("gae advantages", &got_adv, &want_adv, 1e-5, 1e-4);
+    assert_close("gae returns", &got_ret, &want_ret, 1e-5, 1e-4);
+    // The reference agrees with TRL's loop (padded values and rewards zeroed, no skipping) on
+    // rows whose valid tokens form a prefix (row kinds 0 and 1 of ragged_mask).
+    for row in (0..b).filter(|r| r % 5 < 2) {
+        let (mut next_v, mut last) = (0.0f64, 0.0f64);
+        for j in (0..t).rev() {
+            let i = row * t + j;
+            let (m, v) = (mask[i] as f64, values[i] as f64 * mask[i] as f64);
+            let delta = rewards[i] as f64 * m + 0.99 * next_v - v;
+            last = delta + 0.99 * 0.95 * last;
+            next_v = v;
+            if m != 0.0 {
+                assert!((last - want_adv[i]).abs() < 1e-9, "row {row} token {j}: TRL {last} vs reference {}", want_adv[i]);
+            }
+        }
+    }
+
+    // Whitening with and without the mean shifted back; the valid tokens come out with mean 0
+    // and unbiased variance 1.
+    let x = rand_vec(b * t, 33, -3.0, 5.0);
+    for shift in [true, false] {
+        let got = ppo::whiten(&up(&x), &up(&mask), shift).unwrap().to_f32_vec().unwrap();
+        assert_close(&format!("whiten shift_mean={shift}"), &got, &pref::whiten(&f64s(&x), &f64s(&mask), shift), 1e-5, 1e-4);
+        if shift {
+            let valid: Vec<f64> = got.iter().zip(&mask).filter(|(_, &m)| m != 0.0).map(|(&v, _)| v as f64).collect();
+            let k = valid.len() as f64;
+            let mean = valid.iter().sum::<f64>() / k;
+            let var = valid.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0);
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "whitened mean {mean}, var {var}");
+        }
+    }
+
+    // KL estimators, including differences small enough that k3 would cancel.
+    let logp = rand_vec(b * t, 34, -6.0, -0.1);
+    let mut refp = rand_vec(b * t, 35, -6.0, -0.1);
+    for (i, r) in refp.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+        *r = logp[i] + 1e-3 * ((i % 7) as f32 - 3.0);
+    }
+    for kind in [KlKind::K1, KlKind::K3] {
+        let got = ppo::kl_penalty(&up(&logp), &up(&refp), kind).unwrap().to_f32_vec().unwrap();
+        let want = pref::kl_penalty(&f64s(&logp), &f64s(&refp), kind);
+        assert_close(&format!("kl {kind:?}"), &got, &want, 1e-6, 1e-4);
+        if kind == KlKind::K3 {
+            // Where logp and ref are 1e-3 apart, k3 ~ 5e-7 must be right to 1e-3 relative.
+            for i in (0..b * t).step_by(3) {
+                let e = (got[i] as f64 - want[i]).abs();
+                assert!(e <= 1e-10 + 1e-3 * want[i].abs(), "k3 element {i}: {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+    assert_eq!("k3".parse::<KlKind>().unwrap(), KlKind::K3);
+    assert!("k2".parse::<KlKind>().is_err());
+
+    // GRPO group advantages: 70 groups of 4 (two workgroups of groups), 3 groups of 2.
+    for (groups, size) in [(70usize, 4usize), (3, 2)] {
+        let r = rand_vec(groups * size, 36, 0.0, 1.0);
+        let rt = Tensor::from_f32(&gpu, &r, &[groups * size]).unwrap();
+        for scale in [true, false] {
+            let got = ppo::group_advantages(&rt, size, scale).unwrap().to_f32_vec().unwrap();
+            let want = pref::group_advantages(&f64s(&r), size, scale);
+            assert_close(&format!("group advantages {groups}x{size} scale={scale}"), &got, &want, 1e-5, 1e-4);
+        }
+    }
+    let rt = Tensor::from_f32(&gpu, &[0.0; 6], &[6]).unwrap();
+    assert!(ppo::group_advantages(&rt, 4, true).is_err());
+    assert!(ppo::group_advantages(&rt, 1, true).is_err());
+    assert!(ppo::gae(&rt, &rt, &rt, 1.0, 1.0).is_err());
+}
+
+/// PPO inputs: (logp, old_logp, advantages, values, old_values, returns, mask) with ratios in
+/// [e^-1.5, e^1.5] and value moves up to ±2, so both sides of both clips occur.
+fn ppo_inputs(b: usize, t: usize) -> Vec<Input> {
+    let s = [b, t];
+    vec![
+        grad(&s, -2.0, -0.5),
+        constant(&s, -2.0, -0.5),
+        constant(&s, -1.0, 1.0),
+        grad(&s, -1.0, 1.0),
+        constant(&s, -1.0, 1.0),
+        constant(&s, -1.0, 1.0),
+        Input::Fixed { shape: s.to_vec(), data: ragged_mask(b, t) },
+    ]
+}
+
+#[test]
+fn ppo_table_and_metrics() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    for (b, t) in [(1usize, 1usize), (2, 7), (6, 33)] {
+        let cfg = PpoLossConfig::default();
+        let cpu_cfg = cfg.clone();
+        cases.push(
+            Case::new(
+                format!("ppo loss {b}x{t}"),
+                ppo_inputs(b, t),
+                move |v| {
+                    let x = |k: usize| v[k].tensor();
+                    Ok(ppo::ppo_loss(&v[0], x(1), x(2), &v[3], x(4), x(5), x(6), &cfg)?.0)
+                },
+                move |d| vec![pref::ppo(&d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &cpu_cfg)[0]],
+            )
+            .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+        );
+    }
+    run_table(&gpu, "ppo", &cases);
+
+    // Metrics on a batch drawn like the table's, checking both regions of both clips occur.
+    let (b, t) = (70usize, 29usize);
+    let n = b * t;
+    let data = [
+        rand_vec(n, 41, -2.0, -0.5),
+        rand_vec(n, 42, -2.0, -0.5),
+        rand_vec(n, 43, -1.0, 1.0),
+        rand_vec(n, 44, -1.0, 1.0),
+        rand_vec(n, 45, -1.0, 1.0),
+        rand_vec(n, 46, -1.0, 1.0),
+        ragged_mask(b, t),
+    ];
+    let up: Vec<Tensor> = data.iter().map(|x| Tensor::from_f32(&gpu, x, &[b, t]).unwrap()).collect();
+    let cfg = PpoLossConfig { vf_coef: 0.5, ..Default::default() };
+    let (loss, metrics) =
+        ppo::ppo_loss(&Var::constant(up[0].clone()), &up[1], &up[2], &Var::constant(up[3].clone()), &up[4], &up[5], &up[6], &cfg)
+            .unwrap();
+    let d: Vec<Vec<f64>> = data.iter().map(|x| f64s(x)).collect();
+    let want = pref::ppo(&d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &cfg);
+    assert_close("ppo loss", &loss.to_f32_vec().unwrap(), &want[..1], 1e-5, 1e-5);
+    let got = metrics.read().unwrap();
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), ppo::PPO_METRIC_NAMES);
+    let values: Vec<f32> = got.iter().map(|m| m.1).collect();
+    assert_close("ppo metrics", &values, &want[1..], 1e-5, 1e-5);
+    for (what, frac) in [("policy", want[2]), ("value", want[5])] {
+        assert!(frac > 0.05 && frac < 0.95, "{what} clip fraction {frac}: inputs should hit both regions");
+    }
+    let bad = Tensor::from_f32(&gpu, &[0.0; 3], &[3]).unwrap();
+    let lp = Var::constant(up[0].clone());
+    assert!(ppo::ppo_loss(&lp, &bad, &up[2], &lp, &up[4], &up[5], &up[6], &cfg).is_err());
+}
+
+#[test]
+fn grpo_table_and_metrics() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    for (b, t) in [(1usize, 5usize), (3, 7), (6, 33)] {
+        for with_ref in [false, true] {
+            let beta = if with_ref { 0.04 } else { 0.0 };
+            let s = [b, t];
+            let mut inputs = vec![
+                grad(&s, -2.0, -0.5),
+                constant(&s, -2.0, -0.5),
+                constant(&[b], -1.5, 1.5),
+                Input::Fixed { shape: s.to_vec(), data: ragged_mask(b, t) },
+            ];
+            if with_ref {
+                inputs.push(constant(&s, -2.5, 0.0));
+            }
+            cases.push(
+                Case::new(
+                    format!("grpo loss {b}x{t} ref={with_ref}"),
+                    inputs,
+                    move |v| Ok(ppo::grpo_loss(&v[0], v[1].tensor(), v.get(4).map(|r| r.tensor()), v[2].tensor(), v[3].tensor(), 0.2, beta)?.0),
+                    move |d| {
+                        let r = d.get(4).map(|r| &r[..]).unwrap_or(&[]);
+                        vec![pref::grpo(&d[0], &d[1], r, &d[2], &d[3], t, 0.2, beta as f64)[0]]
+                    },
+                )
+                .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+            );
+        }
+    }
+    run_table(&gpu, "grpo", &cases);
+
+    let (b, t) = (70usize, 17usize);
+    let n = b * t;
+    let (logp, old, refp) = (rand_vec(n, 51, -2.0, -0.5), rand_vec(n, 52, -2.0, -0.5), rand_vec(n, 53, -2.5, 0.0));
+    let (adv, mask) = (rand_vec(b, 54, -1.5, 1.5), ragged_mask(b, t));
+    let up = |x: &[f32]| Tensor::from_f32(&gpu, x, &[b, t]).unwrap();
+    let advt = Tensor::from_f32(&gpu, &adv, &[b]).unwrap();
+    for with_ref in [true, false] {
+        let r = up(&refp);
+        let beta = if with_ref { 0.1 } else { 0.0 };
+        let (loss, metrics) =
+            ppo::grpo_loss(&Var::constant(up(&logp)), &up(&old), with_ref.then_some(&r), &advt, &up(&mask), 0.2, beta).unwrap();
+        let rr = if with_ref { f64s(&refp) } else { vec![] };
+        let want = pref::grpo(&f64s(&logp), &f64s(&old), &rr, &f64s(&adv), &f64s(&mask), t, 0.2, beta as f64);
+        assert_close("grpo loss", &loss.to_f32_vec().unwrap(), &want[..1], 1e-5, 1e-5);
+        let got = metrics.read().unwrap();
+        let names: Vec<&str> = got.iter().map(|m| m.0).collect();
+        let values: Vec<f32> = got.iter().map(|m| m.1).collect();
+        if with_ref {
+            assert_eq!(names, ppo::GRPO_METRIC_NAMES);
+            assert_close("grpo metrics", &values, &want[1..], 1e-5, 1e-5);
+        } else {
+            assert_eq!(names, ppo::GRPO_METRIC_NAMES[1..]);
+            assert_close("grpo metrics", &values, &want[2..], 1e-5, 1e-5);
+        }
+        assert!(want[2] > 0.0 && want[3] > 0.0, "both clip sides should occur: {want:?}");
+    }
+    // A KL weight without a reference, and advantages of the wrong length, are errors.
+    let lp = Var::constant(up(&logp));
+    assert!(ppo::grpo_loss(&lp, &up(&old), None, &advt, &up(&mask), 0.2, 0.1).is_err());
+    assert!(ppo::grpo_loss(&lp, &up(&old), None, &up(&old), &up(&mask), 0.2, 0.0).is_err());
+}
