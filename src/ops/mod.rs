@@ -3,8 +3,9 @@
 //! CPU reference; its kernels live in `shaders/<family>/`.
 
 pub mod elementwise;
+pub mod sample;
 
 use crate::gpu::ShaderSource;
 
 /// Every family's shader list; `gpu::all_shaders` flattens it.
-pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[elementwise::SHADERS];
+pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[elementwise::SHADERS, sample::SHADERS];
