@@ -14,6 +14,7 @@ pub mod ppo;
 pub mod reduce;
 pub mod reward;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 
 use crate::gpu::ShaderSource;
@@ -32,5 +33,6 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     reduce::SHADERS,
     reward::SHADERS,
     rope::SHADERS,
+    sample::SHADERS,
     softmax::SHADERS,
 ];
