@@ -13,6 +13,9 @@ use std::collections::HashMap;
 /// Elements per alignment step: 256 bytes of f32 (the largest storage offset alignment wgpu allows).
 pub const ALIGN_ELEMS: usize = 64;
 
+/// One parameter on the host, for checkpoints: (name, shape, row-major values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// What to allocate for one parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
@@ -34,10 +37,13 @@ impl ParamSpec {
 /// Where one parameter lives in the flat buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamEntry {
+    /// The name it was declared with.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
     /// First element in the flat buffers (a multiple of [`ALIGN_ELEMS`]).
     pub offset: usize,
+    /// Whether it lies below `decay_end` (takes weight decay).
     pub decay: bool,
 }
 
@@ -171,7 +177,7 @@ impl ParamStore {
     }
 
     /// Every parameter as (name, shape, values), in layout order: one readback (checkpoints).
-    pub fn read_all(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn read_all(&self) -> Result<Vec<NamedTensor>> {
         let flat = self.values.to_f32_vec()?;
         Ok(self
             .entries
@@ -182,7 +188,7 @@ impl ParamStore {
 
     /// Overwrite every parameter from (name, shape, values), in any order: one upload. Every
     /// parameter must be given exactly once, with its shape.
-    pub fn write_all(&self, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    pub fn write_all(&self, tensors: &[NamedTensor]) -> Result<()> {
         const OP: &str = "ParamStore::write_all";
         let mut flat = vec![0.0f32; self.values.len()];
         let mut seen = vec![false; self.entries.len()];

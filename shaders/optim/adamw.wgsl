@@ -1,4 +1,5 @@
-// Fused AdamW over the flat parameter buffer (PyTorch semantics), one thread per element:
+// Fused AdamW over the flat parameter buffer (PyTorch semantics), one thread per vec4 (the
+// flat buffers are padded to whole 64-element slices, so their length is a multiple of 4):
 //   g  = grad * clip            clip = min(1, max_norm / (norm + 1e-6)), norm read from the GPU
 //   p *= 1 - lr * wd            decoupled weight decay, only for elements < decay_end
 //   m  = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
@@ -6,8 +7,8 @@
 // The gradient buffer is only read. Padding between tensors is zero in p, g, m, v and stays so.
 
 struct Params {
-    n: u32,
-    decay_end: u32,
+    n: u32,          // elements (a multiple of 4)
+    decay_end: u32,  // a multiple of 64
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -21,10 +22,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> params: array<f32>;
-@group(0) @binding(2) var<storage, read> grads: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(1) var<storage, read_write> params: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grads: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> norm: array<f32>;
 
 const WG: u32 = 256u;
@@ -34,7 +35,7 @@ fn update(i: u32, grad_scale: f32) {
     let g = grads[i] * grad_scale;
     var w = params[i];
     // decoupled weight decay
-    if (i < p.decay_end) {
+    if (i < p.decay_end / 4u) {
         w = w * (1.0 - p.lr * p.weight_decay);
     }
     // moments
@@ -43,7 +44,7 @@ fn update(i: u32, grad_scale: f32) {
     // store
     m[i] = mi;
     v[i] = vi;
-    let denom = sqrt(vi) / p.bias_correction2_sqrt + p.eps;
+    let denom = sqrt(vi) / p.bias_correction2_sqrt + vec4<f32>(p.eps);
     params[i] = w - (p.lr / p.bias_correction1) * mi / denom;
 }
 
@@ -54,13 +55,13 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 @compute @workgroup_size(WG)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
-    if (i >= p.n) { return; }
+    if (i >= p.n / 4u) { return; }
     update(i, 1.0);
 }
 
 @compute @workgroup_size(WG)
 fn adamw_clip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
-    if (i >= p.n) { return; }
+    if (i >= p.n / 4u) { return; }
     update(i, min(1.0, p.max_norm / (norm[0] + 1e-6)));
 }

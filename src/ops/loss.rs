@@ -129,7 +129,8 @@ pub fn cross_entropy_forward(
         None => "weights_unmasked",
     };
     gpu.dispatch(&Kernel::new(&CE_WEIGHTS, entry), bytemuck::bytes_of(&p), &binds, [1, 1, 1])?;
-    // Pass 2: per-row loss (and dlogits) in one sweep of each row.
+    // Pass 2: per-row loss (and dlogits) in one sweep of each row. The per-row logsumexp is
+    // written too (the kernel shares its bindings with token_logprobs); it is not kept.
     let lse = Tensor::empty(gpu, &[n], DType::F32, "cross_entropy logsumexp")?;
     let row_loss = Tensor::empty(gpu, &[n], DType::F32, "cross_entropy row losses")?;
     let dlogits = if with_grad { Some(Tensor::empty(gpu, logits.shape(), DType::F32, "dlogits")?) } else { None };

@@ -36,17 +36,18 @@ pub fn grad_norm(grads: &Tensor) -> Result<Tensor> {
     let gpu = grads.gpu();
     let n = grads.len();
     let groups = n.div_ceil(WG as usize * ELEMS_PER_THREAD).clamp(1, MAX_PARTIAL_GROUPS);
+    // (threads is a multiple of 256, so the partials are whole vec4s)
     let threads = groups * WG as usize;
     let partials = Tensor::empty(gpu, &[threads], DType::F32, "grad norm partials")?;
     let p = NormParams { n: n as u32, threads: threads as u32, _pad: [0; 2] };
     // Pass 1: partial sums of squares, one per thread of a fixed grid.
     let k = Kernel::new(&GRAD_NORM, "partial_squares");
-    gpu.dispatch(&k, bytemuck::bytes_of(&p), &[partials.binding(), grads.binding()], [groups as u32, 1, 1])?;
+    gpu.dispatch(&k, bytemuck::bytes_of(&p), &[partials.binding(), grads.binding_vec4()], [groups as u32, 1, 1])?;
     // Pass 2: one workgroup sums the partials and takes the square root.
     let norm = Tensor::empty(gpu, &[1], DType::F32, "grad norm")?;
     let p = NormParams { n: threads as u32, threads: 0, _pad: [0; 2] };
     let k = Kernel::new(&GRAD_NORM, "finish_norm");
-    gpu.dispatch(&k, bytemuck::bytes_of(&p), &[norm.binding(), partials.binding()], [1, 1, 1])?;
+    gpu.dispatch(&k, bytemuck::bytes_of(&p), &[norm.binding(), partials.binding_vec4()], [1, 1, 1])?;
     Ok(norm)
 }
 
@@ -82,7 +83,8 @@ impl AdamWConfig {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return bad("eps", format!("{} must be positive", self.eps));
         }
-        if !(self.lr >= 0.0 && self.lr.is_finite()) || !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+        let finite_non_negative = |x: f32| x >= 0.0 && x.is_finite();
+        if !finite_non_negative(self.lr) || !finite_non_negative(self.weight_decay) {
             return bad("lr / weight_decay", format!("({}, {}) must be finite and non-negative", self.lr, self.weight_decay));
         }
         if let Some(c) = self.max_grad_norm {
@@ -115,7 +117,9 @@ struct AdamWParams {
 pub struct AdamWState {
     /// Steps taken so far.
     pub step: u64,
+    /// First moments over the padded flat buffer.
     pub m: Vec<f32>,
+    /// Second moments over the padded flat buffer.
     pub v: Vec<f32>,
 }
 
@@ -175,8 +179,9 @@ impl AdamW {
             _pad: [0; 2],
         };
         let gpu = store.values().gpu();
-        let groups = gpu.groups_1d(store.padded_len(), WG);
-        let mut binds = vec![store.values().binding(), store.grads().binding(), self.m.binding(), self.v.binding()];
+        // One thread per vec4: the padded length is a multiple of 64.
+        let groups = gpu.groups_1d(store.padded_len() / 4, WG);
+        let mut binds = vec![store.values().binding_vec4(), store.grads().binding_vec4(), self.m.binding_vec4(), self.v.binding_vec4()];
         let norm = match c.max_grad_norm {
             Some(_) => Some(grad_norm(store.grads())?),
             None => None,
