@@ -14,7 +14,15 @@ fn cfg(temperature: f32, top_k: usize, top_p: f32) -> SamplingConfig {
 
 /// Run `steps` decode steps on fixed logits (B, V), all recorded before one readback; returns
 /// `out` as B rows of `steps` tokens, and the done flags.
-fn run(gpu: &Gpu, logits: &[f32], b: usize, c: &SamplingConfig, seed: u64, steps: usize, stop: &[u32]) -> (Vec<Vec<u32>>, Vec<bool>) {
+fn run(
+    gpu: &Gpu,
+    logits: &[f32],
+    b: usize,
+    c: &SamplingConfig,
+    seed: u64,
+    steps: usize,
+    stop: &[u32],
+) -> (Vec<Vec<u32>>, Vec<bool>) {
     let v = logits.len() / b;
     let l = Tensor::from_f32(gpu, logits, &[b, v]).unwrap();
     let state = SampleState::new(gpu, b, stop, seed).unwrap();
@@ -156,17 +164,16 @@ fn nucleus_ambiguous(row: &[f32], c: &SamplingConfig) -> bool {
 /// lies within EPS of u. Returns (exactly compared, total).
 fn check_draws(l: &[f32], b: usize, c: &SamplingConfig, seed: u64, out: &[Vec<u32>], what: &str) -> (usize, usize) {
     let v = l.len() / b;
-    let steps = out[0].len();
     let (mut exact, mut total) = (0, 0);
     for row in 0..b {
         let logits = &l[row * v..(row + 1) * v];
         let d = r::distribution(logits, c);
         let fuzzy_nucleus = nucleus_ambiguous(logits, c);
         let wide = r::distribution(logits, &SamplingConfig { top_p: (c.top_p + 1e-3).min(1.0), ..*c });
-        for s in 0..steps {
+        for (s, &got) in out[row].iter().enumerate() {
             total += 1;
             let u = r::uniform(seed, row as u32, s as u32) as f64;
-            let got = out[row][s] as usize;
+            let got = got as usize;
             let want = r::pick(logits, c, u as f32);
             let lo: f64 = d[..want].iter().sum();
             let hi = lo + d[want];
@@ -186,7 +193,15 @@ fn check_draws(l: &[f32], b: usize, c: &SamplingConfig, seed: u64, out: &[Vec<u3
     (exact, total)
 }
 
-fn check_against_reference(gpu: &Gpu, l: &[f32], b: usize, c: &SamplingConfig, seed: u64, steps: usize, what: &str) -> (usize, usize) {
+fn check_against_reference(
+    gpu: &Gpu,
+    l: &[f32],
+    b: usize,
+    c: &SamplingConfig,
+    seed: u64,
+    steps: usize,
+    what: &str,
+) -> (usize, usize) {
     let (out, _) = run(gpu, l, b, c, seed, steps, &[]);
     check_draws(l, b, c, seed, &out, what)
 }
@@ -312,8 +327,20 @@ fn stop_ids_finish_rows_and_later_tokens_are_pad() {
     // after a stop would pick other tokens if the row were not done.
     let want_tok = |row: usize, s: usize| -> usize {
         match row {
-            0 => if s == 0 { 5 } else { 2 },
-            1 => if s == 3 { 9 } else { 1 + s },
+            0 => {
+                if s == 0 {
+                    5
+                } else {
+                    2
+                }
+            }
+            1 => {
+                if s == 3 {
+                    9
+                } else {
+                    1 + s
+                }
+            }
             _ => 10 + s % 3,
         }
     };
@@ -339,7 +366,7 @@ fn stop_ids_finish_rows_and_later_tokens_are_pad() {
     // Row 1 is uniform over 16 tokens (9 included): replay it with the reference.
     let mut ref_done = vec![false; 2];
     let steps: Vec<Vec<u32>> =
-        (0..4).map(|s| r::step(&host, v, &SamplingConfig::default(), 3, s, &mut ref_done, &[9], PAD)).collect();
+        (0..4).map(|s| r::step(&host, &SamplingConfig::default(), 3, s, &mut ref_done, &[9], PAD)).collect();
     assert_eq!(out[1], steps.iter().map(|t| t[1]).collect::<Vec<_>>());
     assert_eq!(done, ref_done);
     // reset() clears the flags.
@@ -392,4 +419,5 @@ fn bad_inputs_are_errors() {
     let out_bad = Tensor::empty(&gpu, &[3, 4], DType::U32, "out").unwrap();
     assert!(sample(&l, &ok, &state, 0, &next, &out_bad, 0).is_err(), "out rows");
     assert!(SampleState::new(&gpu, 0, &[], 0).is_err());
+    assert!(SampleState::new(&gpu, 1, &vec![0; 1025], 0).is_err());
 }

@@ -15,10 +15,14 @@
 // present) fall back to greedy.
 //
 // Two entry points share the per-pass helpers:
-//   sample_rows_serial (Register variant, CPU adapters): one invocation per row, no workgroup
-//     memory, no barriers; a workgroup holds ROWS rows, which lavapipe runs as SIMD lanes.
-//   sample_rows (Tiled variant, real GPUs): one workgroup per row; each pass is strided over WG
-//     threads and reduced in a fixed order (three barriers, no atomics), so it is deterministic.
+//   sample_rows_serial (CPU adapters, rows up to 1536 logits): one invocation per row, no
+//     workgroup memory, no barriers; a workgroup holds ROWS rows, which lavapipe runs as SIMD
+//     lanes. At most 32 passes over the row: lavapipe silently ends a shader's loops after
+//     65535 iterations in total per invocation.
+//   sample_rows (real GPUs, and longer rows on CPU adapters): one workgroup per row; each pass
+//     is strided over WG threads and reduced in a fixed order (no atomics), so it is
+//     deterministic; the reduced values come back through workgroupUniformLoad, so the searches
+//     keep uniform control flow around the barriers.
 
 override ROWS: u32 = 8u;  // rows per workgroup in sample_rows_serial
 override WG: u32 = 64u;   // threads per workgroup (one workgroup per row)

@@ -1,8 +1,8 @@
 //! Token sampling on the GPU, so that batched generation can record many decode steps into one
 //! command encoder and read the tokens back only at the end.
 //!
-//! [`sample`] is one dispatch per step (one workgroup per row, see `shaders/sample/sample.wgsl`):
-//! greedy argmax, or softmax(logits / T) restricted to the top-k logits and then to the top-p
+//! [`sample`] is one dispatch per step (a workgroup per row on GPUs, an invocation per row on CPU
+//! adapters; see `shaders/sample/sample.wgsl`): greedy argmax, or softmax(logits / T) restricted to the top-k logits and then to the top-p
 //! nucleus, sampled by inverse CDF in index order with a uniform number that is a hash of
 //! (seed, row, step). The uniform does not depend on the other rows or on earlier draws, so a
 //! seed reproduces a run and the CPU [`reference`] can replay any draw exactly.
@@ -69,6 +69,9 @@ impl SamplingConfig {
     }
 }
 
+/// Most stop ids a [`SampleState`] takes (the kernel checks each emitted token against all).
+pub const MAX_STOP_IDS: usize = 1024;
+
 /// Per-batch sampling state kept on the GPU across decode steps.
 pub struct SampleState {
     /// u32 (B): 1 once the row has produced a stop token, else 0.
@@ -81,10 +84,14 @@ pub struct SampleState {
 }
 
 impl SampleState {
-    /// State for `batch` rows, none done, with the given stop ids (may be empty) and seed.
+    /// State for `batch` rows, none done, with the given stop ids (at most 1024, may be empty)
+    /// and seed.
     pub fn new(gpu: &Gpu, batch: usize, stop_ids: &[u32], seed: u64) -> Result<Self> {
         if batch == 0 {
             return Err(Error::shape("SampleState::new", "batch must be at least 1"));
+        }
+        if stop_ids.len() > MAX_STOP_IDS {
+            return Err(Error::config("stop ids", format!("{} given, at most {MAX_STOP_IDS}", stop_ids.len())));
         }
         let done = Tensor::from_u32(gpu, &vec![0; batch], &[batch])?;
         let slots = if stop_ids.is_empty() { vec![0] } else { stop_ids.to_vec() };
@@ -365,10 +372,10 @@ pub mod reference {
         last
     }
 
-    /// One decode step for a batch, as the GPU does it: returns the B tokens and updates `done`.
+    /// One decode step for a batch of rows (`logits` holds `done.len()` rows), as the GPU does
+    /// it: returns one token per row and marks rows that emit a stop id as done.
     pub fn step(
         logits: &[f32],
-        vocab: usize,
         cfg: &SamplingConfig,
         seed: u64,
         step: u32,
@@ -376,6 +383,7 @@ pub mod reference {
         stop_ids: &[u32],
         pad_id: u32,
     ) -> Vec<u32> {
+        let vocab = logits.len() / done.len().max(1);
         (0..done.len())
             .map(|b| {
                 if done[b] {
