@@ -3,6 +3,7 @@
 //! CPU reference; its kernels live in `shaders/<family>/`.
 
 pub mod activation;
+pub mod attention;
 pub mod dpo;
 pub mod elementwise;
 pub mod embedding;
@@ -22,6 +23,7 @@ use crate::gpu::ShaderSource;
 /// Every family's shader list; `gpu::all_shaders` flattens it.
 pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     activation::SHADERS,
+    attention::SHADERS,
     dpo::SHADERS,
     elementwise::SHADERS,
     embedding::SHADERS,
