@@ -1,9 +1,11 @@
 // LayerNorm backward (llm.c's layernorm_backward), with norm = (x - mean) * rstd:
 //   dnorm = dout * weight
 //   dinp  = (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd        (per row)
-//   dweight partials: dst[b, c] = sum over the rows r of block b of dout[r, c] * norm[r, c]
-// The partials (one row per block of rows_per_block rows) are summed by reduce's column sum,
-// so dweight is deterministic without atomics; dbias is the column sum of dout itself.
+//   param_grad_partial, per block b of rows_per_block rows, in one pass over dout and x:
+//     dweight partials dst[b, c]                = sum over the block's rows r of dout[r, c] * norm[r, c]
+//     dbias partials   dst[db_offset + b*C + c] = sum over the block's rows r of dout[r, c]
+// The partials are summed by reduce's column sum, so the parameter gradients are deterministic
+// without atomics.
 // Row kernels in two variants: backward_thread (one thread per row: CPU adapters) and
 // backward_group (one 256-thread workgroup per row: GPUs).
 
@@ -11,11 +13,12 @@ struct Params {
     rows: u32,
     cols: u32,
     rows_per_block: u32,
-    _pad: u32,
+    // where the dbias partials start in dst (param_grad_partial)
+    db_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// dinp for the row kernels, dweight partials for weight_grad_partial.
+// dinp for the row kernels, dweight and dbias partials for param_grad_partial.
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read> dout: array<f32>;
 @group(0) @binding(3) var<storage, read> inp: array<f32>;
@@ -93,7 +96,7 @@ fn backward_group(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 }
 
 @compute @workgroup_size(64)
-fn weight_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn param_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
     let blocks = (p.rows + p.rows_per_block - 1u) / p.rows_per_block;
     if (i >= blocks * p.cols) { return; }
@@ -101,11 +104,15 @@ fn weight_grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     let r0 = (i / p.cols) * p.rows_per_block;
     let r1 = min(r0 + p.rows_per_block, p.rows);
     // accumulate: the block's rows in order
-    var s = 0.0;
+    var dw = 0.0;
+    var db = 0.0;
     for (var row = r0; row < r1; row++) {
         let k = row * p.cols + c;
-        s += dout[k] * (inp[k] - mean[row]) * rstd[row];
+        let d = dout[k];
+        dw += d * (inp[k] - mean[row]) * rstd[row];
+        db += d;
     }
     // store
-    dst[i] = s;
+    dst[i] = dw;
+    dst[p.db_offset + i] = db;
 }

@@ -115,7 +115,7 @@ fn position_dims(op: &'static str, x: &Tensor, rows: usize, cols: usize, offset:
     if offset + seq > rows {
         return Err(Error::shape(op, format!("positions {offset}..{} exceed the table's {rows} rows", offset + seq)));
     }
-    let batch = if seq * cols == 0 { 0 } else { x.len() / (seq * cols) };
+    let batch = x.len().checked_div(seq * cols).unwrap_or(0);
     Ok((batch, seq))
 }
 

@@ -42,7 +42,8 @@ struct BackwardParams {
     rows: u32,
     cols: u32,
     rows_per_block: u32,
-    _pad: u32,
+    /// LayerNorm: where the dbias partials start in the partials buffer.
+    db_offset: u32,
 }
 
 /// Checks x (..., C) f32 and each parameter (C) f32; returns (rows, C).
@@ -112,7 +113,7 @@ pub fn layer_norm_backward(
     dout.expect_shape("layer_norm_backward", x.shape())?;
     let gpu = x.gpu();
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
-    let p = BackwardParams { rows: rows as u32, cols: cols as u32, rows_per_block: ROWS_PER_BLOCK as u32, _pad: 0 };
+    let p = BackwardParams { rows: rows as u32, cols: cols as u32, rows_per_block: ROWS_PER_BLOCK as u32, db_offset: 0 };
     let dx = if need.input {
         let dx = Tensor::empty(gpu, x.shape(), DType::F32, "layer_norm dx")?;
         let (entry, groups) = row_kernel(gpu, rows, cols, "backward_thread", "backward_group");
@@ -125,14 +126,16 @@ pub fn layer_norm_backward(
     if !need.params {
         return Ok((dx, None, None));
     }
-    // dweight: block partials of dout * norm, then their column sum.
-    let partials = Tensor::empty(gpu, &[blocks, cols], DType::F32, "layer_norm dweight partials")?;
+    // dweight and dbias: block partials of dout * norm and dout in one pass, then their column
+    // sums. The dbias partials start at a 64-element (256-byte) boundary so both are views.
+    let db_offset = (blocks * cols).div_ceil(64) * 64;
+    let partials = Tensor::empty(gpu, &[db_offset + blocks * cols], DType::F32, "layer_norm param partials")?;
+    let p = BackwardParams { db_offset: db_offset as u32, ..p };
     let binds = [partials.binding(), dout.binding(), x.binding(), mean.binding(), rstd.binding()];
-    let k = Kernel::new(&LAYERNORM_BACKWARD, "weight_grad_partial");
+    let k = Kernel::new(&LAYERNORM_BACKWARD, "param_grad_partial");
     gpu.dispatch(&k, bytemuck::bytes_of(&p), &binds, gpu.groups_1d(blocks * cols, 64))?;
-    let dweight = finish_partials(partials, blocks, cols)?;
-    // dbias: the column sum of dout.
-    let dbias = reduce::sum_leading_forward(dout)?;
+    let dweight = finish_partials(partials.view(0, &[blocks, cols])?, blocks, cols)?;
+    let dbias = finish_partials(partials.view(db_offset, &[blocks, cols])?, blocks, cols)?;
     Ok((dx, Some(dweight), Some(dbias)))
 }
 
@@ -174,7 +177,7 @@ pub fn rms_norm_backward(
     dout.expect_shape("rms_norm_backward", x.shape())?;
     let gpu = x.gpu();
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
-    let p = BackwardParams { rows: rows as u32, cols: cols as u32, rows_per_block: ROWS_PER_BLOCK as u32, _pad: 0 };
+    let p = BackwardParams { rows: rows as u32, cols: cols as u32, rows_per_block: ROWS_PER_BLOCK as u32, db_offset: 0 };
     let dx = if need.input {
         let dx = Tensor::empty(gpu, x.shape(), DType::F32, "rms_norm dx")?;
         let (entry, groups) = row_kernel(gpu, rows, cols, "backward_thread", "backward_group");

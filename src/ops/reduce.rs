@@ -157,7 +157,7 @@ pub fn sum_leading_forward(x: &Tensor) -> Result<Tensor> {
     let cols = x.last_dim();
     let gpu = x.gpu();
     let mut cur = x.clone();
-    let mut rows = if cols == 0 { 0 } else { x.len() / cols };
+    let mut rows = x.len().checked_div(cols).unwrap_or(0);
     loop {
         let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
         let out = Tensor::empty(gpu, &[blocks, cols], DType::F32, "column sums")?;
