@@ -3,12 +3,16 @@
 
 pub mod data;
 pub mod error;
+pub mod generate;
 pub mod gpu;
+pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod params;
 pub mod tape;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -111,6 +111,11 @@ impl ParamStore {
     }
 
     /// The parameter `name` as a view into the flat value buffer.
+    /// True when the store holds a parameter called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries().iter().any(|e| e.name == name)
+    }
+
     pub fn value(&self, name: &str) -> Result<Tensor> {
         let e = self.entry("ParamStore::value", name)?;
         self.values.view(e.offset, &e.shape)

@@ -99,7 +99,8 @@ impl ModelConfig {
     pub fn from_json(text: &str, origin: &Path) -> Result<ModelConfig> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::format(origin, format!("invalid JSON: {e}")))?;
-        let mt = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+        let mt = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("").to_string();
+        let mt = mt.as_str();
         let bad = |e: serde_json::Error| Error::format(origin, format!("{mt} config: {e}"));
         match mt {
             "gpt2" => Ok(ModelConfig::Gpt(serde_json::from_value(v).map_err(bad)?)),

@@ -2,6 +2,7 @@
 
 mod data;
 mod info;
+mod sft;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     ///   plumb data prepare prefs.jsonl prefs.bin --tokenizer gpt2
     ///   plumb data inspect prefs.bin --tokenizer gpt2
     Data(data::DataArgs),
+    /// Supervised fine-tuning / pretraining (default: a byte-level GPT on the built-in movie reviews).
+    Sft(sft::SftArgs),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     let result = match cli.command {
         Command::Info(a) => info::run(a),
         Command::Data(a) => data::run(a),
+        Command::Sft(a) => sft::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,7 +1,8 @@
 //! `plumb sft`: supervised fine-tuning / pretraining. With no data it trains a small byte-level
 //! GPT on the built-in movie-review sentences and prints samples that read like reviews.
 
-use plumb::data::{movie_reviews, Dataset, DatasetKind, SftDataset, TokenStream};
+use plumb::data::corpus::movie_reviews;
+use plumb::data::{Dataset, DatasetKind, SftDataset, TokenStream};
 use plumb::generate::{generate, GenerateConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::sample::SamplingConfig;
@@ -79,7 +80,7 @@ fn source(path: &PathBuf, seed: u64) -> Result<Box<dyn BatchSource>> {
     let kind = Dataset::open(path)?.kind();
     Ok(match kind {
         DatasetKind::TokenStream => Box::new(StreamSource::from_file(TokenStream::open(path)?, seed)),
-        DatasetKind::Sft => Box::new(SftSource::new(SftDataset::open(path)?, seed, 0)?),
+        DatasetKind::PromptCompletion => Box::new(SftSource::new(SftDataset::open(path)?, seed, 0)?),
         k => return Err(Error::config("--data", format!("{} holds {} rows; sft takes a token stream or prompt/completion rows", path.display(), k.name()))),
     })
 }
