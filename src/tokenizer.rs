@@ -10,6 +10,7 @@
 //! recognised as single tokens when the tokenizer declares them.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Map, Value};
 
@@ -33,8 +34,8 @@ const PAD_CANDIDATES: &[&str] = &["<pad>", "<|pad|>", "[PAD]", "<|finetune_right
 enum Model {
     /// id = byte value, vocabulary 256.
     Bytes,
-    /// A Hugging Face tokenizer (GPT-2 BPE is built as one too).
-    Hf(Box<tokenizers::Tokenizer>),
+    /// A Hugging Face tokenizer (GPT-2 BPE is built as one too); shared, so clones are cheap.
+    Hf(Arc<tokenizers::Tokenizer>),
 }
 
 /// A tokenizer with its special tokens and (optional) chat template.
@@ -98,14 +99,20 @@ impl Tokenizer {
         Tokenizer::gpt2_from_bytes(&enc, &bpe, e, v)
     }
 
-    /// GPT-2's tokenizer from the copy embedded in the binary (`models/gpt2-tokenizer/`).
+    /// GPT-2's tokenizer from the copy embedded in the binary (`models/gpt2-tokenizer/`). Built
+    /// once per process (about a second), then shared.
     pub fn gpt2_builtin() -> Result<Tokenizer> {
-        Tokenizer::gpt2_from_bytes(
+        static BUILT: OnceLock<Tokenizer> = OnceLock::new();
+        if let Some(t) = BUILT.get() {
+            return Ok(t.clone());
+        }
+        let t = Tokenizer::gpt2_from_bytes(
             GPT2_ENCODER_JSON,
             GPT2_VOCAB_BPE,
             Path::new("<built-in gpt2 encoder.json>"),
             Path::new("<built-in gpt2 vocab.bpe>"),
-        )
+        )?;
+        Ok(BUILT.get_or_init(|| t).clone())
     }
 
     /// Build the GPT-2 tokenizer as a Hugging Face tokenizer.json document: BPE model, ByteLevel
@@ -171,7 +178,7 @@ impl Tokenizer {
         // Added tokens may sit above the model's vocabulary: size by the largest id.
         let max_added = inner.get_added_tokens_decoder().keys().map(|&id| id as usize + 1).max().unwrap_or(0);
         let vocab = inner.get_vocab_size(true).max(max_added);
-        Tokenizer { model: Model::Hf(Box::new(inner)), name, vocab, eos, bos, pad, chat_template }
+        Tokenizer { model: Model::Hf(Arc::new(inner)), name, vocab, eos, bos, pad, chat_template }
     }
 
     /// A short description: `byte-level`, `gpt2`, or the tokenizer.json path.

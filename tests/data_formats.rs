@@ -518,6 +518,33 @@ fn error_late_in_a_long_file_leaves_no_output() {
 }
 
 #[test]
+fn rows_keep_file_order_across_batches_and_threads_and_the_first_error_wins() {
+    let dir = scratch("jsonl_order");
+    // 20,000 lines: more than one read batch, split across worker threads.
+    let lines: Vec<String> = (0..20_000).map(|i| if i % 1000 == 999 { String::new() } else { format!(r#"{{"text": "doc {i}"}}"#) }).collect();
+    let input = dir.join("many.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let out = dir.join("many.bin");
+    let sum = prepare(&input, &out, &bytes_tok(), &PrepareOptions::default()).expect("prepare");
+    assert_eq!((sum.rows, sum.blank_lines), (19_980, 19), "the last empty line has no newline: not a line");
+    let ts = TokenStream::open(&out).expect("open");
+    let mut doc = 0;
+    for i in (0..20_000).filter(|i| i % 1000 != 999) {
+        assert_eq!(text_of(ts.document(doc).expect("doc")), format!("doc {i}"));
+        doc += 1;
+    }
+    // Two bad lines far apart: the earlier one is reported.
+    let mut lines: Vec<String> = (0..3000).map(|i| format!(r#"{{"text": "doc {i}"}}"#)).collect();
+    lines[2500] = "{oops".into();
+    lines[1200] = r#"{"text": null}"#.into();
+    let input = dir.join("two_errors.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let err = prepare(&input, &dir.join("two.bin"), &bytes_tok(), &PrepareOptions::default()).expect_err("errors");
+    assert!(err.to_string().contains("two_errors.jsonl:1201: field `text`"), "{err}");
+    assert_eq!(listing(&dir), vec!["many.bin", "many.jsonl", "two_errors.jsonl"]);
+}
+
+#[test]
 fn max_len_truncates_or_drops_and_reports() {
     let dir = scratch("jsonl_max_len");
     let input = jsonl(

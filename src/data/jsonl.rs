@@ -163,6 +163,7 @@ pub fn prepare_with_progress(
     let size = file.metadata().map_err(|e| Error::io(input, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let vocab = u32::try_from(tokenizer.vocab_size()).map_err(|_| Error::config("tokenizer", "vocabulary over 2^32"))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
 
     let mut sum = PrepareSummary {
         kind: DatasetKind::TokenStream,
@@ -177,31 +178,28 @@ pub fn prepare_with_progress(
     };
     let mut writer: Option<DatasetWriter> = None;
     let mut kind: Option<DatasetKind> = None;
-    let (mut line_no, mut bytes_read) = (0u64, 0u64);
-    let mut buf = Vec::new();
+    let (mut first_line, mut bytes_read) = (1u64, 0u64);
+    let mut batch = Batch::default();
     loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(input, e))?;
-        if n == 0 {
+        // Read a batch of lines (bounded in count and bytes), streaming through the file.
+        batch.clear();
+        let eof = batch.fill(&mut reader).map_err(|e| Error::io(input, e))?;
+        if batch.is_empty() {
             break;
         }
-        line_no += 1;
-        bytes_read += n as u64;
-        if line_no % 256 == 0 {
-            progress(bytes_read, size);
-        }
-        let at = |msg: String| line_error(input, line_no, msg);
-        let text = std::str::from_utf8(&buf).map_err(|e| at(format!("not valid UTF-8 ({e})")))?;
-        let text = text.trim();
-        if text.is_empty() {
-            sum.blank_lines += 1;
-            continue;
-        }
-        sum.lines += 1;
-        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("invalid JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| at("expected a JSON object".into()))?;
-        let row = Row::parse(obj).map_err(at)?;
-        let k = *kind.get_or_insert_with(|| resolve_kind(opts.format, &row));
+        bytes_read += batch.bytes.len() as u64;
+        // The first non-blank row fixes the output kind (and creates the output file).
+        let k = match kind {
+            Some(k) => k,
+            None => match batch.first_row(first_line).map_err(|(line, msg)| line_error(input, line, msg))? {
+                Some(row) => *kind.insert(resolve_kind(opts.format, &row)),
+                None => {
+                    sum.blank_lines += batch.len() as u64;
+                    first_line += batch.len() as u64;
+                    continue;
+                }
+            },
+        };
         if writer.is_none() {
             let mut w = DatasetWriter::create(output, k, vocab, tokenizer.eos_id())?;
             if opts.reserve_reference_logps {
@@ -209,36 +207,33 @@ pub fn prepare_with_progress(
             }
             writer = Some(w);
         }
-        if row.is_conversational() {
-            sum.conversational_rows += 1;
-        }
-        let segments = row.to_segments(k).map_err(at)?;
-        let mut tokens = Vec::with_capacity(segments.len());
-        for s in &segments {
-            tokens.push(tokenizer.encode(s).map_err(|e| at(e.to_string()))?);
-        }
-        if let Some(why) = empty_reason(k, &tokens) {
-            *sum.dropped.entry(why.to_string()).or_default() += 1;
-            continue;
-        }
-        if let Some(e) = eos {
-            // EOS ends every generated part: documents, completions, chosen, rejected.
-            let from = usize::from(k != DatasetKind::TokenStream);
-            if k != DatasetKind::Prompts {
-                tokens.iter_mut().skip(from).for_each(|t| t.push(e));
+        // Parse, render and tokenize on all cores; then write in file order.
+        let job = Job { kind: k, tokenizer, opts, eos };
+        let outcomes = batch.process(&job, threads);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let line = first_line + i as u64;
+            match outcome.map_err(|msg| line_error(input, line, msg))? {
+                Outcome::Blank => sum.blank_lines += 1,
+                Outcome::Dropped { why, conversational } => {
+                    sum.lines += 1;
+                    sum.conversational_rows += u64::from(conversational);
+                    *sum.dropped.entry(why.to_string()).or_default() += 1;
+                }
+                Outcome::Row { tokens, conversational, truncated } => {
+                    sum.lines += 1;
+                    sum.conversational_rows += u64::from(conversational);
+                    sum.truncated += u64::from(truncated);
+                    let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+                    if let Some(w) = writer.as_mut() {
+                        w.push_row(&refs).map_err(|e| line_error(input, line, e.to_string()))?;
+                    }
+                }
             }
         }
-        match fit_length(k, &mut tokens, opts) {
-            Fit::Keep => {}
-            Fit::Truncated => sum.truncated += 1,
-            Fit::Drop(why) => {
-                *sum.dropped.entry(why.to_string()).or_default() += 1;
-                continue;
-            }
-        }
-        let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
-        if let Some(w) = writer.as_mut() {
-            w.push_row(&refs).map_err(|e| at(e.to_string()))?;
+        first_line += batch.len() as u64;
+        progress(bytes_read, size);
+        if eof {
+            break;
         }
     }
     progress(bytes_read, size);
@@ -258,6 +253,147 @@ pub fn prepare_with_progress(
         ));
     }
     Ok(sum)
+}
+
+/// Most worker threads used for tokenizing.
+const MAX_THREADS: usize = 16;
+/// A batch ends after this many lines or bytes.
+const BATCH_LINES: usize = 8192;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Lines read from the file, back to back in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// End of each line in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Read lines until the batch is full; true at end of file.
+    fn fill(&mut self, reader: &mut impl BufRead) -> std::io::Result<bool> {
+        while self.ends.len() < BATCH_LINES && self.bytes.len() < BATCH_BYTES {
+            if reader.read_until(b'\n', &mut self.bytes)? == 0 {
+                return Ok(true);
+            }
+            self.ends.push(self.bytes.len());
+        }
+        Ok(false)
+    }
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+    /// The first non-blank row, or the (line number, message) of the error before it.
+    fn first_row(&self, first_line: u64) -> std::result::Result<Option<Row>, (u64, String)> {
+        for i in 0..self.len() {
+            if let Some(row) = parse_line(self.line(i)).map_err(|m| (first_line + i as u64, m))? {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+    /// Each line's outcome, in order; contiguous chunks run on `threads` threads. A chunk stops
+    /// at its first error (only the earliest error of the batch is reported).
+    fn process(&self, job: &Job<'_>, threads: usize) -> Vec<std::result::Result<Outcome, String>> {
+        let run = |range: std::ops::Range<usize>| {
+            let mut out = Vec::with_capacity(range.len());
+            for i in range {
+                let o = job.line(self.line(i));
+                let failed = o.is_err();
+                out.push(o);
+                if failed {
+                    break;
+                }
+            }
+            out
+        };
+        let n = self.len();
+        if threads <= 1 || n < 64 {
+            return run(0..n);
+        }
+        let chunk = n.div_ceil(threads);
+        let results: Vec<Vec<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n).step_by(chunk).map(|a| s.spawn(move || run(a..(a + chunk).min(n)))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| vec![Err("internal error: tokenizer thread panicked".into())])).collect()
+        });
+        let mut all = Vec::with_capacity(n);
+        for part in results {
+            let failed = part.last().is_some_and(|o| o.is_err());
+            all.extend(part);
+            if failed {
+                break;
+            }
+        }
+        all
+    }
+}
+
+/// Everything a worker needs to turn a line into a row.
+struct Job<'a> {
+    kind: DatasetKind,
+    tokenizer: &'a Tokenizer,
+    opts: &'a PrepareOptions,
+    eos: Option<u32>,
+}
+
+/// What one line became.
+enum Outcome {
+    Blank,
+    Dropped { why: &'static str, conversational: bool },
+    Row { tokens: Vec<Vec<u32>>, conversational: bool, truncated: bool },
+}
+
+impl Job<'_> {
+    /// Parse, render, tokenize, add EOS and fit one line.
+    fn line(&self, bytes: &[u8]) -> std::result::Result<Outcome, String> {
+        let Some(row) = parse_line(bytes)? else { return Ok(Outcome::Blank) };
+        let conversational = row.is_conversational();
+        let k = self.kind;
+        let segments = row.to_segments(k)?;
+        let mut tokens = Vec::with_capacity(segments.len());
+        for s in &segments {
+            tokens.push(self.tokenizer.encode(s).map_err(|e| e.to_string())?);
+        }
+        if let Some(why) = empty_reason(k, &tokens) {
+            return Ok(Outcome::Dropped { why, conversational });
+        }
+        if let Some(e) = self.eos {
+            // EOS ends every generated part: documents, completions, chosen, rejected.
+            let from = usize::from(k != DatasetKind::TokenStream);
+            if k != DatasetKind::Prompts {
+                tokens.iter_mut().skip(from).for_each(|t| t.push(e));
+            }
+        }
+        let truncated = match fit_length(k, &mut tokens, self.opts) {
+            Fit::Keep => false,
+            Fit::Truncated => true,
+            Fit::Drop(why) => return Ok(Outcome::Dropped { why, conversational }),
+        };
+        Ok(Outcome::Row { tokens, conversational, truncated })
+    }
+}
+
+/// One line to a row; None for a blank line.
+fn parse_line(bytes: &[u8]) -> std::result::Result<Option<Row>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = value.as_object().ok_or_else(|| "expected a JSON object".to_string())?;
+    Row::parse(obj).map(Some)
 }
 
 /// `input:line: msg`: the Format error's path carries the line number so it prints as one.
