@@ -5,8 +5,9 @@
 //!   binary: [`Tokenizer::gpt2_builtin`]);
 //! - any Hugging Face `tokenizer.json` (Llama, Qwen, SmolLM, ...), through the `tokenizers` crate.
 //!
-//! `encode` never adds special tokens by itself (no BOS, no EOS): the data pipeline adds them where
-//! it means to. Special tokens written literally in the text (`<|endoftext|>`, `<|im_start|>`) are
+//! `encode` never adds special tokens by itself (no BOS, no EOS); `encode_with_special_tokens` runs
+//! the tokenizer's own post-processor, as Hugging Face does by default (Llama tokenizers add BOS,
+//! GPT-2's adds nothing). Special tokens written literally in the text (`<|endoftext|>`, `<|im_start|>`) are
 //! recognised as single tokens when the tokenizer declares them.
 
 use std::path::{Path, PathBuf};
@@ -188,10 +189,21 @@ impl Tokenizer {
 
     /// Text to token ids. Adds no special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_inner(text, false)
+    }
+
+    /// Text to token ids plus the special tokens the tokenizer's post-processor adds (Hugging
+    /// Face's `add_special_tokens=True`: BOS for Llama-style tokenizers, nothing for GPT-2 or the
+    /// byte-level tokenizer).
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_inner(text, true)
+    }
+
+    fn encode_inner(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match &self.model {
             Model::Bytes => Ok(text.bytes().map(u32::from).collect()),
             Model::Hf(t) => t
-                .encode_fast(text, false)
+                .encode_fast(text, special)
                 .map(|enc| enc.get_ids().to_vec())
                 .map_err(|e| Error::config("text to tokenize", format!("{}: {e}", self.name))),
         }

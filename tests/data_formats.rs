@@ -528,10 +528,8 @@ fn rows_keep_file_order_across_batches_and_threads_and_the_first_error_wins() {
     let sum = prepare(&input, &out, &bytes_tok(), &PrepareOptions::default()).expect("prepare");
     assert_eq!((sum.rows, sum.blank_lines), (19_980, 19), "the last empty line has no newline: not a line");
     let ts = TokenStream::open(&out).expect("open");
-    let mut doc = 0;
-    for i in (0..20_000).filter(|i| i % 1000 != 999) {
+    for (doc, i) in (0..20_000).filter(|i| i % 1000 != 999).enumerate() {
         assert_eq!(text_of(ts.document(doc).expect("doc")), format!("doc {i}"));
-        doc += 1;
     }
     // Two bad lines far apart: the earlier one is reported.
     let mut lines: Vec<String> = (0..3000).map(|i| format!(r#"{{"text": "doc {i}"}}"#)).collect();
@@ -605,6 +603,32 @@ fn append_eos_needs_an_eos_token() {
     let d = SftDataset::open(dir.join("a.bin")).expect("open");
     let r = d.get(0).expect("row");
     assert_eq!((r.prompt.to_vec(), r.completion.to_vec()), (vec![64], vec![65, 50256]), "EOS on the completion only");
+}
+
+#[test]
+fn special_tokens_go_on_the_first_part_of_each_row() {
+    let dir = scratch("jsonl_special");
+    let tok = Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wordlevel-bos")).expect("fixture");
+    let input = jsonl(&dir, "sft.jsonl", &[r#"{"prompt": "hello", "completion": "world"}"#, r#"{"prompt": "the sky is", "completion": ""}"#]);
+    let opts = PrepareOptions { append_eos: true, ..Default::default() };
+    let sum = prepare(&input, &dir.join("bos.bin"), &tok, &opts).expect("prepare");
+    assert_eq!(sum.dropped.get("empty completion"), Some(&1), "EOS alone does not make a completion");
+    let d = SftDataset::open(dir.join("bos.bin")).expect("open");
+    let r = d.get(0).expect("row");
+    assert_eq!((r.prompt.to_vec(), r.completion.to_vec()), (vec![0, 3], vec![4, 1]), "BOS on the prompt, EOS on the completion");
+    let opts = PrepareOptions { add_special_tokens: false, ..Default::default() };
+    prepare(&input, &dir.join("plain.bin"), &tok, &opts).expect("prepare");
+    let d = SftDataset::open(dir.join("plain.bin")).expect("open");
+    assert_eq!(d.get(0).expect("row").prompt.to_vec(), vec![3]);
+    // Documents: BOS first; an empty text is still empty.
+    let docs = jsonl(&dir, "docs.jsonl", &[r#"{"text": "hello world"}"#, r#"{"text": ""}"#]);
+    let sum = prepare(&docs, &dir.join("docs.bin"), &tok, &PrepareOptions::default()).expect("prepare");
+    assert_eq!((sum.rows, sum.dropped.get("empty text")), (1, Some(&1)));
+    assert_eq!(TokenStream::open(dir.join("docs.bin")).expect("open").document(0).expect("doc").to_vec(), vec![0, 3, 4]);
+    // This tokenizer carries a Jinja template plumb does not run: the summary says so.
+    let chat = jsonl(&dir, "chat.jsonl", &[r#"{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]}"#]);
+    let sum = prepare(&chat, &dir.join("chat.bin"), &tok, &PrepareOptions::default()).expect("prepare");
+    assert!(sum.notes.iter().any(|n| n.contains("chat template was not applied")), "{sum}");
 }
 
 #[test]

@@ -73,7 +73,7 @@ pub enum Overflow {
 }
 
 /// Options for [`prepare`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PrepareOptions {
     /// Output kind (default: auto).
     pub format: OutputFormat,
@@ -85,6 +85,23 @@ pub struct PrepareOptions {
     pub append_eos: bool,
     /// Preference output only: reserve the reference log-prob section to fill in place later.
     pub reserve_reference_logps: bool,
+    /// Let the tokenizer add its special tokens to the first part of each row (document or
+    /// prompt), as Hugging Face and TRL do by default: BOS for Llama-style tokenizers, nothing
+    /// for GPT-2 or byte-level. Default true.
+    pub add_special_tokens: bool,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> PrepareOptions {
+        PrepareOptions {
+            format: OutputFormat::Auto,
+            max_len: None,
+            overflow: Overflow::Truncate,
+            append_eos: false,
+            reserve_reference_logps: false,
+            add_special_tokens: true,
+        }
+    }
 }
 
 /// What [`prepare`] did.
@@ -362,10 +379,15 @@ impl Job<'_> {
         let k = self.kind;
         let segments = row.to_segments(k)?;
         let mut tokens = Vec::with_capacity(segments.len());
-        for s in &segments {
-            tokens.push(self.tokenizer.encode(s).map_err(|e| e.to_string())?);
+        for (i, s) in segments.iter().enumerate() {
+            let ids = if i == 0 && self.opts.add_special_tokens {
+                self.tokenizer.encode_with_special_tokens(s)
+            } else {
+                self.tokenizer.encode(s)
+            };
+            tokens.push(ids.map_err(|e| e.to_string())?);
         }
-        if let Some(why) = empty_reason(k, &tokens) {
+        if let Some(why) = empty_reason(k, &segments, &tokens) {
             return Ok(Outcome::Dropped { why, conversational });
         }
         if let Some(e) = self.eos {
@@ -662,13 +684,15 @@ fn fit_length(kind: DatasetKind, t: &mut [Vec<u32>], opts: &PrepareOptions) -> F
     Fit::Truncated
 }
 
-/// Why a row with an empty part is dropped, if it is.
-fn empty_reason(kind: DatasetKind, t: &[Vec<u32>]) -> Option<&'static str> {
+/// Why a row with an empty part is dropped, if it is. A part is empty when its text is (a BOS
+/// the tokenizer added does not make it non-empty) or it tokenized to nothing.
+fn empty_reason(kind: DatasetKind, texts: &[String], t: &[Vec<u32>]) -> Option<&'static str> {
+    let empty = |i: usize| texts[i].is_empty() || t[i].is_empty();
     match kind {
-        DatasetKind::TokenStream if t[0].is_empty() => Some("empty text"),
-        DatasetKind::Prompts if t[0].is_empty() => Some("empty prompt"),
-        DatasetKind::PromptCompletion if t[1].is_empty() => Some("empty completion"),
-        DatasetKind::Preference if t[1].is_empty() || t[2].is_empty() => Some("empty chosen or rejected"),
+        DatasetKind::TokenStream if empty(0) => Some("empty text"),
+        DatasetKind::Prompts if empty(0) => Some("empty prompt"),
+        DatasetKind::PromptCompletion if empty(1) => Some("empty completion"),
+        DatasetKind::Preference if empty(1) || empty(2) => Some("empty chosen or rejected"),
         DatasetKind::Preference if t[1] == t[2] => Some("chosen equals rejected"),
         _ => None,
     }
