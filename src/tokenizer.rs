@@ -68,7 +68,15 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// The built-in byte-level tokenizer: vocabulary 256, token id = byte value, no special tokens.
     pub fn byte_level() -> Tokenizer {
-        Tokenizer { model: Model::Bytes, name: "byte-level".into(), vocab: 256, eos: None, bos: None, pad: None, chat_template: None }
+        Tokenizer {
+            model: Model::Bytes,
+            name: "byte-level".into(),
+            vocab: 256,
+            eos: None,
+            bos: None,
+            pad: None,
+            chat_template: None,
+        }
     }
 
     /// A Hugging Face tokenizer from a `tokenizer.json` file (or a directory holding one). Special
@@ -221,7 +229,9 @@ impl Tokenizer {
                 let bytes: Vec<u8> = ids.iter().map(|&id| id as u8).collect();
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            Model::Hf(t) => t.decode(ids, false).map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name))),
+            Model::Hf(t) => {
+                t.decode(ids, false).map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name)))
+            }
         }
     }
 
@@ -273,7 +283,9 @@ impl Tokenizer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json = match &self.model {
-            Model::Hf(t) => t.to_string(true).map_err(|e| Error::format(path, format!("cannot serialise tokenizer: {e}")))?,
+            Model::Hf(t) => {
+                t.to_string(true).map_err(|e| Error::format(path, format!("cannot serialise tokenizer: {e}")))?
+            }
             Model::Bytes => serde_json::to_string_pretty(&byte_level_tokenizer_json())
                 .map_err(|e| Error::format(path, e.to_string()))?,
         };
@@ -290,7 +302,8 @@ impl Tokenizer {
         }
         if !config.is_empty() {
             let cfg_path = path.parent().unwrap_or(Path::new(".")).join("tokenizer_config.json");
-            let text = serde_json::to_string_pretty(&Value::Object(config)).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+            let text = serde_json::to_string_pretty(&Value::Object(config))
+                .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
             write_atomically(&cfg_path, text.as_bytes())?;
         }
         Ok(())

@@ -47,7 +47,8 @@ fn gpt2_builtin_matches_reference_ids() {
 
 #[test]
 fn gpt2_from_files_matches_builtin() {
-    let files = Tokenizer::gpt2(repo("models/gpt2-tokenizer/encoder.json"), repo("models/gpt2-tokenizer/vocab.bpe")).expect("gpt2 from files");
+    let files = Tokenizer::gpt2(repo("models/gpt2-tokenizer/encoder.json"), repo("models/gpt2-tokenizer/vocab.bpe"))
+        .expect("gpt2 from files");
     let builtin = Tokenizer::gpt2_builtin().expect("built-in gpt2");
     for (text, ids) in GPT2_VECTORS {
         assert_eq!(files.encode(text).expect("encode"), *ids);

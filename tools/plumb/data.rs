@@ -88,7 +88,17 @@ fn load_tokenizer(spec: &str) -> plumb::Result<Tokenizer> {
 /// Run a `plumb data` subcommand.
 pub fn run(args: DataArgs) -> plumb::Result<()> {
     match args.command {
-        DataCommand::Prepare { input, output, format, tokenizer, max_len, overflow, append_eos, reserve_reference, no_special_tokens } => {
+        DataCommand::Prepare {
+            input,
+            output,
+            format,
+            tokenizer,
+            max_len,
+            overflow,
+            append_eos,
+            reserve_reference,
+            no_special_tokens,
+        } => {
             let tok = load_tokenizer(&tokenizer)?;
             let opts = PrepareOptions {
                 format: match format {
