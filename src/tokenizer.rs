@@ -5,11 +5,13 @@
 //!   binary: [`Tokenizer::gpt2_builtin`]);
 //! - any Hugging Face `tokenizer.json` (Llama, Qwen, SmolLM, ...), through the `tokenizers` crate.
 //!
-//! `encode` never adds special tokens by itself (no BOS, no EOS): the data pipeline adds them where
-//! it means to. Special tokens written literally in the text (`<|endoftext|>`, `<|im_start|>`) are
+//! `encode` never adds special tokens by itself (no BOS, no EOS); `encode_with_special_tokens` runs
+//! the tokenizer's own post-processor, as Hugging Face does by default (Llama tokenizers add BOS,
+//! GPT-2's adds nothing). Special tokens written literally in the text (`<|endoftext|>`, `<|im_start|>`) are
 //! recognised as single tokens when the tokenizer declares them.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Map, Value};
 
@@ -33,8 +35,8 @@ const PAD_CANDIDATES: &[&str] = &["<pad>", "<|pad|>", "[PAD]", "<|finetune_right
 enum Model {
     /// id = byte value, vocabulary 256.
     Bytes,
-    /// A Hugging Face tokenizer (GPT-2 BPE is built as one too).
-    Hf(Box<tokenizers::Tokenizer>),
+    /// A Hugging Face tokenizer (GPT-2 BPE is built as one too); shared, so clones are cheap.
+    Hf(Arc<tokenizers::Tokenizer>),
 }
 
 /// A tokenizer with its special tokens and (optional) chat template.
@@ -66,7 +68,15 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// The built-in byte-level tokenizer: vocabulary 256, token id = byte value, no special tokens.
     pub fn byte_level() -> Tokenizer {
-        Tokenizer { model: Model::Bytes, name: "byte-level".into(), vocab: 256, eos: None, bos: None, pad: None, chat_template: None }
+        Tokenizer {
+            model: Model::Bytes,
+            name: "byte-level".into(),
+            vocab: 256,
+            eos: None,
+            bos: None,
+            pad: None,
+            chat_template: None,
+        }
     }
 
     /// A Hugging Face tokenizer from a `tokenizer.json` file (or a directory holding one). Special
@@ -98,14 +108,20 @@ impl Tokenizer {
         Tokenizer::gpt2_from_bytes(&enc, &bpe, e, v)
     }
 
-    /// GPT-2's tokenizer from the copy embedded in the binary (`models/gpt2-tokenizer/`).
+    /// GPT-2's tokenizer from the copy embedded in the binary (`models/gpt2-tokenizer/`). Built
+    /// once per process (about a second), then shared.
     pub fn gpt2_builtin() -> Result<Tokenizer> {
-        Tokenizer::gpt2_from_bytes(
+        static BUILT: OnceLock<Tokenizer> = OnceLock::new();
+        if let Some(t) = BUILT.get() {
+            return Ok(t.clone());
+        }
+        let t = Tokenizer::gpt2_from_bytes(
             GPT2_ENCODER_JSON,
             GPT2_VOCAB_BPE,
             Path::new("<built-in gpt2 encoder.json>"),
             Path::new("<built-in gpt2 vocab.bpe>"),
-        )
+        )?;
+        Ok(BUILT.get_or_init(|| t).clone())
     }
 
     /// Build the GPT-2 tokenizer as a Hugging Face tokenizer.json document: BPE model, ByteLevel
@@ -171,7 +187,7 @@ impl Tokenizer {
         // Added tokens may sit above the model's vocabulary: size by the largest id.
         let max_added = inner.get_added_tokens_decoder().keys().map(|&id| id as usize + 1).max().unwrap_or(0);
         let vocab = inner.get_vocab_size(true).max(max_added);
-        Tokenizer { model: Model::Hf(Box::new(inner)), name, vocab, eos, bos, pad, chat_template }
+        Tokenizer { model: Model::Hf(Arc::new(inner)), name, vocab, eos, bos, pad, chat_template }
     }
 
     /// A short description: `byte-level`, `gpt2`, or the tokenizer.json path.
@@ -181,10 +197,21 @@ impl Tokenizer {
 
     /// Text to token ids. Adds no special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_inner(text, false)
+    }
+
+    /// Text to token ids plus the special tokens the tokenizer's post-processor adds (Hugging
+    /// Face's `add_special_tokens=True`: BOS for Llama-style tokenizers, nothing for GPT-2 or the
+    /// byte-level tokenizer).
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_inner(text, true)
+    }
+
+    fn encode_inner(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match &self.model {
             Model::Bytes => Ok(text.bytes().map(u32::from).collect()),
             Model::Hf(t) => t
-                .encode_fast(text, false)
+                .encode_fast(text, special)
                 .map(|enc| enc.get_ids().to_vec())
                 .map_err(|e| Error::config("text to tokenize", format!("{}: {e}", self.name))),
         }
@@ -202,7 +229,9 @@ impl Tokenizer {
                 let bytes: Vec<u8> = ids.iter().map(|&id| id as u8).collect();
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            Model::Hf(t) => t.decode(ids, false).map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name))),
+            Model::Hf(t) => {
+                t.decode(ids, false).map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name)))
+            }
         }
     }
 
@@ -254,7 +283,9 @@ impl Tokenizer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json = match &self.model {
-            Model::Hf(t) => t.to_string(true).map_err(|e| Error::format(path, format!("cannot serialise tokenizer: {e}")))?,
+            Model::Hf(t) => {
+                t.to_string(true).map_err(|e| Error::format(path, format!("cannot serialise tokenizer: {e}")))?
+            }
             Model::Bytes => serde_json::to_string_pretty(&byte_level_tokenizer_json())
                 .map_err(|e| Error::format(path, e.to_string()))?,
         };
@@ -271,7 +302,8 @@ impl Tokenizer {
         }
         if !config.is_empty() {
             let cfg_path = path.parent().unwrap_or(Path::new(".")).join("tokenizer_config.json");
-            let text = serde_json::to_string_pretty(&Value::Object(config)).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+            let text = serde_json::to_string_pretty(&Value::Object(config))
+                .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
             write_atomically(&cfg_path, text.as_bytes())?;
         }
         Ok(())

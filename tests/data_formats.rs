@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use plumb::data::corpus::{movie_reviews, vader_judge, vader_lexicon};
 use plumb::data::format::{self, Header, HEADER_LEN};
 use plumb::data::{
-    inspect, prepare, prepare_with_progress, write_reference_logps, Dataset, DatasetKind, DatasetWriter, OutputFormat, Overflow,
-    PreferenceDataset, PrepareOptions, PromptDataset, SftDataset, TokenDType, TokenStream,
+    inspect, prepare, prepare_with_progress, write_reference_logps, Dataset, DatasetKind, DatasetWriter, OutputFormat,
+    Overflow, PreferenceDataset, PrepareOptions, PromptDataset, SftDataset, TokenDType, TokenStream,
 };
 use plumb::tokenizer::Tokenizer;
 
@@ -25,7 +25,10 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Files in `dir`, sorted (to prove no stray .tmp and no partial output).
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -66,7 +69,8 @@ fn write(path: &Path, kind: DatasetKind, vocab: u32, rows: &[Vec<Vec<u32>>], res
     w.finish().expect("finish");
 }
 
-const KINDS: [DatasetKind; 4] = [DatasetKind::TokenStream, DatasetKind::PromptCompletion, DatasetKind::Preference, DatasetKind::Prompts];
+const KINDS: [DatasetKind; 4] =
+    [DatasetKind::TokenStream, DatasetKind::PromptCompletion, DatasetKind::Preference, DatasetKind::Prompts];
 
 #[test]
 fn every_kind_round_trips_with_u16_and_u32_ids() {
@@ -246,7 +250,8 @@ fn every_single_byte_corruption_is_an_error_or_harmless() {
 fn forge(bytes: &[u8], edit: impl FnOnce(&mut Header, &mut Vec<u64>)) -> Vec<u8> {
     let mut h = Header::parse(Path::new("x"), bytes).expect("header");
     let table = &bytes[h.offsets.0 as usize..(h.offsets.0 + h.offsets.1) as usize];
-    let mut offs: Vec<u64> = table.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    let mut offs: Vec<u64> =
+        table.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
     edit(&mut h, &mut offs);
     let mut out = bytes.to_vec();
     let table: Vec<u8> = offs.iter().flat_map(|o| o.to_le_bytes()).collect();
@@ -332,11 +337,13 @@ fn text_of(t: plumb::data::Tokens<'_>) -> String {
 fn text_rows_become_a_token_stream() {
     let dir = scratch("jsonl_text");
     let gpt2 = Tokenizer::gpt2_builtin().expect("gpt2");
-    let input = jsonl(&dir, "lm.jsonl", &[r#"{"text": "Hello world"}"#, "", r#"{"text": "Call me Ishmael.", "meta": 3}"#]);
+    let input =
+        jsonl(&dir, "lm.jsonl", &[r#"{"text": "Hello world"}"#, "", r#"{"text": "Call me Ishmael.", "meta": 3}"#]);
     let out = dir.join("lm.bin");
     let opts = PrepareOptions { append_eos: true, ..Default::default() };
     let mut calls = Vec::new();
-    let sum = prepare_with_progress(&input, &out, &gpt2, &opts, &mut |done, total| calls.push((done, total))).expect("prepare");
+    let sum = prepare_with_progress(&input, &out, &gpt2, &opts, &mut |done, total| calls.push((done, total)))
+        .expect("prepare");
     let size = std::fs::metadata(&input).expect("meta").len();
     assert_eq!(calls.last(), Some(&(size, size)), "progress ends at the file size");
     assert_eq!((sum.kind, sum.rows, sum.lines, sum.blank_lines, sum.tokens), (DatasetKind::TokenStream, 2, 2, 1, 10));
@@ -351,7 +358,11 @@ fn text_rows_become_a_token_stream() {
 #[test]
 fn prompt_completion_becomes_sft() {
     let dir = scratch("jsonl_sft");
-    let input = jsonl(&dir, "sft.jsonl", &[r#"{"prompt": "2+2=", "completion": "4"}"#, r#"{"prompt": "", "completion": "hi"}"#]);
+    let input = jsonl(
+        &dir,
+        "sft.jsonl",
+        &[r#"{"prompt": "2+2=", "completion": "4"}"#, r#"{"prompt": "", "completion": "hi"}"#],
+    );
     let out = dir.join("sft.bin");
     let sum = prepare(&input, &out, &bytes_tok(), &PrepareOptions::default()).expect("prepare");
     assert_eq!((sum.kind, sum.rows, sum.tokens), (DatasetKind::PromptCompletion, 2, 7));
@@ -406,7 +417,10 @@ fn conversations_use_the_chatml_template() {
     assert!(sum.to_string().contains("ChatML"), "{sum}");
     let d = SftDataset::open(&out).expect("open");
     let r = d.get(0).expect("row");
-    assert_eq!(text_of(r.prompt), "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        text_of(r.prompt),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
     assert_eq!(text_of(r.completion), "Hello!<|im_end|>\n");
     let r = d.get(1).expect("row");
     assert_eq!(text_of(r.prompt), "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n");
@@ -414,7 +428,8 @@ fn conversations_use_the_chatml_template() {
 
     // The same conversation as a token stream: the whole rendering.
     let stream = dir.join("stream.bin");
-    prepare(&input, &stream, &bytes_tok(), &PrepareOptions { format: OutputFormat::Text, ..Default::default() }).expect("prepare");
+    prepare(&input, &stream, &bytes_tok(), &PrepareOptions { format: OutputFormat::Text, ..Default::default() })
+        .expect("prepare");
     let ts = TokenStream::open(&stream).expect("open");
     assert_eq!(
         text_of(ts.document(0).expect("doc")),
@@ -425,7 +440,9 @@ fn conversations_use_the_chatml_template() {
     let pref = jsonl(
         &dir,
         "pref.jsonl",
-        &[r#"{"chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue"}], "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green"}]}"#],
+        &[
+            r#"{"chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue"}], "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green"}]}"#,
+        ],
     );
     let out = dir.join("pref.bin");
     prepare(&pref, &out, &bytes_tok(), &PrepareOptions::default()).expect("prepare");
@@ -436,7 +453,13 @@ fn conversations_use_the_chatml_template() {
 
     // Prompts from conversations end with the generation prompt.
     let prompts = dir.join("prompts.bin");
-    let s = prepare(&input, &prompts, &bytes_tok(), &PrepareOptions { format: OutputFormat::Prompts, ..Default::default() }).expect("prepare");
+    let s = prepare(
+        &input,
+        &prompts,
+        &bytes_tok(),
+        &PrepareOptions { format: OutputFormat::Prompts, ..Default::default() },
+    )
+    .expect("prepare");
     assert_eq!(s.kind, DatasetKind::Prompts);
     let p = PromptDataset::open(&prompts).expect("open");
     assert_eq!(text_of(p.get(1).expect("row")), "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n");
@@ -453,7 +476,8 @@ fn prompt_only_rows_become_prompts() {
     assert_eq!(text_of(p.get(1).expect("row")), "The movie was");
     // --format sft on prompt-only rows: a clear error, no output.
     let bad = dir.join("bad.bin");
-    let err = prepare(&input, &bad, &bytes_tok(), &PrepareOptions { format: OutputFormat::Sft, ..Default::default() }).expect_err("sft");
+    let err = prepare(&input, &bad, &bytes_tok(), &PrepareOptions { format: OutputFormat::Sft, ..Default::default() })
+        .expect_err("sft");
     assert!(err.to_string().contains("p.jsonl:1: a prompt-only row cannot become a prompt/completion row"), "{err}");
     assert!(!bad.exists());
 }
@@ -471,23 +495,36 @@ fn prepare_err(dir: &Path, name: &str, lines: &[&str]) -> String {
 #[test]
 fn malformed_lines_name_file_line_and_field() {
     let dir = scratch("jsonl_errors");
-    let mut lines: Vec<String> = (0..16).map(|i| format!(r#"{{"prompt": "p{i}", "chosen": "a", "rejected": "b"}}"#)).collect();
+    let mut lines: Vec<String> =
+        (0..16).map(|i| format!(r#"{{"prompt": "p{i}", "chosen": "a", "rejected": "b"}}"#)).collect();
     lines.push(r#"{"prompt": "p", "chosen": 5, "rejected": "b"}"#.into());
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let err = prepare_err(&dir, "data.jsonl", &refs);
-    assert!(err.ends_with("data.jsonl:17: field `chosen`: expected a string or a list of messages, found a number"), "{err}");
+    assert!(
+        err.ends_with("data.jsonl:17: field `chosen`: expected a string or a list of messages, found a number"),
+        "{err}"
+    );
 
-    let err = prepare_err(&dir, "broken.jsonl", &[r#"{"text": "ok"}"#, r#"{"text": "ok"}"#, r#"{"text": "unterminated"#]);
+    let err =
+        prepare_err(&dir, "broken.jsonl", &[r#"{"text": "ok"}"#, r#"{"text": "ok"}"#, r#"{"text": "unterminated"#]);
     assert!(err.contains("broken.jsonl:3: invalid JSON"), "{err}");
     let err = prepare_err(&dir, "missing.jsonl", &[r#"{"prompt": "a", "completion": "b"}"#, r#"{"completion": "b"}"#]);
     assert!(err.contains("missing.jsonl:2: missing field `prompt`"), "{err}");
     let err = prepare_err(&dir, "type.jsonl", &[r#"{"text": ["a"]}"#]);
     assert!(err.contains("type.jsonl:1: field `text`: expected a string"), "{err}");
-    let err = prepare_err(&dir, "nested.jsonl", &[r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 7}]}"#]);
+    let err = prepare_err(
+        &dir,
+        "nested.jsonl",
+        &[r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": 7}]}"#],
+    );
     assert!(err.contains("nested.jsonl:1: field `messages[1].content`: expected a string"), "{err}");
     let err = prepare_err(&dir, "last.jsonl", &[r#"{"messages": [{"role": "user", "content": "a"}]}"#]);
     assert!(err.contains("last.jsonl:1: field `messages`: the last message must be from the `assistant`"), "{err}");
-    let err = prepare_err(&dir, "mixed.jsonl", &[r#"{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}"#]);
+    let err = prepare_err(
+        &dir,
+        "mixed.jsonl",
+        &[r#"{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}"#],
+    );
     assert!(err.contains("mixed.jsonl:1: field `completion`: expected a string, like `prompt`"), "{err}");
     let err = prepare_err(&dir, "array.jsonl", &["[1, 2]"]);
     assert!(err.contains("array.jsonl:1: expected a JSON object"), "{err}");
@@ -496,7 +533,8 @@ fn malformed_lines_name_file_line_and_field() {
     let err = prepare_err(&dir, "empty.jsonl", &["", "  "]);
     assert!(err.contains("no rows"), "{err}");
     std::fs::write(dir.join("latin1.jsonl"), b"{\"text\": \"caf\xe9\"}\n").expect("write");
-    let err = prepare(&dir.join("latin1.jsonl"), &dir.join("l.bin"), &bytes_tok(), &PrepareOptions::default()).expect_err("latin1");
+    let err = prepare(&dir.join("latin1.jsonl"), &dir.join("l.bin"), &bytes_tok(), &PrepareOptions::default())
+        .expect_err("latin1");
     assert!(err.to_string().contains("latin1.jsonl:1: not valid UTF-8"), "{err}");
     // Only inputs remain: no output and no .tmp from any failure above.
     assert!(listing(&dir).iter().all(|f| f.ends_with(".jsonl")), "{:?}", listing(&dir));
@@ -515,6 +553,33 @@ fn error_late_in_a_long_file_leaves_no_output() {
     assert!(err.to_string().contains("big.jsonl:5001: field `text`"), "{err}");
     assert_eq!(std::fs::read(&out).expect("read"), b"previous complete output", "an old output is left untouched");
     assert_eq!(listing(&dir), vec!["big.bin", "big.jsonl"]);
+}
+
+#[test]
+fn rows_keep_file_order_across_batches_and_threads_and_the_first_error_wins() {
+    let dir = scratch("jsonl_order");
+    // 20,000 lines: more than one read batch, split across worker threads.
+    let lines: Vec<String> = (0..20_000)
+        .map(|i| if i % 1000 == 999 { String::new() } else { format!(r#"{{"text": "doc {i}"}}"#) })
+        .collect();
+    let input = dir.join("many.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let out = dir.join("many.bin");
+    let sum = prepare(&input, &out, &bytes_tok(), &PrepareOptions::default()).expect("prepare");
+    assert_eq!((sum.rows, sum.blank_lines), (19_980, 19), "the last empty line has no newline: not a line");
+    let ts = TokenStream::open(&out).expect("open");
+    for (doc, i) in (0..20_000).filter(|i| i % 1000 != 999).enumerate() {
+        assert_eq!(text_of(ts.document(doc).expect("doc")), format!("doc {i}"));
+    }
+    // Two bad lines far apart: the earlier one is reported.
+    let mut lines: Vec<String> = (0..3000).map(|i| format!(r#"{{"text": "doc {i}"}}"#)).collect();
+    lines[2500] = "{oops".into();
+    lines[1200] = r#"{"text": null}"#.into();
+    let input = dir.join("two_errors.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let err = prepare(&input, &dir.join("two.bin"), &bytes_tok(), &PrepareOptions::default()).expect_err("errors");
+    assert!(err.to_string().contains("two_errors.jsonl:1201: field `text`"), "{err}");
+    assert_eq!(listing(&dir), vec!["many.bin", "many.jsonl", "two_errors.jsonl"]);
 }
 
 #[test]
@@ -548,20 +613,29 @@ fn max_len_truncates_or_drops_and_reports() {
 
     // Prompts are cut at the start (generation continues from the end); documents at the end.
     let p = jsonl(&dir, "p.jsonl", &[r#"{"prompt": "0123456789"}"#]);
-    prepare(&p, &dir.join("p.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(4), ..Default::default() }).expect("prepare");
+    prepare(&p, &dir.join("p.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(4), ..Default::default() })
+        .expect("prepare");
     assert_eq!(text_of(PromptDataset::open(dir.join("p.bin")).expect("open").get(0).expect("row")), "6789");
     let t = jsonl(&dir, "t.jsonl", &[r#"{"text": "0123456789"}"#]);
-    prepare(&t, &dir.join("t.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(4), ..Default::default() }).expect("prepare");
+    prepare(&t, &dir.join("t.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(4), ..Default::default() })
+        .expect("prepare");
     assert_eq!(text_of(TokenStream::open(dir.join("t.bin")).expect("open").document(0).expect("doc")), "0123");
 
     // Preference: both completions fit beside the prompt; all rows dropped is an error.
     let pref = jsonl(&dir, "pref.jsonl", &[r#"{"prompt": "ab", "chosen": "cdef", "rejected": "gh"}"#]);
-    let s = prepare(&pref, &dir.join("pref.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(5), ..Default::default() }).expect("prepare");
+    let s =
+        prepare(&pref, &dir.join("pref.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(5), ..Default::default() })
+            .expect("prepare");
     assert_eq!(s.truncated, 1);
     let r = PreferenceDataset::open(dir.join("pref.bin")).expect("open");
     let r = r.get(0).expect("row");
     assert_eq!((text_of(r.chosen), text_of(r.rejected)), ("cde".into(), "gh".into()));
-    let none = prepare(&pref, &dir.join("none.bin"), &bytes_tok(), &PrepareOptions { max_len: Some(2), overflow: Overflow::Drop, ..Default::default() });
+    let none = prepare(
+        &pref,
+        &dir.join("none.bin"),
+        &bytes_tok(),
+        &PrepareOptions { max_len: Some(2), overflow: Overflow::Drop, ..Default::default() },
+    );
     assert!(none.expect_err("all dropped").to_string().contains("no rows written"));
     assert!(!dir.join("none.bin").exists());
 }
@@ -578,6 +652,48 @@ fn append_eos_needs_an_eos_token() {
     let d = SftDataset::open(dir.join("a.bin")).expect("open");
     let r = d.get(0).expect("row");
     assert_eq!((r.prompt.to_vec(), r.completion.to_vec()), (vec![64], vec![65, 50256]), "EOS on the completion only");
+}
+
+#[test]
+fn special_tokens_go_on_the_first_part_of_each_row() {
+    let dir = scratch("jsonl_special");
+    let tok = Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wordlevel-bos"))
+        .expect("fixture");
+    let input = jsonl(
+        &dir,
+        "sft.jsonl",
+        &[r#"{"prompt": "hello", "completion": "world"}"#, r#"{"prompt": "the sky is", "completion": ""}"#],
+    );
+    let opts = PrepareOptions { append_eos: true, ..Default::default() };
+    let sum = prepare(&input, &dir.join("bos.bin"), &tok, &opts).expect("prepare");
+    assert_eq!(sum.dropped.get("empty completion"), Some(&1), "EOS alone does not make a completion");
+    let d = SftDataset::open(dir.join("bos.bin")).expect("open");
+    let r = d.get(0).expect("row");
+    assert_eq!(
+        (r.prompt.to_vec(), r.completion.to_vec()),
+        (vec![0, 3], vec![4, 1]),
+        "BOS on the prompt, EOS on the completion"
+    );
+    let opts = PrepareOptions { add_special_tokens: false, ..Default::default() };
+    prepare(&input, &dir.join("plain.bin"), &tok, &opts).expect("prepare");
+    let d = SftDataset::open(dir.join("plain.bin")).expect("open");
+    assert_eq!(d.get(0).expect("row").prompt.to_vec(), vec![3]);
+    // Documents: BOS first; an empty text is still empty.
+    let docs = jsonl(&dir, "docs.jsonl", &[r#"{"text": "hello world"}"#, r#"{"text": ""}"#]);
+    let sum = prepare(&docs, &dir.join("docs.bin"), &tok, &PrepareOptions::default()).expect("prepare");
+    assert_eq!((sum.rows, sum.dropped.get("empty text")), (1, Some(&1)));
+    assert_eq!(
+        TokenStream::open(dir.join("docs.bin")).expect("open").document(0).expect("doc").to_vec(),
+        vec![0, 3, 4]
+    );
+    // This tokenizer carries a Jinja template plumb does not run: the summary says so.
+    let chat = jsonl(
+        &dir,
+        "chat.jsonl",
+        &[r#"{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]}"#],
+    );
+    let sum = prepare(&chat, &dir.join("chat.bin"), &tok, &PrepareOptions::default()).expect("prepare");
+    assert!(sum.notes.iter().any(|n| n.contains("chat template was not applied")), "{sum}");
 }
 
 #[test]
@@ -626,7 +742,21 @@ fn cli_prepare_and_inspect_run() {
         cli::run(a)
     };
     let (i, o) = (input.to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
-    run(&["plumb", "data", "prepare", &i, &o, "--format", "sft", "--tokenizer", "gpt2", "--max-len", "64", "--append-eos"]).expect("prepare");
+    run(&[
+        "plumb",
+        "data",
+        "prepare",
+        &i,
+        &o,
+        "--format",
+        "sft",
+        "--tokenizer",
+        "gpt2",
+        "--max-len",
+        "64",
+        "--append-eos",
+    ])
+    .expect("prepare");
     let d = SftDataset::open(&out).expect("open");
     assert_eq!(d.get(0).expect("row").completion.to_vec(), vec![995, 50256]);
     run(&["plumb", "data", "inspect", &o, "--tokenizer", "gpt2", "--rows", "1"]).expect("inspect");
@@ -672,7 +802,8 @@ fn vader_judge_orders_sentiment() {
     let n = pairs.len() as f32;
     let (mj, mh) = (pairs.iter().map(|p| p.0).sum::<f32>() / n, pairs.iter().map(|p| p.1).sum::<f32>() / n);
     let cov: f32 = pairs.iter().map(|p| (p.0 - mj) * (p.1 - mh)).sum();
-    let (vj, vh): (f32, f32) = (pairs.iter().map(|p| (p.0 - mj).powi(2)).sum(), pairs.iter().map(|p| (p.1 - mh).powi(2)).sum());
+    let (vj, vh): (f32, f32) =
+        (pairs.iter().map(|p| (p.0 - mj).powi(2)).sum(), pairs.iter().map(|p| (p.1 - mh).powi(2)).sum());
     let r = cov / (vj * vh).sqrt();
     assert!(r > 0.3, "correlation with human ratings {r}");
 }

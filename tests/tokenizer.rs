@@ -47,7 +47,8 @@ fn gpt2_builtin_matches_reference_ids() {
 
 #[test]
 fn gpt2_from_files_matches_builtin() {
-    let files = Tokenizer::gpt2(repo("models/gpt2-tokenizer/encoder.json"), repo("models/gpt2-tokenizer/vocab.bpe")).expect("gpt2 from files");
+    let files = Tokenizer::gpt2(repo("models/gpt2-tokenizer/encoder.json"), repo("models/gpt2-tokenizer/vocab.bpe"))
+        .expect("gpt2 from files");
     let builtin = Tokenizer::gpt2_builtin().expect("built-in gpt2");
     for (text, ids) in GPT2_VECTORS {
         assert_eq!(files.encode(text).expect("encode"), *ids);
@@ -183,4 +184,21 @@ fn bad_tokenizer_files_are_clear_errors() {
     std::fs::write(&bad_merges, "#version: 0.2\nĠ t extra\n").expect("write");
     let err = Tokenizer::gpt2(repo("models/gpt2-tokenizer/encoder.json"), &bad_merges).expect_err("bad merges");
     assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+#[test]
+fn llama_style_tokenizer_json_with_bos_post_processor() {
+    let tok = Tokenizer::from_file(repo("tests/fixtures/wordlevel-bos")).expect("fixture tokenizer");
+    assert_eq!(tok.vocab_size(), 11);
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (Some(0), Some(1), None));
+    assert!(tok.chat_template().expect("template").contains("message['role']"));
+    assert_eq!(tok.encode("hello world").expect("encode"), vec![3, 4]);
+    assert_eq!(tok.encode_with_special_tokens("hello world").expect("encode"), vec![0, 3, 4]);
+    assert_eq!(tok.encode("the sky is purple.").expect("encode"), vec![5, 6, 7, 2, 10], "unknown word -> [UNK]");
+    assert_eq!(tok.encode("hello</s>").expect("encode"), vec![3, 1], "special tokens in text are recognised");
+    assert_eq!(tok.decode(&[0, 3, 4]).expect("decode"), "<s> hello world");
+    // GPT-2 and byte-level add nothing as special tokens.
+    let gpt2 = Tokenizer::gpt2_builtin().expect("gpt2");
+    assert_eq!(gpt2.encode_with_special_tokens("Hello world").expect("encode"), vec![15496, 995]);
+    assert_eq!(Tokenizer::byte_level().encode_with_special_tokens("A").expect("encode"), vec![65]);
 }

@@ -41,13 +41,19 @@ pub fn movie_reviews() -> Result<Vec<RatedSentence>> {
     for (i, line) in lines(RATINGS) {
         let bad = |what: &str| Error::format(rt_path, format!("line {i}: {what}"));
         let mut cols = line.split('\t');
-        let (Some(id), Some(_mean), Some(std), Some(list), None) = (cols.next(), cols.next(), cols.next(), cols.next(), cols.next()) else {
+        let (Some(id), Some(_mean), Some(std), Some(list), None) =
+            (cols.next(), cols.next(), cols.next(), cols.next(), cols.next())
+        else {
             return Err(bad("expected 4 tab-separated columns"));
         };
         let id: u32 = id.trim().parse().map_err(|_| bad("bad id"))?;
         let std: f32 = std.trim().parse().map_err(|_| bad("bad standard deviation"))?;
         let list = list.trim().trim_start_matches('[').trim_end_matches(']');
-        let scores = list.split(',').map(|s| s.trim().parse::<i8>()).collect::<std::result::Result<Vec<_>, _>>().map_err(|_| bad("bad rating list"))?;
+        let scores = list
+            .split(',')
+            .map(|s| s.trim().parse::<i8>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad("bad rating list"))?;
         ratings.insert(id, (std, scores));
     }
     let mut out = Vec::with_capacity(ratings.len());
@@ -79,7 +85,8 @@ pub fn vader_lexicon() -> Result<HashMap<String, f32>> {
         let (Some(word), Some(mean)) = (cols.next(), cols.next()) else {
             return Err(Error::format(path, format!("line {i}: expected tab-separated columns")));
         };
-        let mean: f32 = mean.trim().parse().map_err(|_| Error::format(path, format!("line {i}: bad valence `{mean}`")))?;
+        let mean: f32 =
+            mean.trim().parse().map_err(|_| Error::format(path, format!("line {i}: bad valence `{mean}`")))?;
         map.insert(word.to_string(), mean);
     }
     Ok(map)

@@ -191,7 +191,10 @@ impl Dataset {
     /// Error unless the file holds `kind`.
     fn expect_kind(self, kind: DatasetKind) -> Result<Dataset> {
         if self.kind() != kind {
-            return Err(Error::format(&self.path, format!("expected a {} dataset, found a {} dataset", kind.name(), self.kind().name())));
+            return Err(Error::format(
+                &self.path,
+                format!("expected a {} dataset, found a {} dataset", kind.name(), self.kind().name()),
+            ));
         }
         Ok(self)
     }

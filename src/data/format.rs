@@ -112,7 +112,11 @@ pub enum TokenDType {
 impl TokenDType {
     /// The narrowest type that holds every id below `vocab_size`.
     pub fn for_vocab(vocab_size: u32) -> TokenDType {
-        if vocab_size <= 1 << 16 { TokenDType::U16 } else { TokenDType::U32 }
+        if vocab_size <= 1 << 16 {
+            TokenDType::U16
+        } else {
+            TokenDType::U32
+        }
     }
     /// Bytes per token id.
     pub fn bytes(self) -> u64 {
@@ -203,12 +207,15 @@ impl Header {
         };
         let version = u32_at(8);
         if version != VERSION {
-            return Err(bad(format!("dataset format version {version}; this plumb reads version {VERSION}. Re-run `plumb data prepare`")));
+            return Err(bad(format!(
+                "dataset format version {version}; this plumb reads version {VERSION}. Re-run `plumb data prepare`"
+            )));
         }
         if fnv1a(FNV_OFFSET, &b[..120]) != u64_at(120) {
             return Err(bad("corrupted header (checksum mismatch)".into()));
         }
-        let kind = DatasetKind::from_code(u32_at(12)).ok_or_else(|| bad(format!("unknown dataset kind {}", u32_at(12))))?;
+        let kind =
+            DatasetKind::from_code(u32_at(12)).ok_or_else(|| bad(format!("unknown dataset kind {}", u32_at(12))))?;
         let dtype = match u32_at(16) {
             2 => TokenDType::U16,
             4 => TokenDType::U32,
@@ -259,7 +266,12 @@ pub fn validate(path: &Path, file: &[u8]) -> Result<Header> {
     if h.reference.1 != 0 {
         let want_ref = h.n_rows.checked_mul(8).ok_or_else(overflow)?;
         if h.kind != DatasetKind::Preference || h.reference.1 != want_ref {
-            return Err(bad(format!("reference section is {} bytes; a {} file with {} rows may only hold 0 or {want_ref}", h.reference.1, h.kind.name(), h.n_rows)));
+            return Err(bad(format!(
+                "reference section is {} bytes; a {} file with {} rows may only hold 0 or {want_ref}",
+                h.reference.1,
+                h.kind.name(),
+                h.n_rows
+            )));
         }
     }
     // Each section must be aligned, start after the header, lie inside the file, and not overlap.
@@ -280,7 +292,9 @@ pub fn validate(path: &Path, file: &[u8]) -> Result<Header> {
         end_of_previous = end;
     }
     if end_of_previous != len {
-        return Err(bad(format!("file has {len} bytes but its sections end at byte {end_of_previous} (truncated or trailing data)")));
+        return Err(bad(format!(
+            "file has {len} bytes but its sections end at byte {end_of_previous} (truncated or trailing data)"
+        )));
     }
     if cfg!(target_endian = "big") {
         return Err(bad("plumb datasets are little-endian; this big-endian host cannot map them".into()));
@@ -296,7 +310,10 @@ pub fn validate(path: &Path, file: &[u8]) -> Result<Header> {
         a.copy_from_slice(chunk);
         let off = u64::from_le_bytes(a);
         if (i == 0 && off != 0) || off < previous || off > h.n_tokens {
-            return Err(bad(format!("corrupted offsets table: entry {i} is {off} (previous {previous}, {} tokens)", h.n_tokens)));
+            return Err(bad(format!(
+                "corrupted offsets table: entry {i} is {off} (previous {previous}, {} tokens)",
+                h.n_tokens
+            )));
         }
         previous = off;
     }
@@ -349,7 +366,12 @@ pub struct DatasetWriter {
 
 impl DatasetWriter {
     /// Start writing a dataset of `kind` whose token ids are all below `vocab_size`.
-    pub fn create(path: impl AsRef<Path>, kind: DatasetKind, vocab_size: u32, eos_id: Option<u32>) -> Result<DatasetWriter> {
+    pub fn create(
+        path: impl AsRef<Path>,
+        kind: DatasetKind,
+        vocab_size: u32,
+        eos_id: Option<u32>,
+    ) -> Result<DatasetWriter> {
         let path = path.as_ref().to_path_buf();
         if vocab_size == 0 {
             return Err(Error::config("vocabulary size", "must be at least 1"));
@@ -377,7 +399,10 @@ impl DatasetWriter {
     /// later by [`write_reference_logps`]. Values read as absent until then.
     pub fn reserve_reference_logps(&mut self) -> Result<()> {
         if self.kind != DatasetKind::Preference {
-            return Err(Error::config("reference log-probs", format!("only preference datasets hold them, not {}", self.kind.name())));
+            return Err(Error::config(
+                "reference log-probs",
+                format!("only preference datasets hold them, not {}", self.kind.name()),
+            ));
         }
         self.reserve_reference = true;
         Ok(())
@@ -386,7 +411,10 @@ impl DatasetWriter {
     /// Append one row: exactly `kind.segments()` token slices (e.g. `[prompt, completion]`).
     pub fn push_row(&mut self, segments: &[&[u32]]) -> Result<()> {
         if segments.len() != self.kind.segments() {
-            return Err(Error::config("dataset row", format!("a {} row has {} segments, got {}", self.kind.name(), self.kind.segments(), segments.len())));
+            return Err(Error::config(
+                "dataset row",
+                format!("a {} row has {} segments, got {}", self.kind.name(), self.kind.segments(), segments.len()),
+            ));
         }
         let vocab = self.vocab_size;
         if let Some(bad) = segments.iter().flat_map(|s| s.iter()).find(|&&id| id >= vocab) {
@@ -477,16 +505,23 @@ pub fn write_reference_logps(path: impl AsRef<Path>, values: &[[f32; 2]]) -> Res
     let ds = super::Dataset::open(path)?;
     let h = ds.header().clone();
     if h.kind != DatasetKind::Preference {
-        return Err(Error::format(path, format!("reference log-probs belong to preference datasets; this is a {}", h.kind.name())));
+        return Err(Error::format(
+            path,
+            format!("reference log-probs belong to preference datasets; this is a {}", h.kind.name()),
+        ));
     }
     if values.len() as u64 != h.n_rows {
-        return Err(Error::config("reference log-probs", format!("{} values for {} rows of {}", values.len(), h.n_rows, path.display())));
+        return Err(Error::config(
+            "reference log-probs",
+            format!("{} values for {} rows of {}", values.len(), h.n_rows, path.display()),
+        ));
     }
     if h.reference.1 == 0 {
         let mut w = DatasetWriter::create(path, h.kind, h.vocab_size, h.eos_id)?;
         w.reserve_reference_logps()?;
         for r in 0..ds.n_rows() {
-            let segs: Vec<Vec<u32>> = (0..3).map(|s| ds.segment(r, s).map(|t| t.to_vec()).unwrap_or_default()).collect();
+            let segs: Vec<Vec<u32>> =
+                (0..3).map(|s| ds.segment(r, s).map(|t| t.to_vec()).unwrap_or_default()).collect();
             let refs: Vec<&[u32]> = segs.iter().map(Vec::as_slice).collect();
             w.push_row(&refs)?;
         }

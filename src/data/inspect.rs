@@ -103,7 +103,8 @@ pub fn inspect(path: &Path, tokenizer: Option<&Tokenizer>, n_rows: usize) -> Res
     let max_token_id = ds.max_token_id();
     let mut warnings = Vec::new();
     if let Some(m) = max_token_id.filter(|&m| m >= ds.vocab_size()) {
-        warnings.push(format!("token id {m} is outside the recorded vocabulary of {} (corrupted tokens)", ds.vocab_size()));
+        warnings
+            .push(format!("token id {m} is outside the recorded vocabulary of {} (corrupted tokens)", ds.vocab_size()));
     }
     if let Some(t) = tokenizer {
         if t.vocab_size() != ds.vocab_size() as usize {
@@ -171,7 +172,11 @@ impl std::fmt::Display for InspectReport {
         }
         writeln!(f, "{:<12} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}", "length", "mean", "min", "p50", "p90", "p99", "max")?;
         for l in &self.lengths {
-            writeln!(f, "{:<12} {:>9.1} {:>7} {:>7} {:>7} {:>7} {:>7}", l.name, l.mean, l.min, l.p50, l.p90, l.p99, l.max)?;
+            writeln!(
+                f,
+                "{:<12} {:>9.1} {:>7} {:>7} {:>7} {:>7} {:>7}",
+                l.name, l.mean, l.min, l.p50, l.p90, l.p99, l.max
+            )?;
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

@@ -23,10 +23,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
-
-use super::chat::{self, Message};
+use super::chat;
 use super::format::{DatasetKind, DatasetWriter};
+use super::rows::{parse_line, resolve_kind, Row};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -73,7 +72,7 @@ pub enum Overflow {
 }
 
 /// Options for [`prepare`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PrepareOptions {
     /// Output kind (default: auto).
     pub format: OutputFormat,
@@ -85,6 +84,23 @@ pub struct PrepareOptions {
     pub append_eos: bool,
     /// Preference output only: reserve the reference log-prob section to fill in place later.
     pub reserve_reference_logps: bool,
+    /// Let the tokenizer add its special tokens to the first part of each row (document or
+    /// prompt), as Hugging Face and TRL do by default: BOS for Llama-style tokenizers, nothing
+    /// for GPT-2 or byte-level. Default true.
+    pub add_special_tokens: bool,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> PrepareOptions {
+        PrepareOptions {
+            format: OutputFormat::Auto,
+            max_len: None,
+            overflow: Overflow::Truncate,
+            append_eos: false,
+            reserve_reference_logps: false,
+            add_special_tokens: true,
+        }
+    }
 }
 
 /// What [`prepare`] did.
@@ -152,7 +168,9 @@ pub fn prepare_with_progress(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PrepareSummary> {
     let eos = match (opts.append_eos, tokenizer.eos_id()) {
-        (true, None) => return Err(Error::config("--append-eos", format!("tokenizer `{}` has no EOS token", tokenizer.name()))),
+        (true, None) => {
+            return Err(Error::config("--append-eos", format!("tokenizer `{}` has no EOS token", tokenizer.name())))
+        }
         (true, Some(e)) => Some(e),
         (false, _) => None,
     };
@@ -162,7 +180,9 @@ pub fn prepare_with_progress(
     let file = File::open(input).map_err(|e| Error::io(input, e))?;
     let size = file.metadata().map_err(|e| Error::io(input, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let vocab = u32::try_from(tokenizer.vocab_size()).map_err(|_| Error::config("tokenizer", "vocabulary over 2^32"))?;
+    let vocab =
+        u32::try_from(tokenizer.vocab_size()).map_err(|_| Error::config("tokenizer", "vocabulary over 2^32"))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
 
     let mut sum = PrepareSummary {
         kind: DatasetKind::TokenStream,
@@ -177,31 +197,28 @@ pub fn prepare_with_progress(
     };
     let mut writer: Option<DatasetWriter> = None;
     let mut kind: Option<DatasetKind> = None;
-    let (mut line_no, mut bytes_read) = (0u64, 0u64);
-    let mut buf = Vec::new();
+    let (mut first_line, mut bytes_read) = (1u64, 0u64);
+    let mut batch = Batch::default();
     loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(input, e))?;
-        if n == 0 {
+        // Read a batch of lines (bounded in count and bytes), streaming through the file.
+        batch.clear();
+        let eof = batch.fill(&mut reader).map_err(|e| Error::io(input, e))?;
+        if batch.is_empty() {
             break;
         }
-        line_no += 1;
-        bytes_read += n as u64;
-        if line_no % 256 == 0 {
-            progress(bytes_read, size);
-        }
-        let at = |msg: String| line_error(input, line_no, msg);
-        let text = std::str::from_utf8(&buf).map_err(|e| at(format!("not valid UTF-8 ({e})")))?;
-        let text = text.trim();
-        if text.is_empty() {
-            sum.blank_lines += 1;
-            continue;
-        }
-        sum.lines += 1;
-        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("invalid JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| at("expected a JSON object".into()))?;
-        let row = Row::parse(obj).map_err(at)?;
-        let k = *kind.get_or_insert_with(|| resolve_kind(opts.format, &row));
+        bytes_read += batch.bytes.len() as u64;
+        // The first non-blank row fixes the output kind (and creates the output file).
+        let k = match kind {
+            Some(k) => k,
+            None => match batch.first_row(first_line).map_err(|(line, msg)| line_error(input, line, msg))? {
+                Some(row) => *kind.insert(resolve_kind(opts.format, &row)),
+                None => {
+                    sum.blank_lines += batch.len() as u64;
+                    first_line += batch.len() as u64;
+                    continue;
+                }
+            },
+        };
         if writer.is_none() {
             let mut w = DatasetWriter::create(output, k, vocab, tokenizer.eos_id())?;
             if opts.reserve_reference_logps {
@@ -209,36 +226,33 @@ pub fn prepare_with_progress(
             }
             writer = Some(w);
         }
-        if row.is_conversational() {
-            sum.conversational_rows += 1;
-        }
-        let segments = row.to_segments(k).map_err(at)?;
-        let mut tokens = Vec::with_capacity(segments.len());
-        for s in &segments {
-            tokens.push(tokenizer.encode(s).map_err(|e| at(e.to_string()))?);
-        }
-        if let Some(why) = empty_reason(k, &tokens) {
-            *sum.dropped.entry(why.to_string()).or_default() += 1;
-            continue;
-        }
-        if let Some(e) = eos {
-            // EOS ends every generated part: documents, completions, chosen, rejected.
-            let from = usize::from(k != DatasetKind::TokenStream);
-            if k != DatasetKind::Prompts {
-                tokens.iter_mut().skip(from).for_each(|t| t.push(e));
+        // Parse, render and tokenize on all cores; then write in file order.
+        let job = Job { kind: k, tokenizer, opts, eos };
+        let outcomes = batch.process(&job, threads);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let line = first_line + i as u64;
+            match outcome.map_err(|msg| line_error(input, line, msg))? {
+                Outcome::Blank => sum.blank_lines += 1,
+                Outcome::Dropped { why, conversational } => {
+                    sum.lines += 1;
+                    sum.conversational_rows += u64::from(conversational);
+                    *sum.dropped.entry(why.to_string()).or_default() += 1;
+                }
+                Outcome::Row { tokens, conversational, truncated } => {
+                    sum.lines += 1;
+                    sum.conversational_rows += u64::from(conversational);
+                    sum.truncated += u64::from(truncated);
+                    let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+                    if let Some(w) = writer.as_mut() {
+                        w.push_row(&refs).map_err(|e| line_error(input, line, e.to_string()))?;
+                    }
+                }
             }
         }
-        match fit_length(k, &mut tokens, opts) {
-            Fit::Keep => {}
-            Fit::Truncated => sum.truncated += 1,
-            Fit::Drop(why) => {
-                *sum.dropped.entry(why.to_string()).or_default() += 1;
-                continue;
-            }
-        }
-        let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
-        if let Some(w) = writer.as_mut() {
-            w.push_row(&refs).map_err(|e| at(e.to_string()))?;
+        first_line += batch.len() as u64;
+        progress(bytes_read, size);
+        if eof {
+            break;
         }
     }
     progress(bytes_read, size);
@@ -260,236 +274,149 @@ pub fn prepare_with_progress(
     Ok(sum)
 }
 
+/// Most worker threads used for tokenizing.
+const MAX_THREADS: usize = 16;
+/// A batch ends after this many lines or bytes.
+const BATCH_LINES: usize = 8192;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Lines read from the file, back to back in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// End of each line in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Read lines until the batch is full; true at end of file.
+    fn fill(&mut self, reader: &mut impl BufRead) -> std::io::Result<bool> {
+        while self.ends.len() < BATCH_LINES && self.bytes.len() < BATCH_BYTES {
+            if reader.read_until(b'\n', &mut self.bytes)? == 0 {
+                return Ok(true);
+            }
+            self.ends.push(self.bytes.len());
+        }
+        Ok(false)
+    }
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+    /// The first non-blank row, or the (line number, message) of the error before it.
+    fn first_row(&self, first_line: u64) -> std::result::Result<Option<Row>, (u64, String)> {
+        for i in 0..self.len() {
+            if let Some(row) = parse_line(self.line(i)).map_err(|m| (first_line + i as u64, m))? {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+    /// Each line's outcome, in order; contiguous chunks run on `threads` threads. A chunk stops
+    /// at its first error (only the earliest error of the batch is reported).
+    fn process(&self, job: &Job<'_>, threads: usize) -> Vec<std::result::Result<Outcome, String>> {
+        let run = |range: std::ops::Range<usize>| {
+            let mut out = Vec::with_capacity(range.len());
+            for i in range {
+                let o = job.line(self.line(i));
+                let failed = o.is_err();
+                out.push(o);
+                if failed {
+                    break;
+                }
+            }
+            out
+        };
+        let n = self.len();
+        if threads <= 1 || n < 64 {
+            return run(0..n);
+        }
+        let chunk = n.div_ceil(threads);
+        let results: Vec<Vec<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n).step_by(chunk).map(|a| s.spawn(move || run(a..(a + chunk).min(n)))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| vec![Err("internal error: tokenizer thread panicked".into())]))
+                .collect()
+        });
+        let mut all = Vec::with_capacity(n);
+        for part in results {
+            let failed = part.last().is_some_and(|o| o.is_err());
+            all.extend(part);
+            if failed {
+                break;
+            }
+        }
+        all
+    }
+}
+
+/// Everything a worker needs to turn a line into a row.
+struct Job<'a> {
+    kind: DatasetKind,
+    tokenizer: &'a Tokenizer,
+    opts: &'a PrepareOptions,
+    eos: Option<u32>,
+}
+
+/// What one line became.
+enum Outcome {
+    Blank,
+    Dropped { why: &'static str, conversational: bool },
+    Row { tokens: Vec<Vec<u32>>, conversational: bool, truncated: bool },
+}
+
+impl Job<'_> {
+    /// Parse, render, tokenize, add EOS and fit one line.
+    fn line(&self, bytes: &[u8]) -> std::result::Result<Outcome, String> {
+        let Some(row) = parse_line(bytes)? else { return Ok(Outcome::Blank) };
+        let conversational = row.is_conversational();
+        let k = self.kind;
+        let segments = row.to_segments(k)?;
+        let mut tokens = Vec::with_capacity(segments.len());
+        for (i, s) in segments.iter().enumerate() {
+            let ids = if i == 0 && self.opts.add_special_tokens {
+                self.tokenizer.encode_with_special_tokens(s)
+            } else {
+                self.tokenizer.encode(s)
+            };
+            tokens.push(ids.map_err(|e| e.to_string())?);
+        }
+        if let Some(why) = empty_reason(k, &segments, &tokens) {
+            return Ok(Outcome::Dropped { why, conversational });
+        }
+        if let Some(e) = self.eos {
+            // EOS ends every generated part: documents, completions, chosen, rejected.
+            let from = usize::from(k != DatasetKind::TokenStream);
+            if k != DatasetKind::Prompts {
+                tokens.iter_mut().skip(from).for_each(|t| t.push(e));
+            }
+        }
+        let truncated = match fit_length(k, &mut tokens, self.opts) {
+            Fit::Keep => false,
+            Fit::Truncated => true,
+            Fit::Drop(why) => return Ok(Outcome::Dropped { why, conversational }),
+        };
+        Ok(Outcome::Row { tokens, conversational, truncated })
+    }
+}
+
 /// `input:line: msg`: the Format error's path carries the line number so it prints as one.
 fn line_error(input: &Path, line: u64, msg: String) -> Error {
     Error::format(PathBuf::from(format!("{}:{line}", input.display())), msg)
 }
 
-/// A string or a conversation.
-#[derive(Clone, Debug, PartialEq)]
-enum Content {
-    Text(String),
-    Chat(Vec<Message>),
-}
-
-/// One input row, by shape.
-#[derive(Clone, Debug, PartialEq)]
-enum Row {
-    Text(String),
-    Messages(Vec<Message>),
-    PromptCompletion(Content, Content),
-    Preference(Option<Content>, Content, Content),
-    PromptOnly(Content),
-}
-
-impl Row {
-    /// Detect the shape by keys and check every field's type.
-    fn parse(obj: &Map<String, Value>) -> std::result::Result<Row, String> {
-        let has = |k: &str| obj.contains_key(k);
-        let field = |k: &str| content(obj, k);
-        if has("chosen") || has("rejected") {
-            let prompt = if has("prompt") { Some(field("prompt")?) } else { None };
-            let (c, r) = (field("chosen")?, field("rejected")?);
-            same_variant(&c, &r, "rejected", "chosen")?;
-            if let Some(p) = &prompt {
-                same_variant(p, &c, "chosen", "prompt")?;
-            }
-            return Ok(Row::Preference(prompt, c, r));
-        }
-        if has("completion") {
-            let (p, c) = (field("prompt")?, field("completion")?);
-            same_variant(&p, &c, "completion", "prompt")?;
-            return Ok(Row::PromptCompletion(p, c));
-        }
-        if has("messages") {
-            return match field("messages")? {
-                Content::Chat(m) => Ok(Row::Messages(m)),
-                Content::Text(_) => Err("field `messages`: expected a list of {role, content} messages".into()),
-            };
-        }
-        if has("text") {
-            return match obj.get("text") {
-                Some(Value::String(s)) => Ok(Row::Text(s.clone())),
-                _ => Err("field `text`: expected a string".into()),
-            };
-        }
-        if has("prompt") {
-            return Ok(Row::PromptOnly(field("prompt")?));
-        }
-        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        Err(format!(
-            "no known fields (expected text, messages, prompt/completion, or chosen/rejected); found {keys:?}"
-        ))
-    }
-
-    fn is_conversational(&self) -> bool {
-        match self {
-            Row::Text(_) => false,
-            Row::Messages(_) => true,
-            Row::PromptCompletion(c, _) | Row::Preference(_, c, _) | Row::PromptOnly(c) => matches!(c, Content::Chat(_)),
-        }
-    }
-
-    fn shape(&self) -> &'static str {
-        match self {
-            Row::Text(_) => "a `text` row",
-            Row::Messages(_) => "a `messages` row",
-            Row::PromptCompletion(..) => "a prompt/completion row",
-            Row::Preference(..) => "a preference row",
-            Row::PromptOnly(_) => "a prompt-only row",
-        }
-    }
-
-    /// The text of each segment of `kind` (see [`DatasetKind::segment_names`]).
-    fn to_segments(&self, kind: DatasetKind) -> std::result::Result<Vec<String>, String> {
-        let cannot = || format!("{} cannot become a {} row; choose another --format", self.shape(), kind.name());
-        Ok(match (kind, self) {
-            (DatasetKind::TokenStream, Row::Text(t)) => vec![t.clone()],
-            (DatasetKind::TokenStream, Row::Messages(m)) => vec![chat::render_chatml(m, false)],
-            (DatasetKind::TokenStream, Row::PromptCompletion(p, c)) => {
-                let (p, c) = split(p, c, "completion")?;
-                vec![p + &c]
-            }
-            (DatasetKind::PromptCompletion, Row::PromptCompletion(p, c)) => {
-                let (p, c) = split(p, c, "completion")?;
-                vec![p, c]
-            }
-            (DatasetKind::PromptCompletion, Row::Messages(m)) => {
-                let (p, c) = split_last_assistant(m)?;
-                let (p, c) = split(&Content::Chat(p.to_vec()), &Content::Chat(c.to_vec()), "messages")?;
-                vec![p, c]
-            }
-            (DatasetKind::Preference, Row::Preference(p, c, r)) => {
-                let (p, c, r) = match p {
-                    Some(p) => (p.clone(), c.clone(), r.clone()),
-                    None => extract_prompt(c, r),
-                };
-                let (pc, c) = split(&p, &c, "chosen")?;
-                let (_, r) = split(&p, &r, "rejected")?;
-                vec![pc, c, r]
-            }
-            (DatasetKind::Prompts, Row::PromptOnly(p) | Row::PromptCompletion(p, _) | Row::Preference(Some(p), ..)) => {
-                vec![prompt_text(p)]
-            }
-            (DatasetKind::Prompts, Row::Preference(None, c, r)) => vec![prompt_text(&extract_prompt(c, r).0)],
-            (DatasetKind::Prompts, Row::Messages(m)) => {
-                let prompt = split_last_assistant(m).map(|(p, _)| p).unwrap_or(m);
-                vec![chat::render_chatml(prompt, true)]
-            }
-            _ => return Err(cannot()),
-        })
-    }
-}
-
-/// The output kind for `format`, or the natural one for the first row's shape.
-fn resolve_kind(format: OutputFormat, first: &Row) -> DatasetKind {
-    match format {
-        OutputFormat::Text => DatasetKind::TokenStream,
-        OutputFormat::Sft => DatasetKind::PromptCompletion,
-        OutputFormat::Preference => DatasetKind::Preference,
-        OutputFormat::Prompts => DatasetKind::Prompts,
-        OutputFormat::Auto => match first {
-            Row::Text(_) => DatasetKind::TokenStream,
-            Row::Messages(_) | Row::PromptCompletion(..) => DatasetKind::PromptCompletion,
-            Row::Preference(..) => DatasetKind::Preference,
-            Row::PromptOnly(_) => DatasetKind::Prompts,
-        },
-    }
-}
-
-/// Field `key` as a string or a list of messages.
-fn content(obj: &Map<String, Value>, key: &str) -> std::result::Result<Content, String> {
-    match obj.get(key) {
-        None => Err(format!("missing field `{key}`")),
-        Some(Value::String(s)) => Ok(Content::Text(s.clone())),
-        Some(Value::Array(items)) => {
-            let mut msgs = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let get = |f: &str| match item.get(f) {
-                    Some(Value::String(s)) => Ok(s.clone()),
-                    Some(_) => Err(format!("field `{key}[{i}].{f}`: expected a string")),
-                    None if item.is_object() => Err(format!("field `{key}[{i}]`: missing `{f}`")),
-                    None => Err(format!("field `{key}[{i}]`: expected a {{role, content}} object")),
-                };
-                msgs.push(Message { role: get("role")?, content: get("content")? });
-            }
-            Ok(Content::Chat(msgs))
-        }
-        Some(other) => Err(format!("field `{key}`: expected a string or a list of messages, found {}", kind_of(other))),
-    }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Both strings or both conversations, as TRL requires of a row's fields.
-fn same_variant(a: &Content, b: &Content, b_name: &str, a_name: &str) -> std::result::Result<(), String> {
-    match (a, b) {
-        (Content::Text(_), Content::Chat(_)) => Err(format!("field `{b_name}`: expected a string, like `{a_name}`")),
-        (Content::Chat(_), Content::Text(_)) => Err(format!("field `{b_name}`: expected a list of messages, like `{a_name}`")),
-        _ => Ok(()),
-    }
-}
-
-/// Prompt and completion texts. Conversations are rendered so prompt + completion equals the
-/// rendering of the whole, the prompt ending with the assistant generation prompt.
-fn split(p: &Content, c: &Content, field: &str) -> std::result::Result<(String, String), String> {
-    match (p, c) {
-        (Content::Text(p), Content::Text(c)) => Ok((p.clone(), c.clone())),
-        (Content::Chat(p), Content::Chat(c)) => chat::render_prompt_completion(p, c)
-            .ok_or_else(|| format!("field `{field}`: the completion must start with an `assistant` message")),
-        _ => Err(format!("field `{field}`: mixes a string and a list of messages")),
-    }
-}
-
-/// (everything before the last message, the last message), which must be the assistant's.
-fn split_last_assistant(m: &[Message]) -> std::result::Result<(&[Message], &[Message]), String> {
-    match m.split_last() {
-        Some((last, _)) if last.role == "assistant" => Ok((&m[..m.len() - 1], &m[m.len() - 1..])),
-        _ => Err("field `messages`: the last message must be from the `assistant` (it becomes the completion)".into()),
-    }
-}
-
-fn prompt_text(p: &Content) -> String {
-    match p {
-        Content::Text(t) => t.clone(),
-        Content::Chat(m) => chat::render_chatml(m, true),
-    }
-}
-
-/// Implicit prompt: the longest common prefix of chosen and rejected (characters for strings,
-/// whole messages for conversations). As in TRL, a space just before the split point moves to
-/// the completions.
-fn extract_prompt(chosen: &Content, rejected: &Content) -> (Content, Content, Content) {
-    match (chosen, rejected) {
-        (Content::Text(c), Content::Text(r)) => {
-            let mut split = c.char_indices().zip(r.chars()).find(|((_, a), b)| a != b).map(|((i, _), _)| i);
-            if split.is_none() {
-                split = Some(c.len().min(r.len()));
-            }
-            let mut at = split.unwrap_or(0);
-            if at > 0 && c.as_bytes()[at - 1] == b' ' {
-                at -= 1;
-            }
-            (Content::Text(c[..at].into()), Content::Text(c[at..].into()), Content::Text(r[at..].into()))
-        }
-        (Content::Chat(c), Content::Chat(r)) => {
-            let n = c.iter().zip(r).take_while(|(a, b)| a == b).count();
-            (Content::Chat(c[..n].to_vec()), Content::Chat(c[n..].to_vec()), Content::Chat(r[n..].to_vec()))
-        }
-        // Rejected earlier by same_variant; keep everything as completion.
-        (c, r) => (Content::Text(String::new()), c.clone(), r.clone()),
-    }
-}
-
+/// Whether a row fits `max_len`, was cut to fit, or is dropped (and why).
 enum Fit {
     Keep,
     Truncated,
@@ -526,13 +453,15 @@ fn fit_length(kind: DatasetKind, t: &mut [Vec<u32>], opts: &PrepareOptions) -> F
     Fit::Truncated
 }
 
-/// Why a row with an empty part is dropped, if it is.
-fn empty_reason(kind: DatasetKind, t: &[Vec<u32>]) -> Option<&'static str> {
+/// Why a row with an empty part is dropped, if it is. A part is empty when its text is (a BOS
+/// the tokenizer added does not make it non-empty) or it tokenized to nothing.
+fn empty_reason(kind: DatasetKind, texts: &[String], t: &[Vec<u32>]) -> Option<&'static str> {
+    let empty = |i: usize| texts[i].is_empty() || t[i].is_empty();
     match kind {
-        DatasetKind::TokenStream if t[0].is_empty() => Some("empty text"),
-        DatasetKind::Prompts if t[0].is_empty() => Some("empty prompt"),
-        DatasetKind::PromptCompletion if t[1].is_empty() => Some("empty completion"),
-        DatasetKind::Preference if t[1].is_empty() || t[2].is_empty() => Some("empty chosen or rejected"),
+        DatasetKind::TokenStream if empty(0) => Some("empty text"),
+        DatasetKind::Prompts if empty(0) => Some("empty prompt"),
+        DatasetKind::PromptCompletion if empty(1) => Some("empty completion"),
+        DatasetKind::Preference if empty(1) || empty(2) => Some("empty chosen or rejected"),
         DatasetKind::Preference if t[1] == t[2] => Some("chosen equals rejected"),
         _ => None,
     }

@@ -1,6 +1,6 @@
-//! The data pipeline: a versioned, memory-mapped binary dataset format ([`format`], [`dataset`]),
+//! The data pipeline: a versioned, memory-mapped binary dataset format ([`mod@format`], [`dataset`]),
 //! JSONL import from TRL's dataset formats ([`jsonl`], with conversations rendered by [`chat`]),
-//! `plumb data inspect` ([`inspect`]), and a small built-in rated corpus ([`corpus`]).
+//! `plumb data inspect` ([`mod@inspect`]), and a small built-in rated corpus ([`corpus`]).
 
 pub mod chat;
 pub mod corpus;
@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod format;
 pub mod inspect;
 pub mod jsonl;
+mod rows;
 
 pub use dataset::{Dataset, PreferenceDataset, PreferenceRow, PromptDataset, SftDataset, SftRow, TokenStream, Tokens};
 pub use format::{write_reference_logps, DatasetKind, DatasetWriter, TokenDType};

@@ -43,6 +43,10 @@ enum DataCommand {
         /// Preference data: reserve space for reference log-probs, filled in place later.
         #[arg(long)]
         reserve_reference: bool,
+        /// Do not let the tokenizer add its special tokens (e.g. Llama's BOS) to documents and
+        /// prompts.
+        #[arg(long)]
+        no_special_tokens: bool,
     },
     /// Show what a dataset file holds.
     Inspect {
@@ -84,7 +88,17 @@ fn load_tokenizer(spec: &str) -> plumb::Result<Tokenizer> {
 /// Run a `plumb data` subcommand.
 pub fn run(args: DataArgs) -> plumb::Result<()> {
     match args.command {
-        DataCommand::Prepare { input, output, format, tokenizer, max_len, overflow, append_eos, reserve_reference } => {
+        DataCommand::Prepare {
+            input,
+            output,
+            format,
+            tokenizer,
+            max_len,
+            overflow,
+            append_eos,
+            reserve_reference,
+            no_special_tokens,
+        } => {
             let tok = load_tokenizer(&tokenizer)?;
             let opts = PrepareOptions {
                 format: match format {
@@ -101,6 +115,7 @@ pub fn run(args: DataArgs) -> plumb::Result<()> {
                 },
                 append_eos,
                 reserve_reference_logps: reserve_reference,
+                add_special_tokens: !no_special_tokens,
             };
             let bar = ProgressBar::new(0);
             bar.set_style(
