@@ -1,5 +1,6 @@
 //! The `plumb` command line: one subcommand per job, each in its own file under tools/plumb/.
 
+mod bench;
 mod data;
 mod info;
 mod sft;
@@ -30,6 +31,8 @@ enum Command {
     Data(data::DataArgs),
     /// Supervised fine-tuning / pretraining (default: a byte-level GPT on the built-in movie reviews).
     Sft(sft::SftArgs),
+    /// Measure the standard workloads W1-W4 (matmul, training step, DPO step, generation).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -38,6 +41,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Data(a) => data::run(a),
         Command::Sft(a) => sft::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

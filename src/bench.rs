@@ -1,0 +1,207 @@
+//! The standard workloads W1-W4 of BENCHMARKS.md, measured exactly as the peers' harness does:
+//! in-process, 3 untimed warm-up iterations, then the median of N timed ones, each ending with a
+//! host read; the first iteration (shader compilation included) is reported as the cold start.
+//! `plumb bench` and `benches/workloads.rs` both call these.
+
+use crate::error::Result;
+use crate::model::{presets, Model};
+use crate::ops::dpo::{dpo_loss, DpoConfig};
+use crate::ops::elementwise::slice_last;
+use crate::ops::loss::{cross_entropy, token_logprobs};
+use crate::ops::matmul::matmul_forward;
+use crate::ops::optim::{AdamW, AdamWConfig};
+use crate::ops::reduce::sum_last;
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+use crate::Gpu;
+use std::time::Instant;
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub workload: String,
+    /// Median seconds per iteration.
+    pub median_s: f64,
+    pub best_s: f64,
+    /// First iteration (cold start, shader compilation included).
+    pub first_s: f64,
+    /// The workload's figure (GFLOP/s, tokens/s, pairs/s) and its unit.
+    pub figure: f64,
+    pub unit: &'static str,
+    /// Peak resident memory of the process so far, MiB (Linux).
+    pub peak_rss_mib: f64,
+}
+
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RESULT {{\"engine\": \"plumb\", \"workload\": \"{}\", \"{}\": {:.2}, \"median_s\": {:.5}, \"best_s\": {:.5}, \"first_iter_s\": {:.2}, \"peak_rss_mib\": {:.1}}}",
+            self.workload, self.unit, self.figure, self.median_s, self.best_s, self.first_s, self.peak_rss_mib
+        )
+    }
+}
+
+/// Peak resident set size (VmHWM) in MiB; 0 where /proc is absent.
+pub fn peak_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn timeit(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    let mut first = 0.0;
+    for w in 0..warmup.max(1) {
+        let t = Instant::now();
+        f()?;
+        if w == 0 {
+            first = t.elapsed().as_secs_f64();
+        }
+    }
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok((ts[ts.len() / 2], ts[0], first))
+}
+
+fn result(workload: String, (median, best, first): (f64, f64, f64), work: f64, unit: &'static str) -> BenchResult {
+    BenchResult { workload, median_s: median, best_s: best, first_s: first, figure: work / median, unit, peak_rss_mib: peak_rss_mib() }
+}
+
+/// W1: C = A·B for the five shapes; GFLOP/s.
+pub fn w1(gpu: &Gpu, iters: usize) -> Result<Vec<BenchResult>> {
+    let mut out = vec![];
+    for (m, k, n) in [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (1024, 128, 512), (1024, 512, 128)] {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
+        let (a, b) = (Tensor::from_f32(gpu, &a, &[m, k])?, Tensor::from_f32(gpu, &b, &[k, n])?);
+        let flops = 2.0 * (m * n * k) as f64;
+        let reps = ((2e9 / flops) as usize).max(1);
+        let t = timeit(3, iters, || {
+            let mut last = None;
+            for _ in 0..reps {
+                last = Some(matmul_forward(&a, &b, None, false, false)?);
+            }
+            // A one-element readback: waits for every product.
+            last.expect("reps >= 1").view(0, &[1])?.scalar().map(|_| ())
+        })?;
+        out.push(result(format!("W1 {m}x{k}x{n}"), t, flops * reps as f64 / 1e9, "gflops"));
+    }
+    Ok(out)
+}
+
+fn w2_model(gpu: &Gpu) -> Result<Model> {
+    Model::new(gpu, &presets::resolve("gpt-w2")?, 0)
+}
+
+fn corpus(n: usize) -> Vec<u32> {
+    let text = std::fs::read("/usr/share/common-licenses/GPL-3").unwrap_or_default();
+    if text.len() > n {
+        text.iter().map(|&b| b as u32).collect()
+    } else {
+        (0..n as u64).map(|i| (crate::train::batch::mix(i) % 256) as u32).collect()
+    }
+}
+
+fn rows(data: &[u32], step: usize, rows: usize, len: usize) -> Vec<u32> {
+    let mut v = Vec::with_capacity(rows * len);
+    for r in 0..rows {
+        let off = ((step * rows + r) * 9973) % (data.len() - len - 1);
+        v.extend_from_slice(&data[off..off + len]);
+    }
+    v
+}
+
+/// W2: one training step of the benchmark GPT on 8 x 128 tokens; tokens/s.
+pub fn w2(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
+    let model = w2_model(gpu)?;
+    let mut opt = AdamW::new(model.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+    let data = corpus(1 << 16);
+    let (b, t) = (8, 128);
+    let mut step = 0;
+    let tm = timeit(3, iters, || {
+        let r = rows(&data, step, b, t + 1);
+        step += 1;
+        let ids: Vec<u32> = r.chunks(t + 1).flat_map(|c| c[..t].to_vec()).collect();
+        let tg: Vec<u32> = r.chunks(t + 1).flat_map(|c| c[1..].to_vec()).collect();
+        let ids = Tensor::from_u32(gpu, &ids, &[b, t])?;
+        let tg = Tensor::from_u32(gpu, &tg, &[b * t])?;
+        let tape = Tape::new();
+        let loss = cross_entropy(&model.forward(Some(&tape), &ids, None)?, &tg, None)?;
+        tape.backward(&loss)?;
+        opt.step(model.params(), 3e-4)?;
+        model.params().zero_grad()?;
+        loss.tensor().scalar().map(|_| ())
+    })?;
+    Ok(result("W2 train step 8x128".into(), tm, (b * t) as f64, "tokens_per_s"))
+}
+
+/// Summed log-probs of the last `resp` tokens of each of the rows (rows, T): (rows).
+fn response_logps(model: &Model, tape: Option<&Tape>, ids: &Tensor, labels: &Tensor, t: usize, resp: usize) -> Result<Var> {
+    let rows = ids.shape()[0];
+    let lp = token_logprobs(&model.forward(tape, ids, None)?, labels)?.reshape(&[rows, t])?; // (rows, T)
+    sum_last(&slice_last(&lp, t - resp - 1, resp)?)
+}
+
+/// W3: one DPO step (sigmoid, beta 0.1) on 8 pairs of 64 + 64 tokens with a frozen reference
+/// copy of the policy; pairs/s.
+pub fn w3(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
+    let policy = w2_model(gpu)?;
+    let reference = w2_model(gpu)?;
+    let mut opt = AdamW::new(policy.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+    let data = corpus(1 << 16);
+    let (pairs, t, resp) = (8, 128, 64);
+    let cfg = DpoConfig::default();
+    let mut step = 0;
+    let tm = timeit(3, iters, || {
+        // Rows ordered (chosen 0, rejected 0, chosen 1, ...): both share the prompt.
+        let r = rows(&data, step, 2 * pairs, t + 1);
+        step += 1;
+        let mut seqs = r.clone();
+        for p in 0..pairs {
+            let (c, rj) = (2 * p * (t + 1), (2 * p + 1) * (t + 1));
+            let prompt: Vec<u32> = seqs[c..c + 64].to_vec();
+            seqs[rj..rj + 64].copy_from_slice(&prompt);
+        }
+        let ids: Vec<u32> = seqs.chunks(t + 1).flat_map(|c| c[..t].to_vec()).collect();
+        let lab: Vec<u32> = seqs.chunks(t + 1).flat_map(|c| c[1..].to_vec()).collect();
+        let ids = Tensor::from_u32(gpu, &ids, &[2 * pairs, t])?;
+        let lab = Tensor::from_u32(gpu, &lab, &[2 * pairs * t])?;
+        let refs = response_logps(&reference, None, &ids, &lab, t, resp)?.tensor().reshape(&[pairs, 2])?;
+        let tape = Tape::new();
+        let pol = response_logps(&policy, Some(&tape), &ids, &lab, t, resp)?.reshape(&[pairs, 2])?;
+        let (pc, pr) = (slice_last(&pol, 0, 1)?.reshape(&[pairs])?, slice_last(&pol, 1, 1)?.reshape(&[pairs])?);
+        let rc = crate::ops::elementwise::slice_last_forward(&refs, 0, 1)?.reshape(&[pairs])?;
+        let rr = crate::ops::elementwise::slice_last_forward(&refs, 1, 1)?.reshape(&[pairs])?;
+        let len = Tensor::from_f32(gpu, &vec![resp as f32; pairs], &[pairs])?;
+        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &cfg)?;
+        tape.backward(&loss)?;
+        opt.step(policy.params(), 3e-4)?;
+        policy.params().zero_grad()?;
+        loss.tensor().scalar().map(|_| ())
+    })?;
+    Ok(result("W3 DPO step 8 pairs".into(), tm, pairs as f64, "pairs_per_s"))
+}
+
+/// W4: generation with the KV cache, batch 8, 16-token prompts, 64 new tokens at T = 1; tokens/s.
+pub fn w4(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
+    use crate::generate::{generate, GenerateConfig};
+    let model = w2_model(gpu)?;
+    let data = corpus(1 << 16);
+    let mut step = 0;
+    let tm = timeit(3, iters, || {
+        let r = rows(&data, step, 8, 16);
+        step += 1;
+        let prompts: Vec<Vec<u32>> = r.chunks(16).map(|c| c.to_vec()).collect();
+        let cfg = GenerateConfig { max_new_tokens: 64, seed: step as u64, ..Default::default() };
+        generate(&model, &prompts, &cfg).map(|_| ())
+    })?;
+    Ok(result("W4 generate 8x64".into(), tm, 512.0, "tokens_per_s"))
+}
