@@ -109,6 +109,20 @@ impl Gpu {
     /// 1, 2, ... (storage), in the step's open compute pass. Nothing runs until [`Gpu::flush`]
     /// or a readback.
     pub fn dispatch(&self, k: &Kernel, params: &[u8], bufs: &[Binding], groups: [u32; 3]) -> Result<()> {
+        self.dispatch_with_textures(k, params, &[], bufs, groups)
+    }
+
+    /// [`Gpu::dispatch`] with sampled textures first: `textures` at bindings 1, 2, ..., then
+    /// `bufs` after them. CPU drivers fetch texels with vector gathers, much faster than their
+    /// per-lane storage-buffer loads (see `ops::matmul`).
+    pub fn dispatch_with_textures(
+        &self,
+        k: &Kernel,
+        params: &[u8],
+        textures: &[&wgpu::TextureView],
+        bufs: &[Binding],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let max = self.limits().max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::shape("dispatch", format!("{}: workgroups {groups:?} exceed the limit {max}", k.entry)));
@@ -120,7 +134,7 @@ impl Gpu {
         let mut rec = self.0.rec.lock().unwrap_or_else(|e| e.into_inner());
         let (ubuf, uoff) = rec.stage_params(self, params);
         let usize_ = (params.len() as u64).max(16).div_ceil(16) * 16;
-        let mut entries = Vec::with_capacity(bufs.len() + 1);
+        let mut entries = Vec::with_capacity(textures.len() + bufs.len() + 1);
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -129,9 +143,13 @@ impl Gpu {
                 size: wgpu::BufferSize::new(usize_),
             }),
         });
+        for (i, t) in textures.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::TextureView(t) });
+        }
+        let first = textures.len() as u32 + 1;
         for (i, b) in bufs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding: i as u32 + first,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.buffer,
                     offset: b.offset,
