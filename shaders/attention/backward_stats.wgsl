@@ -26,8 +26,9 @@ struct Params {
     o_off: u32,
     o_tstride: u32,
     o_bstride: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // HEAD_DIM / 4 at run time: loops over it are not unrolled (see chunks()).
+    head_chunks: u32,
+    _pad: u32,
 }
 
 override HEAD_DIM: u32 = 64u;

@@ -96,7 +96,8 @@ struct Params {
     k: [u32; 3],
     v: [u32; 3],
     o: [u32; 3],
-    _pad: [u32; 2],
+    head_chunks: u32,
+    _pad: u32,
 }
 
 /// Everything the kernels need to find their inputs: sizes, options, layouts, mask.
@@ -140,7 +141,8 @@ impl Call<'_> {
             k: lay(self.k.1)?,
             v: lay(self.v.1)?,
             o: lay(self.o)?,
-            _pad: [0; 2],
+            head_chunks: (d.head_dim / 4) as u32,
+            _pad: 0,
         })
     }
 
@@ -155,7 +157,7 @@ impl Call<'_> {
 
     /// Textures mirroring q, k and v for the texture-fed register kernels (q, k and v inside one
     /// fused buffer share one), or None where the adapter's texture limits are too small.
-    fn pack_qkv(&self) -> Result<Option<[wgpu::TextureView; 3]>> {
+    fn pack_qkv(&self) -> Result<Option<[SeqTexture; 3]>> {
         let d = self.dims;
         let q = pack_sequence(self.q.0, self.q.1, d.batch, d.q_len)?;
         let fused = self.k.0.same_memory(self.q.0) && self.k.1.tstride == self.q.1.tstride && self.k.1.bstride == self.q.1.bstride;
@@ -169,7 +171,7 @@ impl Call<'_> {
 
     /// Record the forward: writes out (in layout `self.o`) and lse (B, Hq, T). `kv_tex` are
     /// textures already holding k and v (a KV cache's).
-    fn forward(&self, out: &Tensor, lse: &Tensor, kv_tex: Option<[&wgpu::TextureView; 2]>) -> Result<()> {
+    fn forward(&self, out: &Tensor, lse: &Tensor, kv_tex: Option<&[SeqTexture; 2]>) -> Result<()> {
         let gpu = out.gpu();
         let p = self.params("attention_forward")?;
         let d = self.dims;
@@ -189,7 +191,7 @@ impl Call<'_> {
         };
         let dummy;
         let views: [&wgpu::TextureView; 3] = match &textures {
-            Some([q, k, v]) => [q, k, v],
+            Some([q, k, v]) => [&q.view, &k.view, &v.view],
             None => {
                 dummy = dummy_texture(gpu);
                 [&dummy, &dummy, &dummy]
@@ -230,7 +232,7 @@ impl Call<'_> {
         // D_i = rowsum(out * dout), stored with lse_i.
         let stats_shape = if textures.is_some() { vec![4] } else { vec![d.batch, d.n_head, d.q_len, 2] };
         let stats = Tensor::empty(gpu, &stats_shape, DType::F32, "attention row stats")?;
-        let stats_target = textures.as_ref().map_or(&dummy, |t| &t.2);
+        let stats_target = textures.as_ref().map_or(&dummy, |t| &t.2.view);
         gpu.dispatch_with_textures(
             &Kernel::new(&BACKWARD_STATS, "row_stats").with(&consts),
             params,
@@ -239,7 +241,7 @@ impl Call<'_> {
             gpu.groups_1d(d.batch * d.q_len * d.n_head, 64),
         )?;
         let views: [&wgpu::TextureView; 5] = match &textures {
-            Some(([q, k, v], o, st)) => [q, k, v, o, st],
+            Some(([q, k, v], o, st)) => [&q.view, &k.view, &v.view, &o.view, &st.view],
             None => [&dummy, &dummy, &dummy, &dummy, &dummy],
         };
         let stats_buf = if textures.is_some() { lse.binding() } else { stats.binding() };
@@ -286,28 +288,33 @@ struct PackParams {
     src_off: u32,
 }
 
-/// A new rgba32float array texture of `width` x `height` texels and `layers` layers that the
-/// kernels can sample and the pack kernel can write; None where it passes the adapter's limits.
-fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize, label: &str) -> Result<Option<wgpu::TextureView>> {
+/// An rgba32float array texture the kernels sample and the pack kernel or a copy fills.
+#[derive(Clone)]
+struct SeqTexture {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+}
+
+/// A new texture of `width` x `height` texels and `layers` layers; None where it passes the
+/// adapter's limits.
+fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize, label: &str) -> Result<Option<SeqTexture>> {
     let l = gpu.limits();
     let (max_2d, max_layers) = (l.max_texture_dimension_2d as usize, l.max_texture_array_layers as usize);
     if width == 0 || width > max_2d || height > max_2d || layers > max_layers {
         return Ok(None);
     }
-    let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
+    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
         size: wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: layers as u32 },
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
         format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
-    Ok(Some(tex.create_view(&wgpu::TextureViewDescriptor {
-        dimension: Some(wgpu::TextureViewDimension::D2Array),
-        ..Default::default()
-    })))
+    let view = texture.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() });
+    Ok(Some(SeqTexture { texture, view }))
 }
 
 /// A 1x1 texture for the texture bindings of the buffer-fed path (never read or written).
@@ -326,11 +333,38 @@ fn dummy_texture(gpu: &Gpu) -> wgpu::TextureView {
 }
 
 /// Record a copy of `width` texels from element `lay.off` of rows [row0, row0 + rows) of each
-/// batch of the sequence `t` into rows [dst_row0, ..) of the texture `dst`.
+/// batch of the sequence `t` into rows [dst_row0, ..) of the texture `dst`: a buffer-to-texture
+/// copy (a memcpy on CPU drivers) where the row pitch allows, else the pack kernel.
 #[allow(clippy::too_many_arguments)]
-fn pack_rows(dst: &wgpu::TextureView, t: &Tensor, lay: Layout, width: usize, batch: usize, rows: usize, row0: usize, dst_row0: usize) -> Result<()> {
+fn pack_rows(dst: &SeqTexture, t: &Tensor, lay: Layout, width: usize, batch: usize, rows: usize, row0: usize, dst_row0: usize) -> Result<()> {
     const OP: &str = "attention pack";
     let gpu = t.gpu();
+    let pitch = lay.tstride * 4;
+    let src = t.binding();
+    let offset = src.offset + ((row0 * lay.tstride + lay.off) * 4) as u64;
+    let aligned = pitch.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize) && offset.is_multiple_of(16);
+    if aligned && lay.bstride.is_multiple_of(lay.tstride) {
+        gpu.with_encoder(|enc| {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: src.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset,
+                        bytes_per_row: Some(pitch as u32),
+                        rows_per_image: Some((lay.bstride / lay.tstride) as u32),
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &dst.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: dst_row0 as u32, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: batch as u32 },
+            )
+        });
+        return Ok(());
+    }
     let p = PackParams {
         batch: u32_of(OP, batch)?,
         rows: u32_of(OP, rows)?,
@@ -342,12 +376,12 @@ fn pack_rows(dst: &wgpu::TextureView, t: &Tensor, lay: Layout, width: usize, bat
         src_off: u32_of(OP, lay.off)?,
     };
     let groups = gpu.groups_1d(batch * rows * width, 64);
-    gpu.dispatch_with_textures(&Kernel::new(&PACK, "pack"), bytemuck::bytes_of(&p), &[dst], &[t.binding_vec4()], groups)
+    gpu.dispatch_with_textures(&Kernel::new(&PACK, "pack"), bytemuck::bytes_of(&p), &[&dst.view], &[t.binding_vec4()], groups)
 }
 
 /// A texture holding the whole token rows of a (B, rows) sequence, or None if it does not fit.
 /// Kernels find a head at texel (lay.off + h * D) / 4 of its token's row.
-fn pack_sequence(t: &Tensor, lay: Layout, batch: usize, rows: usize) -> Result<Option<wgpu::TextureView>> {
+fn pack_sequence(t: &Tensor, lay: Layout, batch: usize, rows: usize) -> Result<Option<SeqTexture>> {
     let width = lay.tstride / 4;
     let Some(tex) = new_texture(t.gpu(), width, rows, batch, "attention sequence")? else { return Ok(None) };
     pack_rows(&tex, t, Layout { off: 0, ..lay }, width, batch, rows, 0, 0)?;
@@ -365,7 +399,7 @@ fn check_sizes(op: &'static str, d: &Dims) -> Result<()> {
     if d.batch == 0 || d.q_len == 0 || d.kv_len == 0 || d.n_head == 0 || d.n_kv_head == 0 || d.head_dim == 0 {
         return Err(Error::shape(op, format!("every size must be at least 1, got {d:?}")));
     }
-    if d.head_dim > MAX_HEAD_DIM || d.head_dim % 4 != 0 {
+    if d.head_dim > MAX_HEAD_DIM || !d.head_dim.is_multiple_of(4) {
         return Err(Error::shape(op, format!("head dim {} is not supported: it must be a multiple of 4, at most {MAX_HEAD_DIM}", d.head_dim)));
     }
     if d.n_head % d.n_kv_head != 0 {
@@ -531,7 +565,7 @@ pub struct KvCache {
     k: Tensor,
     v: Tensor,
     /// Texture mirrors of k and v (B layers, S_max rows, Hkv * D / 4 texels), register variant only.
-    tex: Option<[wgpu::TextureView; 2]>,
+    tex: Option<[SeqTexture; 2]>,
     len: usize,
     batch: usize,
     max_len: usize,
@@ -584,6 +618,11 @@ impl KvCache {
     /// Forget every cached token (the buffers are kept).
     pub fn reset(&mut self) {
         self.len = 0;
+    }
+
+    /// Keep only the first `len` tokens (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// The key buffer (B, S_max, Hkv, D); rows from `len()` on are stale.
@@ -698,7 +737,7 @@ impl KvCache {
         };
         let lse = Tensor::empty(out.gpu(), &[d.batch, n_head, t_new], DType::F32, "attention lse")?;
         let tex = self.tex.as_ref().filter(|_| out.gpu().variant() == KernelVariant::Register);
-        call.forward(out, &lse, tex.map(|[k, v]| [k, v]))
+        call.forward(out, &lse, tex)
     }
 }
 
