@@ -41,6 +41,7 @@ fn case(name: &str, s: Shape, cfg: AttentionConfig, mask: Option<Vec<u32>>) -> C
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fused_case(name: &str, batch: usize, len: usize, hq: usize, hkv: usize, d: usize, cfg: AttentionConfig, mask: Option<Vec<u32>>) -> Case {
     let mut inputs = vec![Input::f(&[batch, len, (hq + 2 * hkv) * d])];
     let has_mask = mask.is_some();

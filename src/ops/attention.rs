@@ -7,13 +7,26 @@
 //!
 //! Kernels address q, k, v and out through (element offset, token stride, batch stride), so
 //! GPT-2's fused c_attn output is bound as q, k and v at once ([`attention_fused_qkv`]) and a
-//! [`KvCache`] allocated for `max_len` tokens is read up to its current length.
+//! [`KvCache`] allocated for `max_len` tokens is read up to its current length. The head dim must
+//! be a multiple of 4 (vec4 loads), at most 128.
+//!
+//! Variants. `KernelVariant::Register` (CPU adapters): one thread per query row (forward, dq) or
+//! key row (dk/dv), accumulators in private arrays, no workgroup memory, no barriers; sequences
+//! are read from texture copies (see `textures`), or from the buffers where a texture would not
+//! fit or would not pay (fewer than four query rows per kv head). `KernelVariant::Tiled` (real
+//! GPUs): the forward stages key/value tiles in workgroup memory (forward_tiled.wgsl); the
+//! backward runs the same per-row kernels reading the buffers.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
+use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
+
+mod kv_cache;
+mod textures;
+pub use kv_cache::KvCache;
+use textures::{dummy_texture, new_texture, pack_sequence, SeqTexture};
 
 static FORWARD: ShaderSource = shader!("attention/forward.wgsl");
 static PACK: ShaderSource = shader!("attention/pack.wgsl");
@@ -274,119 +287,6 @@ impl Call<'_> {
     }
 }
 
-/// The pack kernel's uniform (mirrors `struct Params` in pack.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct PackParams {
-    batch: u32,
-    rows: u32,
-    width: u32,
-    row0: u32,
-    tstride: u32,
-    bstride: u32,
-    dst_row0: u32,
-    src_off: u32,
-}
-
-/// An rgba32float array texture the kernels sample and the pack kernel or a copy fills.
-#[derive(Clone)]
-struct SeqTexture {
-    texture: wgpu::Texture,
-    view: wgpu::TextureView,
-}
-
-/// A new texture of `width` x `height` texels and `layers` layers; None where it passes the
-/// adapter's limits.
-fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize, label: &str) -> Result<Option<SeqTexture>> {
-    let l = gpu.limits();
-    let (max_2d, max_layers) = (l.max_texture_dimension_2d as usize, l.max_texture_array_layers as usize);
-    if width == 0 || width > max_2d || height > max_2d || layers > max_layers {
-        return Ok(None);
-    }
-    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some(label),
-        size: wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: layers as u32 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    let view = texture.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() });
-    Ok(Some(SeqTexture { texture, view }))
-}
-
-/// A 1x1 texture for the texture bindings of the buffer-fed path (never read or written).
-fn dummy_texture(gpu: &Gpu) -> wgpu::TextureView {
-    let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some("attention unused texture"),
-        size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
-        view_formats: &[],
-    });
-    tex.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() })
-}
-
-/// Record a copy of `width` texels from element `lay.off` of rows [row0, row0 + rows) of each
-/// batch of the sequence `t` into rows [dst_row0, ..) of the texture `dst`: a buffer-to-texture
-/// copy (a memcpy on CPU drivers) where the row pitch allows, else the pack kernel.
-#[allow(clippy::too_many_arguments)]
-fn pack_rows(dst: &SeqTexture, t: &Tensor, lay: Layout, width: usize, batch: usize, rows: usize, row0: usize, dst_row0: usize) -> Result<()> {
-    const OP: &str = "attention pack";
-    let gpu = t.gpu();
-    let pitch = lay.tstride * 4;
-    let src = t.binding();
-    let offset = src.offset + ((row0 * lay.tstride + lay.off) * 4) as u64;
-    let aligned = pitch.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize) && offset.is_multiple_of(16);
-    if aligned && lay.bstride.is_multiple_of(lay.tstride) {
-        gpu.with_encoder(|enc| {
-            enc.copy_buffer_to_texture(
-                wgpu::TexelCopyBufferInfo {
-                    buffer: src.buffer,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset,
-                        bytes_per_row: Some(pitch as u32),
-                        rows_per_image: Some((lay.bstride / lay.tstride) as u32),
-                    },
-                },
-                wgpu::TexelCopyTextureInfo {
-                    texture: &dst.texture,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d { x: 0, y: dst_row0 as u32, z: 0 },
-                    aspect: wgpu::TextureAspect::All,
-                },
-                wgpu::Extent3d { width: width as u32, height: rows as u32, depth_or_array_layers: batch as u32 },
-            )
-        });
-        return Ok(());
-    }
-    let p = PackParams {
-        batch: u32_of(OP, batch)?,
-        rows: u32_of(OP, rows)?,
-        width: u32_of(OP, width)?,
-        row0: u32_of(OP, row0)?,
-        tstride: u32_of(OP, lay.tstride)?,
-        bstride: u32_of(OP, lay.bstride)?,
-        dst_row0: u32_of(OP, dst_row0)?,
-        src_off: u32_of(OP, lay.off)?,
-    };
-    let groups = gpu.groups_1d(batch * rows * width, 64);
-    gpu.dispatch_with_textures(&Kernel::new(&PACK, "pack"), bytemuck::bytes_of(&p), &[&dst.view], &[t.binding_vec4()], groups)
-}
-
-/// A texture holding the whole token rows of a (B, rows) sequence, or None if it does not fit.
-/// Kernels find a head at texel (lay.off + h * D) / 4 of its token's row.
-fn pack_sequence(t: &Tensor, lay: Layout, batch: usize, rows: usize) -> Result<Option<SeqTexture>> {
-    let width = lay.tstride / 4;
-    let Some(tex) = new_texture(t.gpu(), width, rows, batch, "attention sequence")? else { return Ok(None) };
-    pack_rows(&tex, t, Layout { off: 0, ..lay }, width, batch, rows, 0, 0)?;
-    Ok(Some(tex))
-}
 
 fn check_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
@@ -402,7 +302,7 @@ fn check_sizes(op: &'static str, d: &Dims) -> Result<()> {
     if d.head_dim > MAX_HEAD_DIM || !d.head_dim.is_multiple_of(4) {
         return Err(Error::shape(op, format!("head dim {} is not supported: it must be a multiple of 4, at most {MAX_HEAD_DIM}", d.head_dim)));
     }
-    if d.n_head % d.n_kv_head != 0 {
+    if !d.n_head.is_multiple_of(d.n_kv_head) {
         return Err(Error::shape(op, format!("{} query heads is not a multiple of {} kv heads", d.n_head, d.n_kv_head)));
     }
     Ok(())
@@ -521,7 +421,7 @@ fn fused_layout(op: &'static str, qkv: &Tensor, n_head: usize, n_kv_head: usize,
     check_f32(op, "qkv", qkv)?;
     let s = qkv.shape();
     let heads = n_head + 2 * n_kv_head;
-    if s.len() != 3 || heads == 0 || s[2] % heads != 0 {
+    if s.len() != 3 || heads == 0 || !s[2].is_multiple_of(heads) {
         return Err(Error::shape(op, format!("qkv must be (B, T, (Hq + 2 Hkv) * D) with Hq={n_head}, Hkv={n_kv_head}, got {s:?}")));
     }
     let (batch, len, width) = (s[0], s[1], s[2]);
@@ -557,203 +457,6 @@ pub fn attention_fused_qkv(qkv: &Var, n_head: usize, n_kv_head: usize, key_mask:
     }))
 }
 
-/// Keys and values of past tokens for generation, one per layer: k and v buffers
-/// (B, S_max, Hkv, D) filled up to `len()`. Appending is a copy kernel and attending reads the
-/// cache in place (kernels take the current length and the allocated stride separately). On CPU
-/// adapters the cache also keeps texture copies, appended to in step, for the texture-fed kernel.
-pub struct KvCache {
-    k: Tensor,
-    v: Tensor,
-    /// Texture mirrors of k and v (B layers, S_max rows, Hkv * D / 4 texels), register variant only.
-    tex: Option<[SeqTexture; 2]>,
-    len: usize,
-    batch: usize,
-    max_len: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-}
-
-impl std::fmt::Debug for KvCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KvCache({} of {} tokens, B={}, Hkv={}, D={})", self.len, self.max_len, self.batch, self.n_kv_head, self.head_dim)
-    }
-}
-
-impl KvCache {
-    /// An empty cache for `batch` sequences of up to `max_len` tokens.
-    pub fn new(gpu: &Gpu, batch: usize, max_len: usize, n_kv_head: usize, head_dim: usize) -> Result<KvCache> {
-        let d = Dims { batch, q_len: 1, kv_len: max_len, n_head: n_kv_head, n_kv_head, head_dim };
-        check_sizes("KvCache::new", &d)?;
-        let shape = [batch, max_len, n_kv_head, head_dim];
-        let k = Tensor::empty(gpu, &shape, DType::F32, "kv cache keys")?;
-        let v = Tensor::empty(gpu, &shape, DType::F32, "kv cache values")?;
-        let mut tex = None;
-        if gpu.variant() == KernelVariant::Register {
-            let width = n_kv_head * head_dim / 4;
-            if let (Some(kt), Some(vt)) = (
-                new_texture(gpu, width, max_len, batch, "kv cache key texture")?,
-                new_texture(gpu, width, max_len, batch, "kv cache value texture")?,
-            ) {
-                tex = Some([kt, vt]);
-            }
-        }
-        Ok(KvCache { k, v, tex, len: 0, batch, max_len, n_kv_head, head_dim })
-    }
-
-    /// Tokens cached so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The most tokens the cache holds.
-    pub fn capacity(&self) -> usize {
-        self.max_len
-    }
-
-    /// Forget every cached token (the buffers are kept).
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-
-    /// Keep only the first `len` tokens (e.g. to reuse a shared prompt prefix).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
-    /// The key buffer (B, S_max, Hkv, D); rows from `len()` on are stale.
-    pub fn keys(&self) -> &Tensor {
-        &self.k
-    }
-
-    /// The value buffer (B, S_max, Hkv, D); rows from `len()` on are stale.
-    pub fn values(&self) -> &Tensor {
-        &self.v
-    }
-
-    fn append_raw(&mut self, op: &'static str, k_new: (&Tensor, Layout), v_new: (&Tensor, Layout), t_new: usize) -> Result<()> {
-        if self.len + t_new > self.max_len {
-            return Err(Error::shape(op, format!("{} cached + {t_new} new tokens exceed the capacity {}", self.len, self.max_len)));
-        }
-        let row = self.n_kv_head * self.head_dim;
-        let l = |x: Layout| -> Result<[u32; 3]> { Ok([u32_of(op, x.off)?, u32_of(op, x.tstride)?, u32_of(op, x.bstride)?]) };
-        u32_of(op, self.k.len())?;
-        let p = AppendParams {
-            batch: self.batch as u32,
-            t_new: t_new as u32,
-            row: row as u32,
-            pos: self.len as u32,
-            cache_bstride: (self.max_len * row) as u32,
-            k: l(k_new.1)?,
-            v: l(v_new.1)?,
-            _pad: 0,
-        };
-        let gpu = self.k.gpu();
-        let binds = [self.k.binding(), self.v.binding(), k_new.0.binding(), v_new.0.binding()];
-        gpu.dispatch(&Kernel::new(&KV_CACHE, "append"), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(self.batch * t_new * row, 256))?;
-        if let Some([kt, vt]) = &self.tex {
-            pack_rows(kt, k_new.0, k_new.1, row / 4, self.batch, t_new, 0, self.len)?;
-            pack_rows(vt, v_new.0, v_new.1, row / 4, self.batch, t_new, 0, self.len)?;
-        }
-        self.len += t_new;
-        Ok(())
-    }
-
-    /// Append the keys and values of `T_new` tokens, k_new and v_new (B, T_new, Hkv, D).
-    pub fn append(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
-        const OP: &str = "KvCache::append";
-        check_f32(OP, "k_new", k_new)?;
-        check_f32(OP, "v_new", v_new)?;
-        let s = k_new.shape();
-        if s.len() != 4 || s[0] != self.batch || s[1] == 0 || s[2] != self.n_kv_head || s[3] != self.head_dim || v_new.shape() != s {
-            return Err(Error::shape(OP, format!(
-                "k_new and v_new must be ({}, T_new, {}, {}), got {s:?} and {:?}",
-                self.batch, self.n_kv_head, self.head_dim, v_new.shape()
-            )));
-        }
-        let lay = Layout::dense(s[1], self.n_kv_head * self.head_dim);
-        self.append_raw(OP, (k_new, lay), (v_new, lay), s[1])
-    }
-
-    /// Append the k and v parts of a fused qkv (B, T_new, (Hq + 2 Hkv) * D) (GPT-2's c_attn output).
-    pub fn append_fused_qkv(&mut self, qkv: &Tensor, n_head: usize) -> Result<()> {
-        const OP: &str = "KvCache::append_fused_qkv";
-        let (d, [_, lk, lv]) = fused_layout(OP, qkv, n_head, self.n_kv_head, 0)?;
-        if d.batch != self.batch || d.head_dim != self.head_dim || d.q_len == 0 {
-            return Err(Error::shape(OP, format!("qkv {:?} does not fit the cache {self:?}", qkv.shape())));
-        }
-        self.append_raw(OP, (qkv, lk), (qkv, lv), d.q_len)
-    }
-
-    /// Attention of the last-appended queries against the cache (forward only): q (B, T_new, Hq, D)
-    /// at positions len-T_new..len, causal with q_offset = len - T_new, scale 1/sqrt(D).
-    /// `key_mask`: u32 (B, len) or (B, max_len) (only the first len columns are read).
-    pub fn attend(&self, q: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "KvCache::attend";
-        check_f32(OP, "q", q)?;
-        let s = q.shape();
-        if s.len() != 4 || s[0] != self.batch || s[3] != self.head_dim {
-            return Err(Error::shape(OP, format!("q must be ({}, T_new, Hq, {}), got {s:?}", self.batch, self.head_dim)));
-        }
-        let lay = Layout::dense(s[1], s[2] * s[3]);
-        let out = Tensor::empty(q.gpu(), s, DType::F32, "attention out")?;
-        self.attend_raw(OP, (q, lay), s[1], s[2], key_mask, &out)?;
-        Ok(out)
-    }
-
-    /// [`KvCache::attend`] for the q part of a fused qkv (B, T_new, (Hq + 2 Hkv) * D); returns
-    /// (B, T_new, Hq * D). Pair it with [`KvCache::append_fused_qkv`] on the same qkv.
-    pub fn attend_fused_qkv(&self, qkv: &Tensor, n_head: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "KvCache::attend_fused_qkv";
-        let (d, [lq, _, _]) = fused_layout(OP, qkv, n_head, self.n_kv_head, 0)?;
-        if d.batch != self.batch || d.head_dim != self.head_dim {
-            return Err(Error::shape(OP, format!("qkv {:?} does not fit the cache {self:?}", qkv.shape())));
-        }
-        let out = Tensor::empty(qkv.gpu(), &[d.batch, d.q_len, n_head * d.head_dim], DType::F32, "attention out")?;
-        self.attend_raw(OP, (qkv, lq), d.q_len, n_head, key_mask, &out)?;
-        Ok(out)
-    }
-
-    fn attend_raw(&self, op: &'static str, q: (&Tensor, Layout), t_new: usize, n_head: usize, key_mask: Option<&Tensor>, out: &Tensor) -> Result<()> {
-        if t_new == 0 || t_new > self.len {
-            return Err(Error::shape(op, format!("{t_new} queries but {} cached tokens: append the new tokens first", self.len)));
-        }
-        let d = Dims { batch: self.batch, q_len: t_new, kv_len: self.len, n_head, n_kv_head: self.n_kv_head, head_dim: self.head_dim };
-        check_sizes(op, &d)?;
-        let cache = Layout { off: 0, tstride: self.n_kv_head * self.head_dim, bstride: self.max_len * self.n_kv_head * self.head_dim };
-        let cfg = AttentionConfig { causal: true, scale: None, q_offset: self.len - t_new };
-        let call = Call {
-            dims: d,
-            cfg,
-            q,
-            k: (&self.k, cache),
-            v: (&self.v, cache),
-            mask: mask_of(op, key_mask, &d, false)?,
-            o: Layout::dense(t_new, n_head * self.head_dim),
-        };
-        let lse = Tensor::empty(out.gpu(), &[d.batch, n_head, t_new], DType::F32, "attention lse")?;
-        let tex = self.tex.as_ref().filter(|_| out.gpu().variant() == KernelVariant::Register);
-        call.forward(out, &lse, tex)
-    }
-}
-
-/// The append kernel's uniform (mirrors `struct Params` in kv_cache.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AppendParams {
-    batch: u32,
-    t_new: u32,
-    row: u32,
-    pos: u32,
-    cache_bstride: u32,
-    k: [u32; 3],
-    v: [u32; 3],
-    _pad: u32,
-}
 
 /// CPU references (f64, naive softmax over the full score row), for the gradient-check table.
 pub mod reference {
