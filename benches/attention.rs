@@ -66,17 +66,21 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // Decode: one new token per sequence, attending to 80 cached ones.
+    // Decode: 79 tokens cached, append one new token per sequence and attend over all 80.
     let s = 80;
     let mut cache = KvCache::new(&gpu, b, 256, h, d).unwrap();
-    let kc = Tensor::from_f32(&gpu, &rand_vec(b * s * h * d, 5), &[b, s, h, d]).unwrap();
-    let vc = Tensor::from_f32(&gpu, &rand_vec(b * s * h * d, 6), &[b, s, h, d]).unwrap();
+    let kc = Tensor::from_f32(&gpu, &rand_vec(b * (s - 1) * h * d, 5), &[b, s - 1, h, d]).unwrap();
+    let vc = Tensor::from_f32(&gpu, &rand_vec(b * (s - 1) * h * d, 6), &[b, s - 1, h, d]).unwrap();
     cache.append(&kc, &vc).unwrap();
     let q1 = Tensor::from_f32(&gpu, &rand_vec(b * h * d, 7), &[b, 1, h, d]).unwrap();
+    let k1 = Tensor::from_f32(&gpu, &rand_vec(b * h * d, 8), &[b, 1, h, d]).unwrap();
+    let v1 = Tensor::from_f32(&gpu, &rand_vec(b * h * d, 9), &[b, 1, h, d]).unwrap();
     wait(&gpu);
     g.throughput(Throughput::Elements((4 * d * b * h * s) as u64));
-    g.bench_function("decode step B8 S80 H4 D32", |bench| {
+    g.bench_function("decode step (append + attend) B8 S80 H4 D32", |bench| {
         bench.iter(|| {
+            cache.truncate(s - 1);
+            cache.append(&k1, &v1).unwrap();
             let out = cache.attend(&q1, None).unwrap();
             wait(&gpu);
             out

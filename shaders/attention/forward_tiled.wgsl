@@ -27,14 +27,16 @@ struct Params {
     o_off: u32,
     o_tstride: u32,
     o_bstride: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // HEAD_DIM / 4 at run time: loops over it are not unrolled (see chunks()).
+    head_chunks: u32,
+    _pad: u32,
 }
 
 override HEAD_DIM: u32 = 64u;
 override WG: u32 = 64u;
 const MAX_D: u32 = 128u;
-const TILE_K: u32 = 16u;
+// 12 keys: both tiles plus the mask bits stay within WebGPU's default 16 KiB of workgroup memory.
+const TILE_K: u32 = 12u;
 const NEG_BIG: f32 = -3.0e38;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,9 +47,9 @@ const NEG_BIG: f32 = -3.0e38;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 
-var<workgroup> k_tile: array<f32, 2048>; // TILE_K * MAX_D
-var<workgroup> v_tile: array<f32, 2048>;
-var<workgroup> ok_tile: array<u32, 16>; // TILE_K: key inside kv_len and not padding
+var<workgroup> k_tile: array<f32, 1536>; // TILE_K * MAX_D
+var<workgroup> v_tile: array<f32, 1536>;
+var<workgroup> ok_tile: array<u32, 12>; // TILE_K: key inside kv_len and not padding
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {

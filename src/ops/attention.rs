@@ -7,15 +7,29 @@
 //!
 //! Kernels address q, k, v and out through (element offset, token stride, batch stride), so
 //! GPT-2's fused c_attn output is bound as q, k and v at once ([`attention_fused_qkv`]) and a
-//! [`KvCache`] allocated for `max_len` tokens is read up to its current length.
+//! [`KvCache`] allocated for `max_len` tokens is read up to its current length. The head dim must
+//! be a multiple of 4 (vec4 loads), at most 128.
+//!
+//! Variants. `KernelVariant::Register` (CPU adapters): one thread per query row (forward, dq) or
+//! key row (dk/dv), accumulators in private arrays, no workgroup memory, no barriers; sequences
+//! are read from texture copies (see `textures`), or from the buffers where a texture would not
+//! fit or would not pay (fewer than four query rows per kv head). `KernelVariant::Tiled` (real
+//! GPUs): the forward stages key/value tiles in workgroup memory (forward_tiled.wgsl); the
+//! backward runs the same per-row kernels reading the buffers.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
+use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
 
+mod kv_cache;
+mod textures;
+pub use kv_cache::KvCache;
+use textures::{dummy_texture, new_texture, pack_sequence, SeqTexture};
+
 static FORWARD: ShaderSource = shader!("attention/forward.wgsl");
+static PACK: ShaderSource = shader!("attention/pack.wgsl");
 static FORWARD_TILED: ShaderSource = shader!("attention/forward_tiled.wgsl");
 static BACKWARD_STATS: ShaderSource = shader!("attention/backward_stats.wgsl");
 static BACKWARD_DQ: ShaderSource = shader!("attention/backward_dq.wgsl");
@@ -23,12 +37,12 @@ static BACKWARD_DKV: ShaderSource = shader!("attention/backward_dkv.wgsl");
 static KV_CACHE: ShaderSource = shader!("attention/kv_cache.wgsl");
 /// Shaders of this family.
 pub static SHADERS: &[&ShaderSource] =
-    &[&FORWARD, &FORWARD_TILED, &BACKWARD_STATS, &BACKWARD_DQ, &BACKWARD_DKV, &KV_CACHE];
+    &[&FORWARD, &FORWARD_TILED, &PACK, &BACKWARD_STATS, &BACKWARD_DQ, &BACKWARD_DKV, &KV_CACHE];
 
 /// The largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
-/// Threads per workgroup (query rows or key rows) of the attention kernels.
-const WG: u32 = 64;
+/// Query rows per workgroup of the workgroup-memory forward (forward_tiled.wgsl).
+const TILED_WG: u32 = 64;
 /// The lse written for a query row that sees no key (a stand-in for -infinity).
 pub const LSE_NO_KEYS: f32 = -3.0e38;
 
@@ -95,7 +109,8 @@ struct Params {
     k: [u32; 3],
     v: [u32; 3],
     o: [u32; 3],
-    _pad: [u32; 2],
+    head_chunks: u32,
+    _pad: u32,
 }
 
 /// Everything the kernels need to find their inputs: sizes, options, layouts, mask.
@@ -139,7 +154,8 @@ impl Call<'_> {
             k: lay(self.k.1)?,
             v: lay(self.v.1)?,
             o: lay(self.o)?,
-            _pad: [0; 2],
+            head_chunks: (d.head_dim / 4) as u32,
+            _pad: 0,
         })
     }
 
@@ -148,26 +164,62 @@ impl Call<'_> {
         self.mask.map_or(self.q.0, |m| m.0)
     }
 
-    /// Record the forward kernel: writes out (in layout `self.o`) and lse (B, Hq, T).
-    fn forward(&self, out: &Tensor, lse: &Tensor) -> Result<()> {
+    fn consts(&self, textures: bool) -> [(&'static str, f64); 2] {
+        [("HEAD_DIM", self.dims.head_dim as f64), ("FROM_TEXTURE", textures as u32 as f64)]
+    }
+
+    /// Textures mirroring q, k and v for the texture-fed register kernels (q, k and v inside one
+    /// fused buffer share one), or None where the adapter's texture limits are too small.
+    fn pack_qkv(&self) -> Result<Option<[SeqTexture; 3]>> {
+        let d = self.dims;
+        let q = pack_sequence(self.q.0, self.q.1, d.batch, d.q_len)?;
+        let fused = self.k.0.same_memory(self.q.0) && self.k.1.tstride == self.q.1.tstride && self.k.1.bstride == self.q.1.bstride;
+        let k = if fused { q.clone() } else { pack_sequence(self.k.0, self.k.1, d.batch, d.kv_len)? };
+        let v = if fused { q.clone() } else { pack_sequence(self.v.0, self.v.1, d.batch, d.kv_len)? };
+        Ok(match (q, k, v) {
+            (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+            _ => None,
+        })
+    }
+
+    /// Record the forward: writes out (in layout `self.o`) and lse (B, Hq, T). `kv_tex` are
+    /// textures already holding k and v (a KV cache's).
+    fn forward(&self, out: &Tensor, lse: &Tensor, kv_tex: Option<&[SeqTexture; 2]>) -> Result<()> {
         let gpu = out.gpu();
         let p = self.params("attention_forward")?;
         let d = self.dims;
-        let consts = [("HEAD_DIM", d.head_dim as f64), ("WG", WG as f64)];
-        let shader = match gpu.variant() {
-            KernelVariant::Register => &FORWARD,
-            KernelVariant::Tiled => &FORWARD_TILED,
+        let groups = gpu.groups_1d(d.batch * d.n_head * d.q_len, 64);
+        if gpu.variant() == KernelVariant::Tiled {
+            let consts = [("HEAD_DIM", d.head_dim as f64), ("WG", TILED_WG as f64)];
+            let groups = [d.q_len.div_ceil(TILED_WG as usize) as u32, d.n_head as u32, d.batch as u32];
+            let binds = [self.q.0.binding(), self.k.0.binding(), self.v.0.binding(), self.mask_tensor().binding(), out.binding(), lse.binding()];
+            return gpu.dispatch(&Kernel::new(&FORWARD_TILED, "forward").with(&consts), bytemuck::bytes_of(&p), &binds, groups);
+        }
+        // Packing pays off once each key row is read by a few query rows (or is packed already).
+        let group = d.n_head / d.n_kv_head;
+        let textures = match kv_tex {
+            Some([k, v]) => pack_sequence(self.q.0, self.q.1, d.batch, d.q_len)?.map(|q| [q, k.clone(), v.clone()]),
+            None if d.q_len * group >= 4 => self.pack_qkv()?,
+            None => None,
         };
-        let groups = [d.q_len.div_ceil(WG as usize) as u32, d.n_head as u32, d.batch as u32];
+        let dummy;
+        let views: [&wgpu::TextureView; 3] = match &textures {
+            Some([q, k, v]) => [&q.view, &k.view, &v.view],
+            None => {
+                dummy = dummy_texture(gpu);
+                [&dummy, &dummy, &dummy]
+            }
+        };
         let binds = [
-            self.q.0.binding(),
-            self.k.0.binding(),
-            self.v.0.binding(),
+            self.q.0.binding_vec4(),
+            self.k.0.binding_vec4(),
+            self.v.0.binding_vec4(),
             self.mask_tensor().binding(),
-            out.binding(),
+            out.binding_vec4(),
             lse.binding(),
         ];
-        gpu.dispatch(&Kernel::new(shader, "forward").with(&consts), bytemuck::bytes_of(&p), &binds, groups)
+        let consts = self.consts(textures.is_some());
+        gpu.dispatch_with_textures(&Kernel::new(&FORWARD, "forward").with(&consts), bytemuck::bytes_of(&p), &views, &binds, groups)
     }
 
     /// Record the three backward kernels. dq, dk, dv are written in q's, k's and v's layouts
@@ -175,35 +227,66 @@ impl Call<'_> {
     fn backward(&self, out: &Tensor, lse: &Tensor, dout: &Tensor, dq: &Tensor, dk: &Tensor, dv: &Tensor) -> Result<()> {
         let gpu = out.gpu();
         let p = self.params("attention_backward")?;
-        let d = self.dims;
-        let consts = [("HEAD_DIM", d.head_dim as f64), ("WG", WG as f64)];
         let params = bytemuck::bytes_of(&p);
-        // D_i = rowsum(out * dout), packed with lse_i.
-        let stats = Tensor::empty(gpu, &[d.batch, d.n_head, d.q_len, 2], DType::F32, "attention row stats")?;
-        let rows = d.batch * d.q_len * d.n_head;
-        gpu.dispatch(
-            &Kernel::new(&BACKWARD_STATS, "row_stats").with(&consts[..1]),
+        let d = self.dims;
+        // Textures on CPU adapters: every k and v row is read by each query row and vice versa.
+        let mut textures = None;
+        if gpu.variant() == KernelVariant::Register {
+            if let (Some(qkv), Some(dout_tex), Some(stats_tex)) = (
+                self.pack_qkv()?,
+                pack_sequence(dout, self.o, d.batch, d.q_len)?,
+                new_texture(gpu, d.q_len, d.n_head, d.batch, "attention row stats")?,
+            ) {
+                textures = Some((qkv, dout_tex, stats_tex));
+            }
+        }
+        let consts = self.consts(textures.is_some());
+        let dummy = dummy_texture(gpu);
+        // D_i = rowsum(out * dout), stored with lse_i.
+        let stats_shape = if textures.is_some() { vec![4] } else { vec![d.batch, d.n_head, d.q_len, 2] };
+        let stats = Tensor::empty(gpu, &stats_shape, DType::F32, "attention row stats")?;
+        let stats_target = textures.as_ref().map_or(&dummy, |t| &t.2.view);
+        gpu.dispatch_with_textures(
+            &Kernel::new(&BACKWARD_STATS, "row_stats").with(&consts),
             params,
-            &[out.binding(), dout.binding(), lse.binding(), stats.binding()],
-            gpu.groups_1d(rows, 64),
+            &[stats_target],
+            &[out.binding_vec4(), dout.binding_vec4(), lse.binding(), stats.binding()],
+            gpu.groups_1d(d.batch * d.q_len * d.n_head, 64),
         )?;
-        let (q, k, v, m) = (self.q.0.binding(), self.k.0.binding(), self.v.0.binding(), self.mask_tensor().binding());
-        let groups_q = [d.q_len.div_ceil(WG as usize) as u32, d.n_head as u32, d.batch as u32];
-        gpu.dispatch(
+        let views: [&wgpu::TextureView; 5] = match &textures {
+            Some(([q, k, v], o, st)) => [&q.view, &k.view, &v.view, &o.view, &st.view],
+            None => [&dummy, &dummy, &dummy, &dummy, &dummy],
+        };
+        let stats_buf = if textures.is_some() { lse.binding() } else { stats.binding() };
+        let reads = [
+            self.q.0.binding_vec4(),
+            self.k.0.binding_vec4(),
+            self.v.0.binding_vec4(),
+            dout.binding_vec4(),
+            stats_buf,
+            self.mask_tensor().binding(),
+        ];
+        let mut binds = reads.to_vec();
+        binds.push(dq.binding_vec4());
+        gpu.dispatch_with_textures(
             &Kernel::new(&BACKWARD_DQ, "backward_dq").with(&consts),
             params,
-            &[q, k, v, m, dout.binding(), stats.binding(), dq.binding()],
-            groups_q,
+            &views,
+            &binds,
+            gpu.groups_1d(d.batch * d.n_head * d.q_len, 64),
         )?;
-        let groups_k = [d.kv_len.div_ceil(WG as usize) as u32, d.n_kv_head as u32, d.batch as u32];
-        gpu.dispatch(
+        let mut binds = reads.to_vec();
+        binds.extend([dk.binding_vec4(), dv.binding_vec4()]);
+        gpu.dispatch_with_textures(
             &Kernel::new(&BACKWARD_DKV, "backward_dkv").with(&consts),
             params,
-            &[q, k, v, m, dout.binding(), stats.binding(), dk.binding(), dv.binding()],
-            groups_k,
+            &views,
+            &binds,
+            gpu.groups_1d(d.batch * d.n_kv_head * d.kv_len, 64),
         )
     }
 }
+
 
 fn check_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
@@ -216,10 +299,10 @@ fn check_sizes(op: &'static str, d: &Dims) -> Result<()> {
     if d.batch == 0 || d.q_len == 0 || d.kv_len == 0 || d.n_head == 0 || d.n_kv_head == 0 || d.head_dim == 0 {
         return Err(Error::shape(op, format!("every size must be at least 1, got {d:?}")));
     }
-    if d.head_dim > MAX_HEAD_DIM {
-        return Err(Error::shape(op, format!("head dim {} is above the supported {MAX_HEAD_DIM}", d.head_dim)));
+    if d.head_dim > MAX_HEAD_DIM || !d.head_dim.is_multiple_of(4) {
+        return Err(Error::shape(op, format!("head dim {} is not supported: it must be a multiple of 4, at most {MAX_HEAD_DIM}", d.head_dim)));
     }
-    if d.n_head % d.n_kv_head != 0 {
+    if !d.n_head.is_multiple_of(d.n_kv_head) {
         return Err(Error::shape(op, format!("{} query heads is not a multiple of {} kv heads", d.n_head, d.n_kv_head)));
     }
     Ok(())
@@ -277,7 +360,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Option<&T
     };
     let out = Tensor::empty(q.gpu(), q.shape(), DType::F32, "attention out")?;
     let lse = Tensor::empty(q.gpu(), &[d.batch, d.n_head, d.q_len], DType::F32, "attention lse")?;
-    call.forward(&out, &lse)?;
+    call.forward(&out, &lse, None)?;
     Ok((out, lse))
 }
 
@@ -338,7 +421,7 @@ fn fused_layout(op: &'static str, qkv: &Tensor, n_head: usize, n_kv_head: usize,
     check_f32(op, "qkv", qkv)?;
     let s = qkv.shape();
     let heads = n_head + 2 * n_kv_head;
-    if s.len() != 3 || heads == 0 || s[2] % heads != 0 {
+    if s.len() != 3 || heads == 0 || !s[2].is_multiple_of(heads) {
         return Err(Error::shape(op, format!("qkv must be (B, T, (Hq + 2 Hkv) * D) with Hq={n_head}, Hkv={n_kv_head}, got {s:?}")));
     }
     let (batch, len, width) = (s[0], s[1], s[2]);
@@ -362,7 +445,7 @@ pub fn attention_fused_qkv(qkv: &Var, n_head: usize, n_kv_head: usize, key_mask:
     let gpu = t.gpu();
     let out = Tensor::empty(gpu, &[d.batch, d.q_len, qrow], DType::F32, "attention out")?;
     let lse = Tensor::empty(gpu, &[d.batch, d.n_head, d.q_len], DType::F32, "attention lse")?;
-    call.forward(&out, &lse)?;
+    call.forward(&out, &lse, None)?;
     let (qkv_t, ot, mask, cfg) = (t.clone(), out.clone(), key_mask.cloned(), *cfg);
     Ok(Var::from_op(out, &[qkv], move |g| {
         let mask = mask_of(OP, mask.as_ref(), &d, true)?;
@@ -374,180 +457,6 @@ pub fn attention_fused_qkv(qkv: &Var, n_head: usize, n_kv_head: usize, key_mask:
     }))
 }
 
-/// Keys and values of past tokens for generation, one per layer: k and v buffers
-/// (B, S_max, Hkv, D) filled up to `len()`. Appending is a copy kernel and attending reads the
-/// cache in place (kernels take the current length and the allocated stride separately).
-pub struct KvCache {
-    k: Tensor,
-    v: Tensor,
-    len: usize,
-    batch: usize,
-    max_len: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-}
-
-impl std::fmt::Debug for KvCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KvCache({} of {} tokens, B={}, Hkv={}, D={})", self.len, self.max_len, self.batch, self.n_kv_head, self.head_dim)
-    }
-}
-
-impl KvCache {
-    /// An empty cache for `batch` sequences of up to `max_len` tokens.
-    pub fn new(gpu: &Gpu, batch: usize, max_len: usize, n_kv_head: usize, head_dim: usize) -> Result<KvCache> {
-        let d = Dims { batch, q_len: 1, kv_len: max_len, n_head: n_kv_head, n_kv_head, head_dim };
-        check_sizes("KvCache::new", &d)?;
-        let shape = [batch, max_len, n_kv_head, head_dim];
-        let k = Tensor::empty(gpu, &shape, DType::F32, "kv cache keys")?;
-        let v = Tensor::empty(gpu, &shape, DType::F32, "kv cache values")?;
-        Ok(KvCache { k, v, len: 0, batch, max_len, n_kv_head, head_dim })
-    }
-
-    /// Tokens cached so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The most tokens the cache holds.
-    pub fn capacity(&self) -> usize {
-        self.max_len
-    }
-
-    /// Forget every cached token (the buffers are kept).
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-
-    /// The key buffer (B, S_max, Hkv, D); rows from `len()` on are stale.
-    pub fn keys(&self) -> &Tensor {
-        &self.k
-    }
-
-    /// The value buffer (B, S_max, Hkv, D); rows from `len()` on are stale.
-    pub fn values(&self) -> &Tensor {
-        &self.v
-    }
-
-    fn append_raw(&mut self, op: &'static str, k_new: (&Tensor, Layout), v_new: (&Tensor, Layout), t_new: usize) -> Result<()> {
-        if self.len + t_new > self.max_len {
-            return Err(Error::shape(op, format!("{} cached + {t_new} new tokens exceed the capacity {}", self.len, self.max_len)));
-        }
-        let row = self.n_kv_head * self.head_dim;
-        let l = |x: Layout| -> Result<[u32; 3]> { Ok([u32_of(op, x.off)?, u32_of(op, x.tstride)?, u32_of(op, x.bstride)?]) };
-        u32_of(op, self.k.len())?;
-        let p = AppendParams {
-            batch: self.batch as u32,
-            t_new: t_new as u32,
-            row: row as u32,
-            pos: self.len as u32,
-            cache_bstride: (self.max_len * row) as u32,
-            k: l(k_new.1)?,
-            v: l(v_new.1)?,
-            _pad: 0,
-        };
-        let gpu = self.k.gpu();
-        let binds = [self.k.binding(), self.v.binding(), k_new.0.binding(), v_new.0.binding()];
-        gpu.dispatch(&Kernel::new(&KV_CACHE, "append"), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(self.batch * t_new * row, 256))?;
-        self.len += t_new;
-        Ok(())
-    }
-
-    /// Append the keys and values of `T_new` tokens, k_new and v_new (B, T_new, Hkv, D).
-    pub fn append(&mut self, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
-        const OP: &str = "KvCache::append";
-        check_f32(OP, "k_new", k_new)?;
-        check_f32(OP, "v_new", v_new)?;
-        let s = k_new.shape();
-        if s.len() != 4 || s[0] != self.batch || s[1] == 0 || s[2] != self.n_kv_head || s[3] != self.head_dim || v_new.shape() != s {
-            return Err(Error::shape(OP, format!(
-                "k_new and v_new must be ({}, T_new, {}, {}), got {s:?} and {:?}",
-                self.batch, self.n_kv_head, self.head_dim, v_new.shape()
-            )));
-        }
-        let lay = Layout::dense(s[1], self.n_kv_head * self.head_dim);
-        self.append_raw(OP, (k_new, lay), (v_new, lay), s[1])
-    }
-
-    /// Append the k and v parts of a fused qkv (B, T_new, (Hq + 2 Hkv) * D) (GPT-2's c_attn output).
-    pub fn append_fused_qkv(&mut self, qkv: &Tensor, n_head: usize) -> Result<()> {
-        const OP: &str = "KvCache::append_fused_qkv";
-        let (d, [_, lk, lv]) = fused_layout(OP, qkv, n_head, self.n_kv_head, 0)?;
-        if d.batch != self.batch || d.head_dim != self.head_dim || d.q_len == 0 {
-            return Err(Error::shape(OP, format!("qkv {:?} does not fit the cache {self:?}", qkv.shape())));
-        }
-        self.append_raw(OP, (qkv, lk), (qkv, lv), d.q_len)
-    }
-
-    /// Attention of the last-appended queries against the cache (forward only): q (B, T_new, Hq, D)
-    /// at positions len-T_new..len, causal with q_offset = len - T_new, scale 1/sqrt(D).
-    /// `key_mask`: u32 (B, len) or (B, max_len) (only the first len columns are read).
-    pub fn attend(&self, q: &Tensor, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "KvCache::attend";
-        check_f32(OP, "q", q)?;
-        let s = q.shape();
-        if s.len() != 4 || s[0] != self.batch || s[3] != self.head_dim {
-            return Err(Error::shape(OP, format!("q must be ({}, T_new, Hq, {}), got {s:?}", self.batch, self.head_dim)));
-        }
-        let lay = Layout::dense(s[1], s[2] * s[3]);
-        let out = Tensor::empty(q.gpu(), s, DType::F32, "attention out")?;
-        self.attend_raw(OP, (q, lay), s[1], s[2], key_mask, &out)?;
-        Ok(out)
-    }
-
-    /// [`KvCache::attend`] for the q part of a fused qkv (B, T_new, (Hq + 2 Hkv) * D); returns
-    /// (B, T_new, Hq * D). Pair it with [`KvCache::append_fused_qkv`] on the same qkv.
-    pub fn attend_fused_qkv(&self, qkv: &Tensor, n_head: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "KvCache::attend_fused_qkv";
-        let (d, [lq, _, _]) = fused_layout(OP, qkv, n_head, self.n_kv_head, 0)?;
-        if d.batch != self.batch || d.head_dim != self.head_dim {
-            return Err(Error::shape(OP, format!("qkv {:?} does not fit the cache {self:?}", qkv.shape())));
-        }
-        let out = Tensor::empty(qkv.gpu(), &[d.batch, d.q_len, n_head * d.head_dim], DType::F32, "attention out")?;
-        self.attend_raw(OP, (qkv, lq), d.q_len, n_head, key_mask, &out)?;
-        Ok(out)
-    }
-
-    fn attend_raw(&self, op: &'static str, q: (&Tensor, Layout), t_new: usize, n_head: usize, key_mask: Option<&Tensor>, out: &Tensor) -> Result<()> {
-        if t_new == 0 || t_new > self.len {
-            return Err(Error::shape(op, format!("{t_new} queries but {} cached tokens: append the new tokens first", self.len)));
-        }
-        let d = Dims { batch: self.batch, q_len: t_new, kv_len: self.len, n_head, n_kv_head: self.n_kv_head, head_dim: self.head_dim };
-        check_sizes(op, &d)?;
-        let cache = Layout { off: 0, tstride: self.n_kv_head * self.head_dim, bstride: self.max_len * self.n_kv_head * self.head_dim };
-        let cfg = AttentionConfig { causal: true, scale: None, q_offset: self.len - t_new };
-        let call = Call {
-            dims: d,
-            cfg,
-            q,
-            k: (&self.k, cache),
-            v: (&self.v, cache),
-            mask: mask_of(op, key_mask, &d, false)?,
-            o: Layout::dense(t_new, n_head * self.head_dim),
-        };
-        let lse = Tensor::empty(out.gpu(), &[d.batch, n_head, t_new], DType::F32, "attention lse")?;
-        call.forward(out, &lse)
-    }
-}
-
-/// The append kernel's uniform (mirrors `struct Params` in kv_cache.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AppendParams {
-    batch: u32,
-    t_new: u32,
-    row: u32,
-    pos: u32,
-    cache_bstride: u32,
-    k: [u32; 3],
-    v: [u32; 3],
-    _pad: u32,
-}
 
 /// CPU references (f64, naive softmax over the full score row), for the gradient-check table.
 pub mod reference {
