@@ -68,6 +68,13 @@ fn cases() -> Vec<Case> {
     cases.push(linear_case(&[2, 5], 7, 3, true));
     cases.push(linear_case(&[33], 130, 7, false));
     cases.push(linear_case(&[2, 3], 64, 64, true));
+    // Inputs without a gradient: only the others are computed.
+    let mut c = linear_case(&[4], 6, 5, true);
+    c.inputs[0] = Input::nograd(&[4, 6]);
+    cases.push(c);
+    let mut c = mm_case(&[2], &[2], (3, 4, 5), false, false);
+    c.inputs[1] = Input::nograd(&[2, 4, 5]);
+    cases.push(c);
     cases
 }
 

@@ -439,57 +439,68 @@ fn flat(x: &Tensor) -> Result<Tensor> {
 /// output: `(da, db)`, shaped like `a` and `b` (f32 even for f16 inputs). A 2-D operand used
 /// by a whole batch gets its gradient summed over the batch.
 pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
-    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
-    dc.expect_shape("matmul backward", &out_shape)?;
-    let (a, b) = (to_f32(a)?, to_f32(b)?);
-    let mm = |x: &Tensor, y: &Tensor, tx: bool, ty: bool| matmul_forward(x, y, None, tx, ty);
-    // dA (stored layout): dC·op(B)ᵀ, or its transpose op(B)·dCᵀ when A is stored transposed.
-    let da = |a_shared: bool| -> Result<Tensor> {
-        let g = match (trans_a, trans_b) {
-            (false, false) => mm(dc, &b, false, true)?,
-            (false, true) => mm(dc, &b, false, false)?,
-            (true, false) => mm(&b, dc, false, true)?,
-            (true, true) => mm(&b, dc, true, true)?,
-        };
-        if a_shared {
-            sum_batch(&g, a.shape())
-        } else {
-            Ok(g)
-        }
-    };
-    // dB (stored layout): op(A)ᵀ·dC, or its transpose dCᵀ·op(A) when B is stored transposed.
-    let db = |a: &Tensor, dc: &Tensor, b_shared: bool| -> Result<Tensor> {
-        let g = match (trans_a, trans_b) {
-            (false, false) => mm(a, dc, true, false)?,
-            (true, false) => mm(a, dc, false, false)?,
-            (false, true) => mm(dc, a, true, false)?,
-            (true, true) => mm(dc, a, true, true)?,
-        };
-        if b_shared {
-            sum_batch(&g, b.shape())
-        } else {
-            Ok(g)
-        }
-    };
-    let da = da(p.shared_a)?;
-    // A shared B with A not transposed: flatten the batch into rows, one 2-D product sums it.
-    let db = if p.shared_b && !trans_a { db(&flat(&a)?, &flat(dc)?, false)? } else { db(&a, dc, p.shared_b)? };
-    Ok((da, db))
+    Ok((grad_a(a, b, dc, trans_a, trans_b)?, grad_b(a, b, dc, trans_a, trans_b)?))
 }
 
-/// `op(a)·op(b)` on the tape (see [`matmul_forward`] for shapes).
+fn mm(x: &Tensor, y: &Tensor, tx: bool, ty: bool) -> Result<Tensor> {
+    matmul_forward(x, y, None, tx, ty)
+}
+
+/// dA in A's stored layout: dC·op(B)ᵀ, or its transpose op(B)·dCᵀ when A is stored transposed.
+fn grad_a(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    dc.expect_shape("matmul backward", &out_shape)?;
+    let b = to_f32(b)?;
+    let g = match (trans_a, trans_b) {
+        (false, false) => mm(dc, &b, false, true)?,
+        (false, true) => mm(dc, &b, false, false)?,
+        (true, false) => mm(&b, dc, false, true)?,
+        (true, true) => mm(&b, dc, true, true)?,
+    };
+    if p.shared_a {
+        sum_batch(&g, a.shape())
+    } else {
+        Ok(g)
+    }
+}
+
+/// dB in B's stored layout: op(A)ᵀ·dC, or its transpose dCᵀ·op(A) when B is stored transposed.
+fn grad_b(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    dc.expect_shape("matmul backward", &out_shape)?;
+    let a = to_f32(a)?;
+    // A shared B with A not transposed: flatten the batch into rows, one 2-D product sums it.
+    let flatten = p.shared_b && !trans_a;
+    let (a, dc) = if flatten { (flat(&a)?, flat(dc)?) } else { (a, dc.clone()) };
+    let g = match (trans_a, trans_b) {
+        (false, false) => mm(&a, &dc, true, false)?,
+        (true, false) => mm(&a, &dc, false, false)?,
+        (false, true) => mm(&dc, &a, true, false)?,
+        (true, true) => mm(&dc, &a, true, true)?,
+    };
+    if p.shared_b && !flatten {
+        sum_batch(&g, b.shape())
+    } else {
+        Ok(g)
+    }
+}
+
+/// `op(a)·op(b)` on the tape (see [`matmul_forward`] for shapes). Backward computes only the
+/// gradients that are needed.
 pub fn matmul(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
     let out = matmul_forward(a.tensor(), b.tensor(), None, trans_a, trans_b)?;
     let (at, bt) = (a.tensor().clone(), b.tensor().clone());
+    let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
     Ok(Var::from_op(out, &[a, b], move |g| {
-        let (da, db) = matmul_backward(&at, &bt, g, trans_a, trans_b)?;
-        Ok(vec![Some(da), Some(db)])
+        let da = if need_a { Some(grad_a(&at, &bt, g, trans_a, trans_b)?) } else { None };
+        let db = if need_b { Some(grad_b(&at, &bt, g, trans_a, trans_b)?) } else { None };
+        Ok(vec![da, db])
     }))
 }
 
 /// The linear layer in PyTorch/HF layout: `x` (..., in), `w` (out, in), `b` (out);
 /// `y = x·wᵀ + b`, (..., out). Backward: `dx = dy·w`, `dw = dyᵀ·x` and `db` = column sums of
-/// `dy`, all rows of the batch flattened.
+/// `dy`, all rows of the batch flattened; only the needed ones are computed.
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let (xs, ws) = (x.shape().to_vec(), w.shape().to_vec());
     if xs.is_empty() || ws.len() != 2 || ws[1] != xs[xs.len() - 1] {
@@ -500,21 +511,24 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let x2 = x.tensor().reshape(&[rows, inp])?;
     let y = matmul_forward(&x2, w.tensor(), b.map(|b| b.tensor()), false, true)?;
     let mut ys = xs.clone();
-    *ys.last_mut().expect("x has a last dimension") = outp;
+    if let Some(last) = ys.last_mut() {
+        *last = outp;
+    }
     let y = y.reshape(&ys)?;
-    let wt = to_f32(w.tensor())?;
+    let wt = w.tensor().clone();
+    let (need_x, need_w) = (x.requires_grad(), w.requires_grad());
+    let (has_b, need_b) = (b.is_some(), b.is_some_and(|b| b.requires_grad()));
     let inputs: Vec<&Var> = match b {
         Some(b) => vec![x, w, b],
         None => vec![x, w],
     };
-    let has_bias = b.is_some();
     Ok(Var::from_op(y, &inputs, move |g| {
         let dy = g.reshape(&[rows, outp])?;
-        let dx = matmul_forward(&dy, &wt, None, false, false)?.reshape(&xs)?;
-        let dw = matmul_forward(&dy, &to_f32(&x2)?, None, true, false)?;
-        let mut grads = vec![Some(dx), Some(dw)];
-        if has_bias {
-            grads.push(Some(bias_grad(&dy)?));
+        let dx = if need_x { Some(mm(&dy, &to_f32(&wt)?, false, false)?.reshape(&xs)?) } else { None };
+        let dw = if need_w { Some(mm(&dy, &to_f32(&x2)?, true, false)?) } else { None };
+        let mut grads = vec![dx, dw];
+        if has_b {
+            grads.push(if need_b { Some(bias_grad(&dy)?) } else { None });
         }
         Ok(grads)
     }))
