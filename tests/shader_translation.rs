@@ -47,8 +47,18 @@ fn every_shader_translates_to_all_backends() {
             }
         };
         let uses_f16 = s.source.contains("enable f16");
-        let caps = if uses_f16 { Capabilities::SHADER_FLOAT16 } else { Capabilities::empty() };
-        let info = match Validator::new(ValidationFlags::all(), caps).validate(&module) {
+        let uses_subgroups = s.source.contains("subgroup_invocation_id");
+        let mut caps = if uses_f16 { Capabilities::SHADER_FLOAT16 } else { Capabilities::empty() };
+        if uses_subgroups {
+            caps |= Capabilities::SUBGROUP;
+        }
+        let mut validator = Validator::new(ValidationFlags::all(), caps);
+        if uses_subgroups {
+            validator
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        }
+        let info = match validator.validate(&module) {
             Ok(i) => i,
             Err(e) => {
                 failures.push(format!("{}: validate: {}", s.path, e.emit_to_string(s.source)));
@@ -90,8 +100,9 @@ fn every_shader_translates_to_all_backends() {
             if let Err(e) = hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl_pipe).write(&m, &i, None) {
                 failures.push(format!("{name}: HLSL: {e}"));
             }
-            // GL has no f16 in wgpu; f16 kernels are only used where SHADER_F16 is reported.
-            if !uses_f16 {
+            // GL has no f16 and no subgroups in wgpu; such kernels are only used where
+            // SHADER_F16 / SUBGROUP is reported.
+            if !uses_f16 && !uses_subgroups {
                 let glsl_opts = glsl::Options {
                     version: glsl::Version::Embedded { version: 310, is_webgl: false },
                     ..Default::default()

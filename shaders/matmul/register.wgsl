@@ -53,6 +53,8 @@ override A_VEC4: bool = true;
 override B_VEC4: bool = true;
 override C_VEC4: bool = true;
 override HAS_BIAS: bool = false;
+// K is not a multiple of 4: compile the masked last step.
+override TAIL: bool = false;
 override RB: u32 = 4u;
 override CB: u32 = 8u;
 override WG_X: u32 = 8u;
@@ -335,7 +337,7 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var k0 = 0u; k0 < k_full; k0 += 4u) {
         step(row0, col0, k0, false);
     }
-    if (k_full < p.k) {
+    if (TAIL) {
         step(row0, col0, k_full, true);
     }
     // Store (plus bias), guarded at the edges.

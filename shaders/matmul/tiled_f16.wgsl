@@ -34,9 +34,12 @@ override HAS_BIAS: bool = false;
 const TILE: u32 = 64u;
 const DEPTH: u32 = 16u;
 
-// a_tile[k * 16 + i] holds rows 4i..4i+3 of the A tile at k; b_tile[k * 16 + j] columns 4j..4j+3.
-var<workgroup> a_tile: array<vec4<f32>, 256>;
-var<workgroup> b_tile: array<vec4<f32>, 256>;
+// a_tile[k * ROW + i] holds rows 4i..4i+3 of the A tile at k; b_tile[k * ROW + j] columns
+// 4j..4j+3. Rows of 16 vec4 padded to 17 so that threads storing down a column of a tile (the
+// layouts read along k) hit different banks.
+const ROW: u32 = 17u;
+var<workgroup> a_tile: array<vec4<f32>, 272>;
+var<workgroup> b_tile: array<vec4<f32>, 272>;
 
 // Element (row, kk) of op(A) for this batch entry, 0 outside.
 fn load_a(base: u32, row: u32, kk: u32) -> f32 {
@@ -89,7 +92,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 kk = e % DEPTH;
                 i = e / DEPTH;
             }
-            a_tile[kk * 16u + i / 4u][i % 4u] = load_a(base_a, row0 + i, k0 + kk);
+            a_tile[kk * ROW + i / 4u][i % 4u] = load_a(base_a, row0 + i, k0 + kk);
             if (TRANS_B) {
                 kk = e % DEPTH;
                 i = e / DEPTH;
@@ -97,14 +100,14 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 i = e % TILE;
                 kk = e / TILE;
             }
-            b_tile[kk * 16u + i / 4u][i % 4u] = load_b(base_b, k0 + kk, col0 + i);
+            b_tile[kk * ROW + i / 4u][i % 4u] = load_b(base_b, k0 + kk, col0 + i);
         }
         // Barrier: the tiles are complete.
         workgroupBarrier();
         // Accumulate this thread's 4x4 block.
         for (var kk = 0u; kk < DEPTH; kk++) {
-            let av = a_tile[kk * 16u + lid.y];
-            let bv = b_tile[kk * 16u + lid.x];
+            let av = a_tile[kk * ROW + lid.y];
+            let bv = b_tile[kk * ROW + lid.x];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);

@@ -189,6 +189,9 @@ impl Gpu {
         if summary.has_f16() {
             features |= wgpu::Features::SHADER_F16;
         }
+        if summary.features.contains(wgpu::Features::SUBGROUP) {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("plumb"),
             required_features: features,
@@ -231,6 +234,11 @@ impl Gpu {
     /// True where f16 shaders can run on this device.
     pub fn has_f16(&self) -> bool {
         self.0.summary.has_f16()
+    }
+
+    /// True where compute shaders can use subgroup operations (requested when available).
+    pub fn has_subgroups(&self) -> bool {
+        self.0.device.features().contains(wgpu::Features::SUBGROUP)
     }
 
     /// True for CPU adapters such as lavapipe.

@@ -22,12 +22,13 @@ use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
 
 static REGISTER: ShaderSource = shader!("matmul/register.wgsl");
+static REGISTER_SUBGROUP: ShaderSource = shader!("matmul/register_subgroup.wgsl");
 static TILED: ShaderSource = shader!("matmul/tiled.wgsl");
 static TILED_F16: ShaderSource = shader!("matmul/tiled_f16.wgsl");
 static CONVERT_F16: ShaderSource = shader!("matmul/convert_f16.wgsl");
 static COLSUM: ShaderSource = shader!("matmul/colsum.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM];
+pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM];
 
 /// Sizes of one product, shared by every matmul kernel.
 #[repr(C)]
@@ -180,34 +181,61 @@ fn tiled_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor, p:
     )
 }
 
-/// Thread tile and workgroup shape of the register kernel.
+/// Thread tile and workgroup shape of a register kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Tile {
-    /// 4-row blocks per thread (1, 2, 4) and 4-column blocks (1, 2, 4, 8).
+    /// 4-row blocks per thread and 4-column blocks per thread.
     rb: usize,
     cb: usize,
     wg_x: usize,
     wg_y: usize,
 }
 
-/// Pick the register tile for an (m, n) output per batch entry. Estimated time = padded work
-/// x cost per multiply-add of the tile / how evenly the workgroups fill the CPU's threads.
-/// The cost per multiply-add falls with the tile (each loaded value feeds more of them):
-/// `alpha·(1/rows + 1/cols) + beta`, fitted to lavapipe measurements (buffer loads cost about
-/// ten times what texel fetches do, so without textures big tiles matter even more).
-fn register_tile(m: usize, n: usize, batch: usize, from_texture: bool) -> Tile {
+/// Where the register kernel reads its operands from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Feed {
+    /// Storage buffers (any shape).
+    Buffer,
+    /// Textures (rows a multiple of 64 elements).
+    Texture,
+    /// Textures, A's texels shared across an 8-lane subgroup.
+    Subgroup,
+}
+
+/// Pick the register tile for `batch` outputs of (m, n). Estimated time = padded work x cost
+/// per multiply-add / how evenly the workgroups fill the CPU's threads. The cost per
+/// multiply-add is `alpha · (loads per multiply-add) + beta`: loads fall as the tile grows
+/// (each loaded value feeds more multiply-adds) while beta (arithmetic and spills) stays.
+/// Fitted to lavapipe: a texel fetch of 4 floats costs ~1.1 units per multiply-add ratio,
+/// buffer loads about five times that; with subgroups A costs 1/8 of its fetches.
+/// The candidates stop at 32x8 and 16x16 outputs a thread: bigger tiles were no faster and take
+/// many seconds to compile.
+fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
-    let (alpha, beta) = if from_texture { (0.18, 0.03) } else { (2.2, 0.03) };
-    let mut best = (f64::MAX, Tile { rb: 1, cb: 1, wg_x: 8, wg_y: 8 });
-    for (rb, cb) in [(4, 8), (4, 4), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)] {
+    // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
+    // in a fraction of the time.
+    let small = batch * m * n * k < (1 << 22);
+    let candidates: &[(usize, usize)] = match (feed, small) {
+        (Feed::Subgroup, false) => &[(8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)],
+        (Feed::Subgroup, true) => &[(2, 2), (2, 1)],
+        (_, false) => &[(4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
+        (_, true) => &[(2, 2), (1, 2), (1, 1)],
+    };
+    let mut best = (f64::MAX, Tile { rb: candidates[0].0, cb: candidates[0].1, wg_x: 8, wg_y: 8 });
+    for &(rb, cb) in candidates {
         for wg_y in [8, 4, 2, 1] {
             let wg_x = 64 / wg_y;
-            let (tm, tn) = (4 * rb, 4 * cb);
-            let (gy, gx) = (m.div_ceil(tm * wg_y), n.div_ceil(tn * wg_x));
-            let padded = (gy * tm * wg_y * gx * tn * wg_x * batch) as f64;
+            let (tm, tn) = ((4 * rb) as f64, (4 * cb) as f64);
+            let loads = match feed {
+                Feed::Buffer => 5.0 * (1.0 / tm + 1.0 / tn),
+                Feed::Texture => 1.0 / tm + 1.0 / tn,
+                Feed::Subgroup => 1.0 / (8.0 * tm) + 1.0 / tn,
+            };
+            let (gy, gx) = (m.div_ceil(4 * rb * wg_y), n.div_ceil(4 * cb * wg_x));
+            let padded = (gy * 4 * rb * wg_y * gx * 4 * cb * wg_x * batch) as f64;
             let groups = gx * gy * batch;
             let fill = groups as f64 / (threads * groups.div_ceil(threads)) as f64;
-            let cost = padded * (alpha * (1.0 / tm as f64 + 1.0 / tn as f64) + beta) / fill;
+            let cost = padded * (0.28 * loads + 0.028) / fill;
             if cost < best.0 {
                 best = (cost, Tile { rb, cb, wg_x, wg_y });
             }
@@ -216,10 +244,10 @@ fn register_tile(m: usize, n: usize, batch: usize, from_texture: bool) -> Tile {
     best.1
 }
 
-/// The register-tiled kernel (CPU adapters).
+/// The register-tiled kernels (CPU adapters).
 fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor, p: &Problem) -> Result<()> {
     let gpu = a.gpu();
-    // The register kernel reads f32: widen f16 operands first.
+    // The register kernels read f32: widen f16 operands first.
     if a.dtype() == DType::F16 {
         return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
     }
@@ -229,15 +257,20 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     let a_count = if p.shared_a { 1 } else { p.batch };
     let b_count = if p.shared_b { 1 } else { p.batch };
     let textures = texture_fits(gpu, a_count * a_rows, a_pitch) && texture_fits(gpu, b_count * b_rows, b_pitch);
-    let tile = register_tile(p.m, p.n, p.batch, textures);
-    let consts = [
-        ("FROM_TEXTURE", flag(textures)),
+    let info = &gpu.adapter().info;
+    let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+    let feed = match (textures, gpu.has_subgroups() && eight_lanes) {
+        (false, _) => Feed::Buffer,
+        (true, false) => Feed::Texture,
+        (true, true) => Feed::Subgroup,
+    };
+    let tile = register_tile(p.m, p.n, p.k, p.batch, feed);
+    let mut consts = vec![
         ("TRANS_A", flag(p.trans_a)),
         ("TRANS_B", flag(p.trans_b)),
-        ("A_VEC4", flag(a_pitch % 4 == 0)),
-        ("B_VEC4", flag(b_pitch % 4 == 0)),
         ("C_VEC4", flag(p.n % 4 == 0)),
         ("HAS_BIAS", flag(bias.is_some())),
+        ("TAIL", flag(p.k % 4 != 0)),
         ("RB", tile.rb as f64),
         ("CB", tile.cb as f64),
         ("WG_X", tile.wg_x as f64),
@@ -248,16 +281,33 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
         batch_groups(gpu, p)?,
     ];
-    let (ta, tb) = if textures {
+    let params = params(p);
+    // Without a bias, bind something read-only that is not C (the kernel never reads it).
+    let bias_bind = bias.unwrap_or(a).binding_vec4();
+    if feed == Feed::Subgroup {
+        let (ta, tb) = (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?);
+        return gpu.dispatch_with_textures(
+            &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
+            bytemuck::bytes_of(&params),
+            &[&ta, &tb],
+            &[bias_bind, out.binding_vec4()],
+            groups,
+        );
+    }
+    let (ta, tb) = if feed == Feed::Texture {
         (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?)
     } else {
         let dummy = dummy_texture(gpu);
         (dummy.clone(), dummy)
     };
-    let bias_bind = bias.unwrap_or(a).binding_vec4();
+    consts.extend([
+        ("FROM_TEXTURE", flag(feed == Feed::Texture)),
+        ("A_VEC4", flag(a_pitch % 4 == 0)),
+        ("B_VEC4", flag(b_pitch % 4 == 0)),
+    ]);
     gpu.dispatch_with_textures(
         &Kernel::new(&REGISTER, "matmul").with(&consts),
-        bytemuck::bytes_of(&params(p)),
+        bytemuck::bytes_of(&params),
         &[&ta, &tb],
         &[a.binding_vec4(), b.binding_vec4(), bias_bind, out.binding_vec4()],
         groups,
@@ -389,57 +439,68 @@ fn flat(x: &Tensor) -> Result<Tensor> {
 /// output: `(da, db)`, shaped like `a` and `b` (f32 even for f16 inputs). A 2-D operand used
 /// by a whole batch gets its gradient summed over the batch.
 pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
-    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
-    dc.expect_shape("matmul backward", &out_shape)?;
-    let (a, b) = (to_f32(a)?, to_f32(b)?);
-    let mm = |x: &Tensor, y: &Tensor, tx: bool, ty: bool| matmul_forward(x, y, None, tx, ty);
-    // dA (stored layout): dC·op(B)ᵀ, or its transpose op(B)·dCᵀ when A is stored transposed.
-    let da = |a_shared: bool| -> Result<Tensor> {
-        let g = match (trans_a, trans_b) {
-            (false, false) => mm(dc, &b, false, true)?,
-            (false, true) => mm(dc, &b, false, false)?,
-            (true, false) => mm(&b, dc, false, true)?,
-            (true, true) => mm(&b, dc, true, true)?,
-        };
-        if a_shared {
-            sum_batch(&g, a.shape())
-        } else {
-            Ok(g)
-        }
-    };
-    // dB (stored layout): op(A)ᵀ·dC, or its transpose dCᵀ·op(A) when B is stored transposed.
-    let db = |a: &Tensor, dc: &Tensor, b_shared: bool| -> Result<Tensor> {
-        let g = match (trans_a, trans_b) {
-            (false, false) => mm(a, dc, true, false)?,
-            (true, false) => mm(a, dc, false, false)?,
-            (false, true) => mm(dc, a, true, false)?,
-            (true, true) => mm(dc, a, true, true)?,
-        };
-        if b_shared {
-            sum_batch(&g, b.shape())
-        } else {
-            Ok(g)
-        }
-    };
-    let da = da(p.shared_a)?;
-    // A shared B with A not transposed: flatten the batch into rows, one 2-D product sums it.
-    let db = if p.shared_b && !trans_a { db(&flat(&a)?, &flat(dc)?, false)? } else { db(&a, dc, p.shared_b)? };
-    Ok((da, db))
+    Ok((grad_a(a, b, dc, trans_a, trans_b)?, grad_b(a, b, dc, trans_a, trans_b)?))
 }
 
-/// `op(a)·op(b)` on the tape (see [`matmul_forward`] for shapes).
+fn mm(x: &Tensor, y: &Tensor, tx: bool, ty: bool) -> Result<Tensor> {
+    matmul_forward(x, y, None, tx, ty)
+}
+
+/// dA in A's stored layout: dC·op(B)ᵀ, or its transpose op(B)·dCᵀ when A is stored transposed.
+fn grad_a(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    dc.expect_shape("matmul backward", &out_shape)?;
+    let b = to_f32(b)?;
+    let g = match (trans_a, trans_b) {
+        (false, false) => mm(dc, &b, false, true)?,
+        (false, true) => mm(dc, &b, false, false)?,
+        (true, false) => mm(&b, dc, false, true)?,
+        (true, true) => mm(&b, dc, true, true)?,
+    };
+    if p.shared_a {
+        sum_batch(&g, a.shape())
+    } else {
+        Ok(g)
+    }
+}
+
+/// dB in B's stored layout: op(A)ᵀ·dC, or its transpose dCᵀ·op(A) when B is stored transposed.
+fn grad_b(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, trans_a, trans_b)?;
+    dc.expect_shape("matmul backward", &out_shape)?;
+    let a = to_f32(a)?;
+    // A shared B with A not transposed: flatten the batch into rows, one 2-D product sums it.
+    let flatten = p.shared_b && !trans_a;
+    let (a, dc) = if flatten { (flat(&a)?, flat(dc)?) } else { (a, dc.clone()) };
+    let g = match (trans_a, trans_b) {
+        (false, false) => mm(&a, &dc, true, false)?,
+        (true, false) => mm(&a, &dc, false, false)?,
+        (false, true) => mm(&dc, &a, true, false)?,
+        (true, true) => mm(&dc, &a, true, true)?,
+    };
+    if p.shared_b && !flatten {
+        sum_batch(&g, b.shape())
+    } else {
+        Ok(g)
+    }
+}
+
+/// `op(a)·op(b)` on the tape (see [`matmul_forward`] for shapes). Backward computes only the
+/// gradients that are needed.
 pub fn matmul(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
     let out = matmul_forward(a.tensor(), b.tensor(), None, trans_a, trans_b)?;
     let (at, bt) = (a.tensor().clone(), b.tensor().clone());
+    let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
     Ok(Var::from_op(out, &[a, b], move |g| {
-        let (da, db) = matmul_backward(&at, &bt, g, trans_a, trans_b)?;
-        Ok(vec![Some(da), Some(db)])
+        let da = if need_a { Some(grad_a(&at, &bt, g, trans_a, trans_b)?) } else { None };
+        let db = if need_b { Some(grad_b(&at, &bt, g, trans_a, trans_b)?) } else { None };
+        Ok(vec![da, db])
     }))
 }
 
 /// The linear layer in PyTorch/HF layout: `x` (..., in), `w` (out, in), `b` (out);
 /// `y = x·wᵀ + b`, (..., out). Backward: `dx = dy·w`, `dw = dyᵀ·x` and `db` = column sums of
-/// `dy`, all rows of the batch flattened.
+/// `dy`, all rows of the batch flattened; only the needed ones are computed.
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let (xs, ws) = (x.shape().to_vec(), w.shape().to_vec());
     if xs.is_empty() || ws.len() != 2 || ws[1] != xs[xs.len() - 1] {
@@ -450,21 +511,24 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let x2 = x.tensor().reshape(&[rows, inp])?;
     let y = matmul_forward(&x2, w.tensor(), b.map(|b| b.tensor()), false, true)?;
     let mut ys = xs.clone();
-    *ys.last_mut().expect("x has a last dimension") = outp;
+    if let Some(last) = ys.last_mut() {
+        *last = outp;
+    }
     let y = y.reshape(&ys)?;
-    let wt = to_f32(w.tensor())?;
+    let wt = w.tensor().clone();
+    let (need_x, need_w) = (x.requires_grad(), w.requires_grad());
+    let (has_b, need_b) = (b.is_some(), b.is_some_and(|b| b.requires_grad()));
     let inputs: Vec<&Var> = match b {
         Some(b) => vec![x, w, b],
         None => vec![x, w],
     };
-    let has_bias = b.is_some();
     Ok(Var::from_op(y, &inputs, move |g| {
         let dy = g.reshape(&[rows, outp])?;
-        let dx = matmul_forward(&dy, &wt, None, false, false)?.reshape(&xs)?;
-        let dw = matmul_forward(&dy, &to_f32(&x2)?, None, true, false)?;
-        let mut grads = vec![Some(dx), Some(dw)];
-        if has_bias {
-            grads.push(Some(bias_grad(&dy)?));
+        let dx = if need_x { Some(mm(&dy, &to_f32(&wt)?, false, false)?.reshape(&xs)?) } else { None };
+        let dw = if need_w { Some(mm(&dy, &to_f32(&x2)?, true, false)?) } else { None };
+        let mut grads = vec![dx, dw];
+        if has_b {
+            grads.push(if need_b { Some(bias_grad(&dy)?) } else { None });
         }
         Ok(grads)
     }))
@@ -486,16 +550,18 @@ pub mod reference {
         (a_shared, b_shared): (bool, bool),
     ) -> Vec<f64> {
         let mut c = vec![0.0; batch * m * n];
+        // Element (i, q) of op(A) is at a_row(i) + q * a_step; (q, j) of op(B) at b_col(j) + q * b_step.
+        let (a_step, b_step) = (if ta { m } else { 1 }, if tb { 1 } else { n });
         for z in 0..batch {
             let ao = if a_shared { 0 } else { z * m * k };
             let bo = if b_shared { 0 } else { z * k * n };
             for i in 0..m {
+                let a_row = ao + if ta { i } else { i * k };
                 for j in 0..n {
+                    let b_col = bo + if tb { j * k } else { j };
                     let mut s = bias.map_or(0.0, |b| b[j]);
                     for q in 0..k {
-                        let av = if ta { a[ao + q * m + i] } else { a[ao + i * k + q] };
-                        let bv = if tb { b[bo + j * k + q] } else { b[bo + q * n + j] };
-                        s += av * bv;
+                        s += a[a_row + q * a_step] * b[b_col + q * b_step];
                     }
                     c[z * m * n + i * n + j] = s;
                 }
