@@ -29,8 +29,9 @@ impl MetricsLog {
         self.file.flush().map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Drop records whose "step" is >= `step` (used when resuming from an earlier checkpoint).
-    pub fn truncate_from(path: &Path, step: u64) -> Result<()> {
+    /// Drop records whose "step" is after `step` (a run resumed from the checkpoint of `step`
+    /// logs those steps again).
+    pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
         let kept: String = text
             .lines()
@@ -38,7 +39,7 @@ impl MetricsLog {
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
                     .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_none_or(|s| s < step)
+                    .is_none_or(|s| s <= step)
             })
             .map(|l| format!("{l}\n"))
             .collect();

@@ -156,7 +156,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
                 checkpoint::load_weights(&dir, model)?;
                 checkpoint::load_optimizer(&dir, &mut opt)?;
                 start = st.step as usize;
-                MetricsLog::truncate_from(&out.join("metrics.jsonl"), st.step)?;
+                MetricsLog::truncate_after(&out.join("metrics.jsonl"), st.step)?;
             }
         }
         log = Some(MetricsLog::open(&out.join("metrics.jsonl"))?);
