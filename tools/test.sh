@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-cargo test --all-targets -- --test-threads=2
-PLUMB_BACKEND=gl cargo test --test 'gradcheck_*' -- --test-threads=2
+cargo test --all-targets
+PLUMB_BACKEND=gl cargo test --test "gradcheck_*"
