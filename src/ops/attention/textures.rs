@@ -37,7 +37,10 @@ pub(super) struct SeqTexture {
 pub(super) fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize, label: &str) -> Result<Option<SeqTexture>> {
     let l = gpu.limits();
     let (max_2d, max_layers) = (l.max_texture_dimension_2d as usize, l.max_texture_array_layers as usize);
-    if width == 0 || width > max_2d || height > max_2d || layers > max_layers {
+    // wgpu's GL backend treats a one-layer array texture as a plain 2-D one, so the
+    // texture-fed kernels would read nothing there: GL takes the buffer-fed path.
+    let gl = gpu.adapter().info.backend == wgpu::Backend::Gl;
+    if gl || width == 0 || width > max_2d || height > max_2d || layers > max_layers {
         return Ok(None);
     }
     let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
