@@ -37,8 +37,8 @@ fn linear_case(lead: &[usize], inp: usize, out: usize, bias: bool) -> Case {
     })
 }
 
-/// The smallest (m, k, n) whose stored rows are multiples of 64 elements for this layout, so
-/// the register variant reads them from textures; the free dimension is odd.
+/// An (m, k, n) whose stored rows are a multiple of 4 elements for this layout, so the register
+/// variant reads textures, with an odd free dimension (or K = 37: a masked last step).
 fn texture_dims(ta: bool, tb: bool) -> (usize, usize, usize) {
     match (ta, tb) {
         (false, false) => (5, 64, 64),
@@ -64,6 +64,8 @@ fn cases() -> Vec<Case> {
         cases.push(mm_case(&[], &[], dims, ta, tb));
         cases.push(mm_case(&[2], &[2], dims, ta, tb));
         cases.push(mm_case(&[2], &[], dims, ta, tb));
+        // Textures whose last row is partly filled (24 and 60 vec4 in rows of 16).
+        cases.push(mm_case(&[], &[], (8, 12, 20), ta, tb));
     }
     cases.push(linear_case(&[2, 5], 7, 3, true));
     cases.push(linear_case(&[33], 130, 7, false));

@@ -6,12 +6,14 @@
 //! two-pass column sum.
 //!
 //! Two kernel families, chosen by [`Gpu::variant`]:
-//! - `Register` (CPU adapters such as lavapipe): `register.wgsl`, a register-tiled kernel with
-//!   no workgroup memory and no barriers; each thread computes up to 16x32 outputs. Its operands
-//!   come from rgba32float textures where their rows allow a texture copy (lavapipe's texel
-//!   fetches are vector gathers; its storage-buffer loads go one lane at a time), else from the
-//!   storage buffers. The thread tile and workgroup shape are chosen per shape by a small cost
-//!   model, so decode-time products with a handful of rows stay fast too.
+//! - `Register` (CPU adapters such as lavapipe): register-tiled kernels with no workgroup memory
+//!   and no barriers; each thread computes a block of up to 32x8 outputs. Where the stored rows
+//!   are a multiple of 4 elements the operands are copied into rgba32float textures and read
+//!   with texel fetches (lavapipe's are vector gathers, while its storage-buffer loads go one
+//!   lane at a time through the stack); with 8-lane subgroups, `register_subgroup.wgsl` also
+//!   shares A's texels across the subgroup. Otherwise `register.wgsl` reads the buffers. The
+//!   thread tile and workgroup shape are chosen per shape by a small cost model, so decode-time
+//!   products with a handful of rows stay fast too.
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
@@ -37,12 +39,13 @@ struct Params {
     m: u32,
     k: u32,
     n: u32,
-    _pad0: u32,
+    /// log2 of the operand textures' width in texels (register kernels fed by textures).
+    tex_shift: u32,
     /// Batch strides in elements (0 for an operand shared by the batch).
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 /// One product after shape checks: `batch` products of (m, k)·(k, n).
@@ -142,11 +145,11 @@ fn params(p: &Problem) -> Params {
         m,
         k,
         n,
-        _pad0: 0,
+        tex_shift: 0,
         a_stride: if p.shared_a { 0 } else { m * k },
         b_stride: if p.shared_b { 0 } else { k * n },
         c_stride: m * n,
-        _pad1: 0,
+        _pad: 0,
     }
 }
 
@@ -196,7 +199,7 @@ struct Tile {
 enum Feed {
     /// Storage buffers (any shape).
     Buffer,
-    /// Textures (rows a multiple of 64 elements).
+    /// Textures (stored rows a multiple of 4 elements).
     Texture,
     /// Textures, A's texels shared across an 8-lane subgroup.
     Subgroup,
@@ -251,12 +254,13 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     if a.dtype() == DType::F16 {
         return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
     }
-    // Stored layouts: rows of `pitch` elements.
-    let (a_rows, a_pitch) = if p.trans_a { (p.k, p.m) } else { (p.m, p.k) };
-    let (b_rows, b_pitch) = if p.trans_b { (p.n, p.k) } else { (p.k, p.n) };
-    let a_count = if p.shared_a { 1 } else { p.batch };
-    let b_count = if p.shared_b { 1 } else { p.batch };
-    let textures = texture_fits(gpu, a_count * a_rows, a_pitch) && texture_fits(gpu, b_count * b_rows, b_pitch);
+    // Stored layouts: rows of `pitch` elements; vec4 counts of the whole operands.
+    let a_pitch = if p.trans_a { p.m } else { p.k };
+    let b_pitch = if p.trans_b { p.k } else { p.n };
+    let a_vecs = if p.shared_a { 1 } else { p.batch } * p.m * p.k / 4;
+    let b_vecs = if p.shared_b { 1 } else { p.batch } * p.k * p.n / 4;
+    let width = texture_width(gpu, a_vecs, b_vecs);
+    let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
     let info = &gpu.adapter().info;
     let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
     let feed = match (textures, gpu.has_subgroups() && eight_lanes) {
@@ -281,11 +285,15 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
         batch_groups(gpu, p)?,
     ];
-    let params = params(p);
+    let mut params = params(p);
     // Without a bias, bind something read-only that is not C (the kernel never reads it).
     let bias_bind = bias.unwrap_or(a).binding_vec4();
+    let width = width.unwrap_or(16);
+    if feed != Feed::Buffer {
+        params.tex_shift = width.trailing_zeros();
+    }
     if feed == Feed::Subgroup {
-        let (ta, tb) = (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?);
+        let (ta, tb) = (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?);
         return gpu.dispatch_with_textures(
             &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
             bytemuck::bytes_of(&params),
@@ -295,7 +303,7 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         );
     }
     let (ta, tb) = if feed == Feed::Texture {
-        (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?)
+        (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?)
     } else {
         let dummy = dummy_texture(gpu);
         (dummy.clone(), dummy)
@@ -314,18 +322,35 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     )
 }
 
-/// True when `rows` rows of `pitch` f32 fit an rgba32float texture filled by a buffer copy
-/// (copies need rows of a multiple of 256 bytes).
-fn texture_fits(gpu: &Gpu, rows: usize, pitch: usize) -> bool {
+/// The width (a power of two, in texels) of textures holding `a_vecs` and `b_vecs` vec4s, or
+/// None if they do not fit. Preferably one that divides both counts, so that the copies fill
+/// whole rows (a partly written texture is cleared first); at least 16 texels, since texture
+/// copies move rows of a multiple of 256 bytes.
+fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<usize> {
     let max = gpu.limits().max_texture_dimension_2d as usize;
-    pitch > 0 && pitch % 64 == 0 && pitch / 4 <= max && rows > 0 && rows <= max
+    if a_vecs == 0 || b_vecs == 0 || max < 16 {
+        return None;
+    }
+    let mut w = 1024.min(max);
+    while w > 16 && (a_vecs % w != 0 || b_vecs % w != 0) {
+        w /= 2;
+    }
+    while a_vecs.max(b_vecs).div_ceil(w) > max {
+        if w * 2 > max {
+            return None;
+        }
+        w *= 2;
+    }
+    Some(w)
 }
 
-/// Copy `t` (rows of `pitch` f32) into a new rgba32float texture: texel (x, y) holds elements
-/// 4x..4x+3 of row y. The copy is recorded in order with the step's dispatches.
-fn upload_texture(t: &Tensor, rows: usize, pitch: usize) -> Result<wgpu::TextureView> {
+/// Copy the first `vecs` vec4s of `t` into a new rgba32float texture `width` texels wide:
+/// vec4 number i is texel (i mod width, i / width). The copies are recorded in order with the
+/// step's dispatches.
+fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<wgpu::TextureView> {
     let gpu = t.gpu();
-    let size = wgpu::Extent3d { width: (pitch / 4) as u32, height: rows as u32, depth_or_array_layers: 1 };
+    let (full_rows, rest) = (vecs / width, vecs % width);
+    let size = wgpu::Extent3d { width: width as u32, height: vecs.div_ceil(width) as u32, depth_or_array_layers: 1 };
     let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
         label: Some("matmul operand"),
         size,
@@ -337,19 +362,42 @@ fn upload_texture(t: &Tensor, rows: usize, pitch: usize) -> Result<wgpu::Texture
         view_formats: &[],
     });
     let b = t.binding();
+    let row_bytes = (width * 16) as u64;
     gpu.with_encoder(|enc| {
-        enc.copy_buffer_to_texture(
-            wgpu::TexelCopyBufferInfo {
-                buffer: b.buffer,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: b.offset,
-                    bytes_per_row: Some((pitch * 4) as u32),
-                    rows_per_image: Some(rows as u32),
+        // Whole rows, then the partial last one.
+        if full_rows > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
                 },
-            },
-            tex.as_image_copy(),
-            size,
-        )
+                tex.as_image_copy(),
+                wgpu::Extent3d { width: width as u32, height: full_rows as u32, depth_or_array_layers: 1 },
+            );
+        }
+        if rest > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset + full_rows as u64 * row_bytes,
+                        bytes_per_row: None,
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &tex,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 },
+            );
+        }
     });
     Ok(tex.create_view(&wgpu::TextureViewDescriptor::default()))
 }
