@@ -160,13 +160,16 @@ fn f16_inputs() {
 #[test]
 fn bias_grad_is_column_sums() {
     let Some(gpu) = common::gpu() else { return };
-    for (rows, n) in [(1, 1), (5, 7), (64, 3), (65, 130), (1000, 33)] {
+    // Texture-fed first pass (N a multiple of 4, more than 64 rows) or not, in both variants.
+    let shapes = [(1, 1), (5, 7), (64, 3), (65, 130), (1000, 33), (129, 8), (300, 64)];
+    for (v, (rows, n)) in [KernelVariant::Register, KernelVariant::Tiled].into_iter().flat_map(|v| shapes.map(|s| (v, s))) {
+        gpu.set_variant(v);
         let v = rand_vec(rows * n, 5, -1.0, 1.0);
         let dy = Tensor::from_f32(&gpu, &v, &[rows, n]).unwrap();
         let got = mm::bias_grad(&dy).unwrap();
         assert_eq!(got.shape(), &[n]);
         let want = r::bias_grad(&v.iter().map(|&x| x as f64).collect::<Vec<_>>(), n);
-        assert_close(&format!("bias_grad {rows}x{n}"), &got.to_f32_vec().unwrap(), &want, 1e-5, 1e-5);
+        assert_close(&format!("bias_grad {rows}x{n} {v:?}"), &got.to_f32_vec().unwrap(), &want, 1e-5, 1e-5);
         // Deterministic: the same bits twice.
         assert_eq!(got.to_f32_vec().unwrap(), mm::bias_grad(&dy).unwrap().to_f32_vec().unwrap());
     }

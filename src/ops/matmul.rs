@@ -29,8 +29,9 @@ static TILED: ShaderSource = shader!("matmul/tiled.wgsl");
 static TILED_F16: ShaderSource = shader!("matmul/tiled_f16.wgsl");
 static CONVERT_F16: ShaderSource = shader!("matmul/convert_f16.wgsl");
 static COLSUM: ShaderSource = shader!("matmul/colsum.wgsl");
+static COLSUM_TEXTURE: ShaderSource = shader!("matmul/colsum_texture.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM];
+pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM, &COLSUM_TEXTURE];
 
 /// Sizes of one product, shared by every matmul kernel.
 #[repr(C)]
@@ -451,6 +452,23 @@ fn colsum(x: &Tensor, rows: usize, n: usize, group_rows: usize) -> Result<Tensor
     Ok(out)
 }
 
+/// [`colsum`] reading `x` (n a multiple of 4) from a texture `width` texels wide.
+fn colsum_texture(x: &Tensor, rows: usize, n: usize, group_rows: usize, width: usize) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let groups = rows.div_ceil(group_rows);
+    let out = Tensor::empty(gpu, &[groups, n], DType::F32, "column sums")?;
+    let tex = upload_texture(x, rows * n / 4, width)?;
+    let p = [rows as u32, (n / 4) as u32, group_rows as u32, width.trailing_zeros()];
+    gpu.dispatch_with_textures(
+        &Kernel::new(&COLSUM_TEXTURE, "colsum"),
+        bytemuck::bytes_of(&p),
+        &[&tex],
+        &[out.binding_vec4()],
+        gpu.groups_1d(groups * n / 4, 64),
+    )?;
+    Ok(out)
+}
+
 /// Column sums of `dy` seen as (rows, N) with N its last dimension: the gradient of a bias
 /// added to every row. Deterministic: groups of 64 rows, then the group sums, in order.
 pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
@@ -464,7 +482,16 @@ pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
         return Tensor::zeros(dy.gpu(), &[n], DType::F32, "bias gradient");
     }
     const GROUP: usize = 64;
-    let sums = if rows > GROUP { colsum(dy, rows, n, GROUP)? } else { dy.clone() };
+    let sums = if rows <= GROUP {
+        dy.clone()
+    } else if let Some(width) = texture_width(dy.gpu(), dy.len() / 4, dy.len() / 4).filter(|_| {
+        // CPU adapters read the big first pass from a texture (see `Feed`).
+        dy.gpu().variant() == KernelVariant::Register && n % 4 == 0
+    }) {
+        colsum_texture(dy, rows, n, GROUP, width)?
+    } else {
+        colsum(dy, rows, n, GROUP)?
+    };
     let rows = sums.len() / n;
     colsum(&sums, rows, n, rows)?.reshape(&[n])
 }
