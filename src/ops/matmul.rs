@@ -96,7 +96,7 @@ fn problem(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Prob
     let shared_a = lead_a.is_empty() && batch > 1;
     let shared_b = lead_b.is_empty() && batch > 1;
     let p = Problem { batch, m, k: ka, n, trans_a, trans_b, shared_a, shared_b };
-    for (what, x) in [("rows", m), ("inner size", ka), ("columns", n), ("output", batch * m * n)] {
+    for (what, x) in [("A", batch * m * ka), ("B", batch * ka * n), ("output", batch * m * n)] {
         if x > u32::MAX as usize / 2 {
             return Err(Error::shape(OP, format!("{what} {x} too large")));
         }
@@ -207,13 +207,13 @@ enum Feed {
 }
 
 /// Pick the register tile for `batch` outputs of (m, n). Estimated time = padded work x cost
-/// per multiply-add / how evenly the workgroups fill the CPU's threads. The cost per
-/// multiply-add is `alpha · (loads per multiply-add) + beta`: loads fall as the tile grows
-/// (each loaded value feeds more multiply-adds) while beta (arithmetic and spills) stays.
-/// Fitted to lavapipe: a texel fetch of 4 floats costs ~1.1 units per multiply-add ratio,
-/// buffer loads about five times that; with subgroups A costs 1/8 of its fetches.
-/// The candidates stop at 32x8 and 16x16 outputs a thread: bigger tiles were no faster and take
-/// many seconds to compile.
+/// per multiply-add / how evenly the workgroups fill the CPU's threads. Per step of 4 k a
+/// thread with a TM x TN tile loads TM vec4 of A and TN of B for 4·TM·TN multiply-adds, so the
+/// cost per multiply-add is `alpha · (1/TM + 1/TN) + beta`, beta being arithmetic and spills.
+/// With subgroups a lane fetches only TM/8 of A's: `alpha · (1/(8·TN) + 1/TM) + beta`, so tall
+/// tiles win. Fitted on lavapipe: alpha 0.28 for texel fetches, five times that for buffer
+/// loads, beta 0.028. The candidates stop at 32x8 and 16x16 outputs a thread: bigger tiles were
+/// no faster there and take many seconds to compile.
 fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
     // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
@@ -233,7 +233,7 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile
             let loads = match feed {
                 Feed::Buffer => 5.0 * (1.0 / tm + 1.0 / tn),
                 Feed::Texture => 1.0 / tm + 1.0 / tn,
-                Feed::Subgroup => 1.0 / (8.0 * tm) + 1.0 / tn,
+                Feed::Subgroup => 1.0 / tm + 1.0 / (8.0 * tn),
             };
             let (gy, gx) = (m.div_ceil(4 * rb * wg_y), n.div_ceil(4 * cb * wg_x));
             let padded = (gy * 4 * rb * wg_y * gx * 4 * cb * wg_x * batch) as f64;
