@@ -5,7 +5,7 @@
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use common::{assert_close, rand_vec};
-use plumb::ops::matmul::{self as mm, reference as r};
+use plumb::ops::matmul::{self as mm, reference as r, RegisterFeed};
 use plumb::{DType, Gpu, KernelVariant, Tensor};
 
 /// A gradient-checked matmul row. `lead_a` / `lead_b` are the batch dimensions of each operand
@@ -86,6 +86,10 @@ fn matmul_table_both_variants() {
     let cases = cases();
     gpu.set_variant(KernelVariant::Register);
     run_table(&gpu, "register", &cases);
+    // The buffer-fed register kernel everywhere (what CPUs with AVX-512 run).
+    mm::set_register_feed(RegisterFeed::Buffer);
+    run_table(&gpu, "register, buffers", &cases);
+    mm::set_register_feed(RegisterFeed::Auto);
     gpu.set_variant(KernelVariant::Tiled);
     run_table(&gpu, "tiled", &cases);
 }
@@ -125,10 +129,16 @@ fn large_aligned_and_decode_shapes_match_reference() {
         check_forward(&gpu, &[], (8, 128, 384), (false, true), true, false);
         check_forward(&gpu, &[], (1, 128, 384), (false, true), false, false);
     }
-    // The buffer-fed register path at a size with many tiles (no dimension a multiple of 64).
+    // Both register feeds at sizes with many tiles and ragged edges.
     gpu.set_variant(KernelVariant::Register);
-    check_forward(&gpu, &[], (200, 100, 180), (false, false), true, false);
-    check_forward(&gpu, &[2], (97, 52, 60), (true, true), true, false);
+    for feed in [RegisterFeed::Buffer, RegisterFeed::Texture] {
+        mm::set_register_feed(feed);
+        check_forward(&gpu, &[], (200, 100, 180), (false, false), true, false);
+        check_forward(&gpu, &[2], (96, 52, 60), (true, true), true, false);
+        check_forward(&gpu, &[3], (33, 44, 20), (true, false), false, false);
+        check_forward(&gpu, &[], (130, 37, 36), (false, true), true, false);
+    }
+    mm::set_register_feed(RegisterFeed::Auto);
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //!   lane at a time through the stack); with 8-lane subgroups, `register_subgroup.wgsl` also
 //!   shares A's texels across the subgroup. Otherwise `register.wgsl` reads the buffers. The
 //!   thread tile and workgroup shape are chosen per shape by a small cost model, so decode-time
-//!   products with a handful of rows stay fast too.
+//!   products with a handful of rows stay fast too. On x86 CPUs with AVX-512, LLVM builds
+//!   lavapipe's per-lane loads with masked broadcasts instead of stack round trips, buffer loads
+//!   are cheap, and the buffer-fed kernel with 16x32 tiles is used throughout (see
+//!   [`RegisterFeed`]; `PLUMB_MATMUL_FEED=buffer|texture` overrides the choice in the bench).
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
@@ -22,6 +25,7 @@ use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 static REGISTER: ShaderSource = shader!("matmul/register.wgsl");
 static REGISTER_SUBGROUP: ShaderSource = shader!("matmul/register_subgroup.wgsl");
@@ -195,6 +199,48 @@ struct Tile {
     wg_y: usize,
 }
 
+/// How the register kernels (CPU adapters) read their operands; process-wide, since it depends
+/// on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterFeed {
+    /// Buffers where the CPU has AVX-512 (lavapipe's buffer loads are cheap there), else
+    /// textures wherever the layout allows.
+    Auto = 0,
+    /// Always the storage buffers.
+    Buffer = 1,
+    /// Textures wherever the layout allows (rows a multiple of 4 elements).
+    Texture = 2,
+}
+
+static REGISTER_FEED: AtomicU8 = AtomicU8::new(RegisterFeed::Auto as u8);
+
+/// Choose how the register kernels read their operands from now on (tests and benches).
+pub fn set_register_feed(feed: RegisterFeed) {
+    REGISTER_FEED.store(feed as u8, Ordering::Relaxed);
+}
+
+/// The current [`RegisterFeed`].
+pub fn register_feed() -> RegisterFeed {
+    match REGISTER_FEED.load(Ordering::Relaxed) {
+        1 => RegisterFeed::Buffer,
+        2 => RegisterFeed::Texture,
+        _ => RegisterFeed::Auto,
+    }
+}
+
+/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
+/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
+fn cheap_buffer_loads() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Where the register kernel reads its operands from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Feed {
@@ -211,10 +257,11 @@ enum Feed {
 /// thread with a TM x TN tile loads TM vec4 of A and TN of B for 4·TM·TN multiply-adds, so the
 /// cost per multiply-add is `alpha · (1/TM + 1/TN) + beta`, beta being arithmetic and spills.
 /// With subgroups a lane fetches only TM/8 of A's: `alpha · (1/(8·TN) + 1/TM) + beta`, so tall
-/// tiles win. Fitted on lavapipe: alpha 0.28 for texel fetches, five times that for buffer
-/// loads, beta 0.028. The candidates stop at 32x8 and 16x16 outputs a thread: bigger tiles were
-/// no faster there and take many seconds to compile.
-fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile {
+/// tiles win. Fitted on lavapipe: alpha 0.28 for texel fetches, beta 0.028; buffer loads cost
+/// five times a fetch on AVX2 and about half of one with AVX-512 (1024³ at 19, 28 and 32
+/// GFLOP/s for 8x8, 16x16 and 16x32 tiles there). Texture-fed tiles stop at 32x8 and 16x16
+/// outputs a thread: bigger ones were no faster here and take many seconds to compile.
+fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_loads: bool) -> Tile {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
     // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
     // in a fraction of the time.
@@ -222,16 +269,18 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile
     let candidates: &[(usize, usize)] = match (feed, small) {
         (Feed::Subgroup, false) => &[(8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)],
         (Feed::Subgroup, true) => &[(2, 2), (2, 1)],
+        (Feed::Buffer, false) if cheap_loads => &[(4, 8), (4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
         (_, false) => &[(4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
         (_, true) => &[(2, 2), (1, 2), (1, 1)],
     };
+    let buffer_alpha = if cheap_loads { 0.45 } else { 5.0 };
     let mut best = (f64::MAX, Tile { rb: candidates[0].0, cb: candidates[0].1, wg_x: 8, wg_y: 8 });
     for &(rb, cb) in candidates {
         for wg_y in [8, 4, 2, 1] {
             let wg_x = 64 / wg_y;
             let (tm, tn) = ((4 * rb) as f64, (4 * cb) as f64);
             let loads = match feed {
-                Feed::Buffer => 5.0 * (1.0 / tm + 1.0 / tn),
+                Feed::Buffer => buffer_alpha * (1.0 / tm + 1.0 / tn),
                 Feed::Texture => 1.0 / tm + 1.0 / tn,
                 Feed::Subgroup => 1.0 / tm + 1.0 / (8.0 * tn),
             };
@@ -264,12 +313,18 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
     let info = &gpu.adapter().info;
     let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
-    let feed = match (textures, gpu.has_subgroups() && eight_lanes) {
+    let cheap_loads = cheap_buffer_loads();
+    let want_textures = match register_feed() {
+        RegisterFeed::Auto => !cheap_loads,
+        RegisterFeed::Buffer => false,
+        RegisterFeed::Texture => true,
+    };
+    let feed = match (textures && want_textures, gpu.has_subgroups() && eight_lanes) {
         (false, _) => Feed::Buffer,
         (true, false) => Feed::Texture,
         (true, true) => Feed::Subgroup,
     };
-    let tile = register_tile(p.m, p.n, p.k, p.batch, feed);
+    let tile = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
     let mut consts = vec![
         ("TRANS_A", flag(p.trans_a)),
         ("TRANS_B", flag(p.trans_b)),
