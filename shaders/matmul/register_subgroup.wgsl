@@ -14,10 +14,9 @@
 //   B block: column q = row (k0 + q) of op(B) over columns c..c+3
 //   C block: column i = row (r + i) of C over columns c..c+3
 // The host runs this only where subgroups are exactly 8 lanes wide and WG_X is a multiple of
-// 8, so a subgroup is 8 consecutive threads of one workgroup row (lavapipe's layout). Rows and columns past
-// the edges are computed and never stored; a K that is not a multiple of 4 ends with one masked
-// step.
-
+// 8, so a subgroup is 8 consecutive threads of one workgroup row (lavapipe's layout). Rows and
+// columns past the edges are computed and never stored; a K that is not a multiple of 4 ends
+// with one masked step.
 
 struct Params {
     m: u32,
