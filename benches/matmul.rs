@@ -3,10 +3,11 @@
 //! Criterion reports elem/s with one element per FLOP (2·M·N·K), i.e. FLOP/s; every iteration
 //! ends with a host read so the GPU work is inside the timing. A plain summary line per shape
 //! follows the W1 rule: 3 untimed warm-ups, the median of 7 timed runs, GFLOP/s = 2MNK/t.
-//! `PLUMB_KERNELS=register|tiled` picks the kernel variant.
+//! `PLUMB_KERNELS=register|tiled` picks the kernel variant, `PLUMB_MATMUL_FEED=buffer|texture`
+//! how the register kernels read their operands (default: by CPU, see `ops::matmul`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use plumb::ops::matmul::matmul_forward;
+use plumb::ops::matmul::{matmul_forward, register_feed, set_register_feed, RegisterFeed};
 use plumb::{Gpu, Tensor};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ fn cpu_seconds() -> Option<f64> {
 
 fn summary(gpu: &Gpu) {
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
-    println!("matmul on {} ({:?} kernels)", gpu.adapter().info.name, gpu.variant());
+    println!("matmul on {} ({:?} kernels, feed {:?})", gpu.adapter().info.name, gpu.variant(), register_feed());
     for &(label, m, k, n, ta, tb) in SHAPES {
         let ops = Operands::new(gpu, m, k, n, ta, tb);
         for _ in 0..3 {
@@ -90,6 +91,11 @@ fn summary(gpu: &Gpu) {
 
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::new().expect("GPU adapter");
+    match std::env::var("PLUMB_MATMUL_FEED").as_deref() {
+        Ok("buffer") => set_register_feed(RegisterFeed::Buffer),
+        Ok("texture") => set_register_feed(RegisterFeed::Texture),
+        _ => {}
+    }
     summary(&gpu);
     let mut group = c.benchmark_group("matmul");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));

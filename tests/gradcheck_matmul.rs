@@ -5,7 +5,7 @@
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use common::{assert_close, rand_vec};
-use plumb::ops::matmul::{self as mm, reference as r};
+use plumb::ops::matmul::{self as mm, reference as r, RegisterFeed};
 use plumb::{DType, Gpu, KernelVariant, Tensor};
 
 /// A gradient-checked matmul row. `lead_a` / `lead_b` are the batch dimensions of each operand
@@ -37,8 +37,8 @@ fn linear_case(lead: &[usize], inp: usize, out: usize, bias: bool) -> Case {
     })
 }
 
-/// The smallest (m, k, n) whose stored rows are multiples of 64 elements for this layout, so
-/// the register variant reads them from textures; the free dimension is odd.
+/// An (m, k, n) whose stored rows are a multiple of 4 elements for this layout, so the register
+/// variant reads textures, with an odd free dimension (or K = 37: a masked last step).
 fn texture_dims(ta: bool, tb: bool) -> (usize, usize, usize) {
     match (ta, tb) {
         (false, false) => (5, 64, 64),
@@ -64,6 +64,8 @@ fn cases() -> Vec<Case> {
         cases.push(mm_case(&[], &[], dims, ta, tb));
         cases.push(mm_case(&[2], &[2], dims, ta, tb));
         cases.push(mm_case(&[2], &[], dims, ta, tb));
+        // Textures whose last row is partly filled (24 and 60 vec4 in rows of 16).
+        cases.push(mm_case(&[], &[], (8, 12, 20), ta, tb));
     }
     cases.push(linear_case(&[2, 5], 7, 3, true));
     cases.push(linear_case(&[33], 130, 7, false));
@@ -84,6 +86,10 @@ fn matmul_table_both_variants() {
     let cases = cases();
     gpu.set_variant(KernelVariant::Register);
     run_table(&gpu, "register", &cases);
+    // The buffer-fed register kernel everywhere (what CPUs with AVX-512 run).
+    mm::set_register_feed(RegisterFeed::Buffer);
+    run_table(&gpu, "register, buffers", &cases);
+    mm::set_register_feed(RegisterFeed::Auto);
     gpu.set_variant(KernelVariant::Tiled);
     run_table(&gpu, "tiled", &cases);
 }
@@ -123,10 +129,16 @@ fn large_aligned_and_decode_shapes_match_reference() {
         check_forward(&gpu, &[], (8, 128, 384), (false, true), true, false);
         check_forward(&gpu, &[], (1, 128, 384), (false, true), false, false);
     }
-    // The buffer-fed register path at a size with many tiles (no dimension a multiple of 64).
+    // Both register feeds at sizes with many tiles and ragged edges.
     gpu.set_variant(KernelVariant::Register);
-    check_forward(&gpu, &[], (200, 100, 180), (false, false), true, false);
-    check_forward(&gpu, &[2], (97, 52, 60), (true, true), true, false);
+    for feed in [RegisterFeed::Buffer, RegisterFeed::Texture] {
+        mm::set_register_feed(feed);
+        check_forward(&gpu, &[], (200, 100, 180), (false, false), true, false);
+        check_forward(&gpu, &[2], (96, 52, 60), (true, true), true, false);
+        check_forward(&gpu, &[3], (33, 44, 20), (true, false), false, false);
+        check_forward(&gpu, &[], (130, 37, 36), (false, true), true, false);
+    }
+    mm::set_register_feed(RegisterFeed::Auto);
 }
 
 #[test]
@@ -158,13 +170,16 @@ fn f16_inputs() {
 #[test]
 fn bias_grad_is_column_sums() {
     let Some(gpu) = common::gpu() else { return };
-    for (rows, n) in [(1, 1), (5, 7), (64, 3), (65, 130), (1000, 33)] {
+    // Texture-fed first pass (N a multiple of 4, more than 64 rows) or not, in both variants.
+    let shapes = [(1, 1), (5, 7), (64, 3), (65, 130), (1000, 33), (129, 8), (300, 64)];
+    for (v, (rows, n)) in [KernelVariant::Register, KernelVariant::Tiled].into_iter().flat_map(|v| shapes.map(|s| (v, s))) {
+        gpu.set_variant(v);
         let v = rand_vec(rows * n, 5, -1.0, 1.0);
         let dy = Tensor::from_f32(&gpu, &v, &[rows, n]).unwrap();
         let got = mm::bias_grad(&dy).unwrap();
         assert_eq!(got.shape(), &[n]);
         let want = r::bias_grad(&v.iter().map(|&x| x as f64).collect::<Vec<_>>(), n);
-        assert_close(&format!("bias_grad {rows}x{n}"), &got.to_f32_vec().unwrap(), &want, 1e-5, 1e-5);
+        assert_close(&format!("bias_grad {rows}x{n} {v:?}"), &got.to_f32_vec().unwrap(), &want, 1e-5, 1e-5);
         // Deterministic: the same bits twice.
         assert_eq!(got.to_f32_vec().unwrap(), mm::bias_grad(&dy).unwrap().to_f32_vec().unwrap());
     }

@@ -14,10 +14,10 @@
 //
 // Where A and B come from. Lavapipe on a CPU without AVX-512 builds each storage-buffer load one
 // lane at a time through the stack (~25 cycles per lane and component), which caps a buffer-fed
-// kernel near 4 GFLOP/s; its texel fetches are vector gathers, about ten times cheaper. So with
-// FROM_TEXTURE the operands are read from rgba32float textures that hold the same rows (one texel
-// = four consecutive elements along the contiguous dimension; the host copies the buffers in),
-// and otherwise from the storage buffers, with vec4 or scalar loads.
+// kernel near 4 GFLOP/s; its texel fetches are vector gathers, several times cheaper. So with
+// FROM_TEXTURE the vec4 loads read rgba32float textures holding the same data (the host copies
+// the buffers in): vec4 number i of a tensor is texel (i mod W, i / W), W = 2^tex_shift. (With
+// AVX-512 the per-lane loads are cheap and the buffers are read directly, 16x32 tiles.)
 //
 // Overrides pick the layout (TRANS_A, TRANS_B), the load width (A_VEC4, B_VEC4, C_VEC4: vec4
 // loads need the contiguous dimension to be a multiple of 4, else scalar loads), the bias, the
@@ -30,12 +30,13 @@ struct Params {
     m: u32,
     k: u32,
     n: u32,
-    _pad0: u32,
-    // Batch strides in elements (0 for a B shared by the whole batch).
+    // log2 of the texture width in texels (texture-fed only).
+    tex_shift: u32,
+    // Batch strides in elements (0 for an operand shared by the whole batch).
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -85,18 +86,26 @@ var<private> b4: mat4x4<f32>;
 var<private> b5: mat4x4<f32>;
 var<private> b6: mat4x4<f32>;
 var<private> b7: mat4x4<f32>;
-// Element offsets of this batch entry, and its first texel row.
+// Element offsets of this batch entry.
 var<private> base_a: u32;
 var<private> base_b: u32;
 var<private> base_c: u32;
-var<private> row_a: i32;
-var<private> row_b: i32;
 
-// Four texel rows y..y+3 at column x.
-fn tex4(t: texture_2d<f32>, x: u32, y: i32) -> mat4x4<f32> {
-    let xi = i32(x);
-    return mat4x4<f32>(textureLoad(t, vec2<i32>(xi, y), 0), textureLoad(t, vec2<i32>(xi, y + 1), 0),
-                       textureLoad(t, vec2<i32>(xi, y + 2), 0), textureLoad(t, vec2<i32>(xi, y + 3), 0));
+// vec4 number i of A or B (four consecutive elements), from the texture or the buffer.
+fn a_vec(i: u32) -> vec4<f32> {
+    if (FROM_TEXTURE) {
+        let w = (1u << p.tex_shift) - 1u;
+        return textureLoad(a_tex, vec2<i32>(i32(i & w), i32(i >> p.tex_shift)), 0);
+    }
+    return a[i];
+}
+
+fn b_vec(i: u32) -> vec4<f32> {
+    if (FROM_TEXTURE) {
+        let w = (1u << p.tex_shift) - 1u;
+        return textureLoad(b_tex, vec2<i32>(i32(i & w), i32(i >> p.tex_shift)), 0);
+    }
+    return b[i];
 }
 
 fn a1(i: u32) -> f32 {
@@ -129,19 +138,13 @@ fn keep_k(v: vec4<f32>, k: u32) -> vec4<f32> {
 // The A block for rows r..r+3 at k0..k0+3 (column i = row r + i over k).
 fn load_a(r: u32, k0: u32, tail: bool) -> mat4x4<f32> {
     var t: mat4x4<f32>;
-    if (FROM_TEXTURE) {
-        if (TRANS_A) {
-            t = transpose(tex4(a_tex, r >> 2u, row_a + i32(k0)));
-        } else {
-            t = tex4(a_tex, k0 >> 2u, row_a + i32(r));
-        }
-    } else if (TRANS_A) {
+    if (TRANS_A) {
         // Stored (K, M): one vec4 over four rows per k.
         let i = base_a + k0 * p.m + r;
         if (A_VEC4) {
             let m4 = p.m >> 2u;
             let j = i >> 2u;
-            t = transpose(mat4x4<f32>(a[j], a[j + m4], a[j + 2u * m4], a[j + 3u * m4]));
+            t = transpose(mat4x4<f32>(a_vec(j), a_vec(j + m4), a_vec(j + 2u * m4), a_vec(j + 3u * m4)));
         } else {
             t = transpose(mat4x4<f32>(a4(i, 1u), a4(i + p.m, 1u), a4(i + 2u * p.m, 1u), a4(i + 3u * p.m, 1u)));
         }
@@ -151,7 +154,7 @@ fn load_a(r: u32, k0: u32, tail: bool) -> mat4x4<f32> {
         if (A_VEC4) {
             let k4 = p.k >> 2u;
             let j = i >> 2u;
-            t = mat4x4<f32>(a[j], a[j + k4], a[j + 2u * k4], a[j + 3u * k4]);
+            t = mat4x4<f32>(a_vec(j), a_vec(j + k4), a_vec(j + 2u * k4), a_vec(j + 3u * k4));
         } else {
             t = mat4x4<f32>(a4(i, 1u), a4(i + p.k, 1u), a4(i + 2u * p.k, 1u), a4(i + 3u * p.k, 1u));
         }
@@ -168,12 +171,10 @@ fn load_b(k0: u32, cl: u32, tail: bool) -> mat4x4<f32> {
     if (TRANS_B) {
         // Stored (N, K): one vec4 over four k per column.
         let i = base_b + cl * p.k + k0;
-        if (FROM_TEXTURE) {
-            t = tex4(b_tex, k0 >> 2u, row_b + i32(cl));
-        } else if (B_VEC4) {
+        if (B_VEC4) {
             let k4 = p.k >> 2u;
             let j = i >> 2u;
-            t = mat4x4<f32>(b[j], b[j + k4], b[j + 2u * k4], b[j + 3u * k4]);
+            t = mat4x4<f32>(b_vec(j), b_vec(j + k4), b_vec(j + 2u * k4), b_vec(j + 3u * k4));
         } else {
             t = mat4x4<f32>(b4s(i, 1u), b4s(i + p.k, 1u), b4s(i + 2u * p.k, 1u), b4s(i + 3u * p.k, 1u));
         }
@@ -184,12 +185,10 @@ fn load_b(k0: u32, cl: u32, tail: bool) -> mat4x4<f32> {
     } else {
         // Stored (K, N): one vec4 over four columns per k.
         let i = base_b + k0 * p.n + cl;
-        if (FROM_TEXTURE) {
-            t = tex4(b_tex, cl >> 2u, row_b + i32(k0));
-        } else if (B_VEC4) {
+        if (B_VEC4) {
             let n4 = p.n >> 2u;
             let j = i >> 2u;
-            t = mat4x4<f32>(b[j], b[j + n4], b[j + 2u * n4], b[j + 3u * n4]);
+            t = mat4x4<f32>(b_vec(j), b_vec(j + n4), b_vec(j + 2u * n4), b_vec(j + 3u * n4));
         } else {
             t = mat4x4<f32>(b4s(i, 1u), b4s(i + p.n, 1u), b4s(i + 2u * p.n, 1u), b4s(i + 3u * p.n, 1u));
         }
@@ -330,8 +329,6 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     base_a = gid.z * p.a_stride;
     base_b = gid.z * p.b_stride;
     base_c = gid.z * p.c_stride;
-    row_a = select(0, i32(gid.z * select(p.m, p.k, TRANS_A)), p.a_stride != 0u);
-    row_b = select(0, i32(gid.z * select(p.k, p.n, TRANS_B)), p.b_stride != 0u);
     // Accumulate over K, four at a time; a partial last step is masked.
     let k_full = p.k & ~3u;
     for (var k0 = 0u; k0 < k_full; k0 += 4u) {

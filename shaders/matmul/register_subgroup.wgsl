@@ -1,6 +1,6 @@
 // Register-tiled matmul for CPU Vulkan drivers with subgroups (lavapipe), the fast path of
 // register.wgsl: C = op(A)·op(B) (+ bias), f32, both operands read from rgba32float textures
-// (one texel = four consecutive elements along the stored rows; see register.wgsl for why).
+// (vec4 number i of a tensor is texel (i mod W, i / W); see register.wgsl for why).
 //
 // On lavapipe a texel fetch is a call of ~170 instructions for the 8 lanes of a SIMD vector,
 // and with the plain kernel fetches take about 60% of the time. The 8 lanes of a subgroup are
@@ -14,21 +14,21 @@
 //   B block: column q = row (k0 + q) of op(B) over columns c..c+3
 //   C block: column i = row (r + i) of C over columns c..c+3
 // The host runs this only where subgroups are exactly 8 lanes wide and WG_X is a multiple of
-// 8, so a subgroup is 8 consecutive threads of one workgroup row (lavapipe's layout). Rows and columns past
-// the edges are computed and never stored; a K that is not a multiple of 4 ends with one masked
-// step.
-
+// 8, so a subgroup is 8 consecutive threads of one workgroup row (lavapipe's layout). Rows and
+// columns past the edges are computed and never stored; a K that is not a multiple of 4 ends
+// with one masked step.
 
 struct Params {
     m: u32,
     k: u32,
     n: u32,
-    _pad0: u32,
+    // log2 of the texture width in texels.
+    tex_shift: u32,
     // Batch strides in elements (0 for an operand shared by the whole batch).
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -78,18 +78,20 @@ var<private> b4: mat4x4<f32>;
 var<private> b5: mat4x4<f32>;
 var<private> b6: mat4x4<f32>;
 var<private> b7: mat4x4<f32>;
-// C's element offset for this batch entry, and the first texel row of A and B.
+// C's element offset for this batch entry; A's and B's first vec4 for it.
 var<private> base_c: u32;
-var<private> row_a: i32;
-var<private> row_b: i32;
+var<private> vec_a: u32;
+var<private> vec_b: u32;
 
-fn texel(t: texture_2d<f32>, x: u32, y: i32) -> vec4<f32> {
-    return textureLoad(t, vec2<i32>(i32(x), y), 0);
+// vec4 number i of a tensor: texel (i mod W, i / W).
+fn texel(t: texture_2d<f32>, i: u32) -> vec4<f32> {
+    let w = (1u << p.tex_shift) - 1u;
+    return textureLoad(t, vec2<i32>(i32(i & w), i32(i >> p.tex_shift)), 0);
 }
 
-// Four texel rows y..y+3 at column x.
-fn tex4(t: texture_2d<f32>, x: u32, y: i32) -> mat4x4<f32> {
-    return mat4x4<f32>(texel(t, x, y), texel(t, x, y + 1), texel(t, x, y + 2), texel(t, x, y + 3));
+// vec4s i, i + s, i + 2s, i + 3s.
+fn tex4(t: texture_2d<f32>, i: u32, s: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(texel(t, i), texel(t, i + s), texel(t, i + 2u * s), texel(t, i + 3u * s));
 }
 
 // Zero the k entries at or past K (only in the last, partial step).
@@ -107,9 +109,9 @@ fn keep_k(v: vec4<f32>, k: u32) -> vec4<f32> {
 // k0 + lane % 4, rows row0 + 8j + 4 (lane / 4) .. + 3.
 fn fetch_a(row0: u32, k0: u32, lane: u32, j: u32) -> vec4<f32> {
     if (TRANS_A) {
-        return texel(a_tex, (row0 >> 2u) + 2u * j + (lane >> 2u), row_a + i32(k0 + (lane & 3u)));
+        return texel(a_tex, vec_a + (k0 + (lane & 3u)) * (p.m >> 2u) + (row0 >> 2u) + 2u * j + (lane >> 2u));
     }
-    return texel(a_tex, k0 >> 2u, row_a + i32(row0 + 8u * j + lane));
+    return texel(a_tex, vec_a + (row0 + 8u * j + lane) * (p.k >> 2u) + (k0 >> 2u));
 }
 
 // An A block from four lanes' texels (lanes 0-3 or 4-7 of a fetch).
@@ -140,14 +142,14 @@ fn load_b(k0: u32, cl: u32, tail: bool) -> mat4x4<f32> {
     var t: mat4x4<f32>;
     if (TRANS_B) {
         // Stored (N, K): a texel holds four k of one column.
-        t = tex4(b_tex, k0 >> 2u, row_b + i32(cl));
+        t = tex4(b_tex, vec_b + cl * (p.k >> 2u) + (k0 >> 2u), p.k >> 2u);
         if (tail) {
             t = mat4x4<f32>(mask_k(t[0], k0), mask_k(t[1], k0), mask_k(t[2], k0), mask_k(t[3], k0));
         }
         t = transpose(t);
     } else {
         // Stored (K, N): a texel holds four columns of one k.
-        t = tex4(b_tex, cl >> 2u, row_b + i32(k0));
+        t = tex4(b_tex, vec_b + k0 * (p.n >> 2u) + (cl >> 2u), p.n >> 2u);
         if (tail) {
             t = mat4x4<f32>(keep_k(t[0], k0), keep_k(t[1], k0 + 1u), keep_k(t[2], k0 + 2u), keep_k(t[3], k0 + 3u));
         }
@@ -304,8 +306,8 @@ fn matmul(
     let row0 = gid.y * RB * 4u;
     let col0 = gid.x * CB * 4u;
     base_c = gid.z * p.c_stride;
-    row_a = select(0, i32(gid.z * select(p.m, p.k, TRANS_A)), p.a_stride != 0u);
-    row_b = select(0, i32(gid.z * select(p.k, p.n, TRANS_B)), p.b_stride != 0u);
+    vec_a = gid.z * (p.a_stride >> 2u);
+    vec_b = gid.z * (p.b_stride >> 2u);
     // Accumulate over K, four at a time; a partial last step is masked.
     let k_full = p.k & ~3u;
     for (var k0 = 0u; k0 < k_full; k0 += 4u) {

@@ -6,12 +6,17 @@
 //! two-pass column sum.
 //!
 //! Two kernel families, chosen by [`Gpu::variant`]:
-//! - `Register` (CPU adapters such as lavapipe): `register.wgsl`, a register-tiled kernel with
-//!   no workgroup memory and no barriers; each thread computes up to 16x32 outputs. Its operands
-//!   come from rgba32float textures where their rows allow a texture copy (lavapipe's texel
-//!   fetches are vector gathers; its storage-buffer loads go one lane at a time), else from the
-//!   storage buffers. The thread tile and workgroup shape are chosen per shape by a small cost
-//!   model, so decode-time products with a handful of rows stay fast too.
+//! - `Register` (CPU adapters such as lavapipe): register-tiled kernels with no workgroup memory
+//!   and no barriers; each thread computes a block of up to 32x8 outputs. Where the stored rows
+//!   are a multiple of 4 elements the operands are copied into rgba32float textures and read
+//!   with texel fetches (lavapipe's are vector gathers, while its storage-buffer loads go one
+//!   lane at a time through the stack); with 8-lane subgroups, `register_subgroup.wgsl` also
+//!   shares A's texels across the subgroup. Otherwise `register.wgsl` reads the buffers. The
+//!   thread tile and workgroup shape are chosen per shape by a small cost model, so decode-time
+//!   products with a handful of rows stay fast too. On x86 CPUs with AVX-512, LLVM builds
+//!   lavapipe's per-lane loads with masked broadcasts instead of stack round trips, buffer loads
+//!   are cheap, and the buffer-fed kernel with 16x32 tiles is used throughout (see
+//!   [`RegisterFeed`]; `PLUMB_MATMUL_FEED=buffer|texture` overrides the choice in the bench).
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
@@ -20,6 +25,7 @@ use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 static REGISTER: ShaderSource = shader!("matmul/register.wgsl");
 static REGISTER_SUBGROUP: ShaderSource = shader!("matmul/register_subgroup.wgsl");
@@ -27,8 +33,9 @@ static TILED: ShaderSource = shader!("matmul/tiled.wgsl");
 static TILED_F16: ShaderSource = shader!("matmul/tiled_f16.wgsl");
 static CONVERT_F16: ShaderSource = shader!("matmul/convert_f16.wgsl");
 static COLSUM: ShaderSource = shader!("matmul/colsum.wgsl");
+static COLSUM_TEXTURE: ShaderSource = shader!("matmul/colsum_texture.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM];
+pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM, &COLSUM_TEXTURE];
 
 /// Sizes of one product, shared by every matmul kernel.
 #[repr(C)]
@@ -37,12 +44,13 @@ struct Params {
     m: u32,
     k: u32,
     n: u32,
-    _pad0: u32,
+    /// log2 of the operand textures' width in texels (register kernels fed by textures).
+    tex_shift: u32,
     /// Batch strides in elements (0 for an operand shared by the batch).
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad1: u32,
+    _pad: u32,
 }
 
 /// One product after shape checks: `batch` products of (m, k)·(k, n).
@@ -92,7 +100,7 @@ fn problem(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Prob
     let shared_a = lead_a.is_empty() && batch > 1;
     let shared_b = lead_b.is_empty() && batch > 1;
     let p = Problem { batch, m, k: ka, n, trans_a, trans_b, shared_a, shared_b };
-    for (what, x) in [("rows", m), ("inner size", ka), ("columns", n), ("output", batch * m * n)] {
+    for (what, x) in [("A", batch * m * ka), ("B", batch * ka * n), ("output", batch * m * n)] {
         if x > u32::MAX as usize / 2 {
             return Err(Error::shape(OP, format!("{what} {x} too large")));
         }
@@ -142,11 +150,11 @@ fn params(p: &Problem) -> Params {
         m,
         k,
         n,
-        _pad0: 0,
+        tex_shift: 0,
         a_stride: if p.shared_a { 0 } else { m * k },
         b_stride: if p.shared_b { 0 } else { k * n },
         c_stride: m * n,
-        _pad1: 0,
+        _pad: 0,
     }
 }
 
@@ -191,26 +199,69 @@ struct Tile {
     wg_y: usize,
 }
 
+/// How the register kernels (CPU adapters) read their operands; process-wide, since it depends
+/// on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterFeed {
+    /// Buffers where the CPU has AVX-512 (lavapipe's buffer loads are cheap there), else
+    /// textures wherever the layout allows.
+    Auto = 0,
+    /// Always the storage buffers.
+    Buffer = 1,
+    /// Textures wherever the layout allows (rows a multiple of 4 elements).
+    Texture = 2,
+}
+
+static REGISTER_FEED: AtomicU8 = AtomicU8::new(RegisterFeed::Auto as u8);
+
+/// Choose how the register kernels read their operands from now on (tests and benches).
+pub fn set_register_feed(feed: RegisterFeed) {
+    REGISTER_FEED.store(feed as u8, Ordering::Relaxed);
+}
+
+/// The current [`RegisterFeed`].
+pub fn register_feed() -> RegisterFeed {
+    match REGISTER_FEED.load(Ordering::Relaxed) {
+        1 => RegisterFeed::Buffer,
+        2 => RegisterFeed::Texture,
+        _ => RegisterFeed::Auto,
+    }
+}
+
+/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
+/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
+fn cheap_buffer_loads() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Where the register kernel reads its operands from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Feed {
     /// Storage buffers (any shape).
     Buffer,
-    /// Textures (rows a multiple of 64 elements).
+    /// Textures (stored rows a multiple of 4 elements).
     Texture,
     /// Textures, A's texels shared across an 8-lane subgroup.
     Subgroup,
 }
 
 /// Pick the register tile for `batch` outputs of (m, n). Estimated time = padded work x cost
-/// per multiply-add / how evenly the workgroups fill the CPU's threads. The cost per
-/// multiply-add is `alpha · (loads per multiply-add) + beta`: loads fall as the tile grows
-/// (each loaded value feeds more multiply-adds) while beta (arithmetic and spills) stays.
-/// Fitted to lavapipe: a texel fetch of 4 floats costs ~1.1 units per multiply-add ratio,
-/// buffer loads about five times that; with subgroups A costs 1/8 of its fetches.
-/// The candidates stop at 32x8 and 16x16 outputs a thread: bigger tiles were no faster and take
-/// many seconds to compile.
-fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile {
+/// per multiply-add / how evenly the workgroups fill the CPU's threads. Per step of 4 k a
+/// thread with a TM x TN tile loads TM vec4 of A and TN of B for 4·TM·TN multiply-adds, so the
+/// cost per multiply-add is `alpha · (1/TM + 1/TN) + beta`, beta being arithmetic and spills.
+/// With subgroups a lane fetches only TM/8 of A's: `alpha · (1/(8·TN) + 1/TM) + beta`, so tall
+/// tiles win. Fitted on lavapipe: alpha 0.28 for texel fetches, beta 0.028; buffer loads cost
+/// five times a fetch on AVX2 and about half of one with AVX-512 (1024³ at 19, 28 and 32
+/// GFLOP/s for 8x8, 16x16 and 16x32 tiles there). Texture-fed tiles stop at 32x8 and 16x16
+/// outputs a thread: bigger ones were no faster here and take many seconds to compile.
+fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_loads: bool) -> Tile {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
     // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
     // in a fraction of the time.
@@ -218,18 +269,20 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed) -> Tile
     let candidates: &[(usize, usize)] = match (feed, small) {
         (Feed::Subgroup, false) => &[(8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)],
         (Feed::Subgroup, true) => &[(2, 2), (2, 1)],
+        (Feed::Buffer, false) if cheap_loads => &[(4, 8), (4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
         (_, false) => &[(4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
         (_, true) => &[(2, 2), (1, 2), (1, 1)],
     };
+    let buffer_alpha = if cheap_loads { 0.45 } else { 5.0 };
     let mut best = (f64::MAX, Tile { rb: candidates[0].0, cb: candidates[0].1, wg_x: 8, wg_y: 8 });
     for &(rb, cb) in candidates {
         for wg_y in [8, 4, 2, 1] {
             let wg_x = 64 / wg_y;
             let (tm, tn) = ((4 * rb) as f64, (4 * cb) as f64);
             let loads = match feed {
-                Feed::Buffer => 5.0 * (1.0 / tm + 1.0 / tn),
+                Feed::Buffer => buffer_alpha * (1.0 / tm + 1.0 / tn),
                 Feed::Texture => 1.0 / tm + 1.0 / tn,
-                Feed::Subgroup => 1.0 / (8.0 * tm) + 1.0 / tn,
+                Feed::Subgroup => 1.0 / tm + 1.0 / (8.0 * tn),
             };
             let (gy, gx) = (m.div_ceil(4 * rb * wg_y), n.div_ceil(4 * cb * wg_x));
             let padded = (gy * 4 * rb * wg_y * gx * 4 * cb * wg_x * batch) as f64;
@@ -251,20 +304,27 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     if a.dtype() == DType::F16 {
         return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
     }
-    // Stored layouts: rows of `pitch` elements.
-    let (a_rows, a_pitch) = if p.trans_a { (p.k, p.m) } else { (p.m, p.k) };
-    let (b_rows, b_pitch) = if p.trans_b { (p.n, p.k) } else { (p.k, p.n) };
-    let a_count = if p.shared_a { 1 } else { p.batch };
-    let b_count = if p.shared_b { 1 } else { p.batch };
-    let textures = texture_fits(gpu, a_count * a_rows, a_pitch) && texture_fits(gpu, b_count * b_rows, b_pitch);
+    // Stored layouts: rows of `pitch` elements; vec4 counts of the whole operands.
+    let a_pitch = if p.trans_a { p.m } else { p.k };
+    let b_pitch = if p.trans_b { p.k } else { p.n };
+    let a_vecs = if p.shared_a { 1 } else { p.batch } * p.m * p.k / 4;
+    let b_vecs = if p.shared_b { 1 } else { p.batch } * p.k * p.n / 4;
+    let width = texture_width(gpu, a_vecs, b_vecs);
+    let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
     let info = &gpu.adapter().info;
     let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
-    let feed = match (textures, gpu.has_subgroups() && eight_lanes) {
+    let cheap_loads = cheap_buffer_loads();
+    let want_textures = match register_feed() {
+        RegisterFeed::Auto => !cheap_loads,
+        RegisterFeed::Buffer => false,
+        RegisterFeed::Texture => true,
+    };
+    let feed = match (textures && want_textures, gpu.has_subgroups() && eight_lanes) {
         (false, _) => Feed::Buffer,
         (true, false) => Feed::Texture,
         (true, true) => Feed::Subgroup,
     };
-    let tile = register_tile(p.m, p.n, p.k, p.batch, feed);
+    let tile = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
     let mut consts = vec![
         ("TRANS_A", flag(p.trans_a)),
         ("TRANS_B", flag(p.trans_b)),
@@ -281,11 +341,15 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
         batch_groups(gpu, p)?,
     ];
-    let params = params(p);
+    let mut params = params(p);
     // Without a bias, bind something read-only that is not C (the kernel never reads it).
     let bias_bind = bias.unwrap_or(a).binding_vec4();
+    let width = width.unwrap_or(16);
+    if feed != Feed::Buffer {
+        params.tex_shift = width.trailing_zeros();
+    }
     if feed == Feed::Subgroup {
-        let (ta, tb) = (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?);
+        let (ta, tb) = (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?);
         return gpu.dispatch_with_textures(
             &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
             bytemuck::bytes_of(&params),
@@ -295,7 +359,7 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         );
     }
     let (ta, tb) = if feed == Feed::Texture {
-        (upload_texture(a, a_count * a_rows, a_pitch)?, upload_texture(b, b_count * b_rows, b_pitch)?)
+        (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?)
     } else {
         let dummy = dummy_texture(gpu);
         (dummy.clone(), dummy)
@@ -314,18 +378,35 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     )
 }
 
-/// True when `rows` rows of `pitch` f32 fit an rgba32float texture filled by a buffer copy
-/// (copies need rows of a multiple of 256 bytes).
-fn texture_fits(gpu: &Gpu, rows: usize, pitch: usize) -> bool {
+/// The width (a power of two, in texels) of textures holding `a_vecs` and `b_vecs` vec4s, or
+/// None if they do not fit. Preferably one that divides both counts, so that the copies fill
+/// whole rows (a partly written texture is cleared first); at least 16 texels, since texture
+/// copies move rows of a multiple of 256 bytes.
+fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<usize> {
     let max = gpu.limits().max_texture_dimension_2d as usize;
-    pitch > 0 && pitch % 64 == 0 && pitch / 4 <= max && rows > 0 && rows <= max
+    if a_vecs == 0 || b_vecs == 0 || max < 16 {
+        return None;
+    }
+    let mut w = 1024.min(max);
+    while w > 16 && (a_vecs % w != 0 || b_vecs % w != 0) {
+        w /= 2;
+    }
+    while a_vecs.max(b_vecs).div_ceil(w) > max {
+        if w * 2 > max {
+            return None;
+        }
+        w *= 2;
+    }
+    Some(w)
 }
 
-/// Copy `t` (rows of `pitch` f32) into a new rgba32float texture: texel (x, y) holds elements
-/// 4x..4x+3 of row y. The copy is recorded in order with the step's dispatches.
-fn upload_texture(t: &Tensor, rows: usize, pitch: usize) -> Result<wgpu::TextureView> {
+/// Copy the first `vecs` vec4s of `t` into a new rgba32float texture `width` texels wide:
+/// vec4 number i is texel (i mod width, i / width). The copies are recorded in order with the
+/// step's dispatches.
+fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<wgpu::TextureView> {
     let gpu = t.gpu();
-    let size = wgpu::Extent3d { width: (pitch / 4) as u32, height: rows as u32, depth_or_array_layers: 1 };
+    let (full_rows, rest) = (vecs / width, vecs % width);
+    let size = wgpu::Extent3d { width: width as u32, height: vecs.div_ceil(width) as u32, depth_or_array_layers: 1 };
     let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
         label: Some("matmul operand"),
         size,
@@ -337,19 +418,42 @@ fn upload_texture(t: &Tensor, rows: usize, pitch: usize) -> Result<wgpu::Texture
         view_formats: &[],
     });
     let b = t.binding();
+    let row_bytes = (width * 16) as u64;
     gpu.with_encoder(|enc| {
-        enc.copy_buffer_to_texture(
-            wgpu::TexelCopyBufferInfo {
-                buffer: b.buffer,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: b.offset,
-                    bytes_per_row: Some((pitch * 4) as u32),
-                    rows_per_image: Some(rows as u32),
+        // Whole rows, then the partial last one.
+        if full_rows > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
                 },
-            },
-            tex.as_image_copy(),
-            size,
-        )
+                tex.as_image_copy(),
+                wgpu::Extent3d { width: width as u32, height: full_rows as u32, depth_or_array_layers: 1 },
+            );
+        }
+        if rest > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset + full_rows as u64 * row_bytes,
+                        bytes_per_row: None,
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &tex,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 },
+            );
+        }
     });
     Ok(tex.create_view(&wgpu::TextureViewDescriptor::default()))
 }
@@ -403,6 +507,23 @@ fn colsum(x: &Tensor, rows: usize, n: usize, group_rows: usize) -> Result<Tensor
     Ok(out)
 }
 
+/// [`colsum`] reading `x` (n a multiple of 4) from a texture `width` texels wide.
+fn colsum_texture(x: &Tensor, rows: usize, n: usize, group_rows: usize, width: usize) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let groups = rows.div_ceil(group_rows);
+    let out = Tensor::empty(gpu, &[groups, n], DType::F32, "column sums")?;
+    let tex = upload_texture(x, rows * n / 4, width)?;
+    let p = [rows as u32, (n / 4) as u32, group_rows as u32, width.trailing_zeros()];
+    gpu.dispatch_with_textures(
+        &Kernel::new(&COLSUM_TEXTURE, "colsum"),
+        bytemuck::bytes_of(&p),
+        &[&tex],
+        &[out.binding_vec4()],
+        gpu.groups_1d(groups * n / 4, 64),
+    )?;
+    Ok(out)
+}
+
 /// Column sums of `dy` seen as (rows, N) with N its last dimension: the gradient of a bias
 /// added to every row. Deterministic: groups of 64 rows, then the group sums, in order.
 pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
@@ -416,7 +537,16 @@ pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
         return Tensor::zeros(dy.gpu(), &[n], DType::F32, "bias gradient");
     }
     const GROUP: usize = 64;
-    let sums = if rows > GROUP { colsum(dy, rows, n, GROUP)? } else { dy.clone() };
+    let sums = if rows <= GROUP {
+        dy.clone()
+    } else if let Some(width) = texture_width(dy.gpu(), dy.len() / 4, dy.len() / 4).filter(|_| {
+        // CPU adapters read the big first pass from a texture (see `Feed`).
+        dy.gpu().variant() == KernelVariant::Register && n % 4 == 0
+    }) {
+        colsum_texture(dy, rows, n, GROUP, width)?
+    } else {
+        colsum(dy, rows, n, GROUP)?
+    };
     let rows = sums.len() / n;
     colsum(&sums, rows, n, rows)?.reshape(&[n])
 }
