@@ -72,3 +72,14 @@ fn one_submit_for_many_dispatches() {
     assert_eq!(s1 - s0, 1, "50 dispatches and a readback must be one submit");
     assert!(v.iter().all(|&a| a == 51.0));
 }
+
+#[test]
+fn oversized_tensor_is_a_clear_error_not_a_panic() {
+    let Some(gpu) = common::gpu() else { return };
+    let n = (gpu.limits().max_storage_buffer_binding_size as usize / 4) + 1024;
+    let err = Tensor::empty(&gpu, &[n], plumb::DType::F32, "huge activations").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("huge activations") && msg.contains("at most"), "{msg}");
+    // The device is still usable afterwards.
+    assert_eq!(Tensor::from_f32(&gpu, &[1.0, 2.0], &[2]).unwrap().to_f32_vec().unwrap(), vec![1.0, 2.0]);
+}
