@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod generate;
 mod info;
 mod sft;
 
@@ -31,6 +32,8 @@ enum Command {
     Data(data::DataArgs),
     /// Supervised fine-tuning / pretraining (default: a byte-level GPT on the built-in movie reviews).
     Sft(sft::SftArgs),
+    /// Sample continuations from a checkpoint (KV cache, temperature, top-k, top-p, seeded).
+    Generate(generate::GenerateArgs),
     /// Measure the standard workloads W1-W4 (matmul, training step, DPO step, generation).
     Bench(bench::BenchArgs),
 }
@@ -41,6 +44,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Data(a) => data::run(a),
         Command::Sft(a) => sft::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {

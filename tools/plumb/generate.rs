@@ -1,0 +1,70 @@
+//! `plumb generate`: sample continuations from a checkpoint with the KV-cache generator.
+
+use plumb::generate::{generate, GenerateConfig};
+use plumb::model::Model;
+use plumb::ops::sample::SamplingConfig;
+use plumb::tokenizer::Tokenizer;
+use plumb::{Error, Gpu, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  plumb generate runs/sft/checkpoint-300 --prompt 'This movie' --prompt 'The acting'
+  plumb generate DIR --prompt 'Once' --temperature 0     # greedy
+  plumb generate DIR --prompt 'Hello' --tokenizer gpt2 --top-p 0.9 --seed 3")]
+pub struct GenerateArgs {
+    /// A checkpoint or Hugging Face directory (config.json + model.safetensors).
+    model: PathBuf,
+    /// Prompt text; repeat for a batch.
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// byte, gpt2, or a tokenizer.json; default: the directory's tokenizer.json, else byte.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let tok = match a.tokenizer.as_deref() {
+        Some("byte") => Tokenizer::byte_level(),
+        Some("gpt2") => Tokenizer::gpt2_builtin()?,
+        Some(p) => Tokenizer::from_file(p)?,
+        None if a.model.join("tokenizer.json").exists() => Tokenizer::from_file(a.model.join("tokenizer.json"))?,
+        None => Tokenizer::byte_level(),
+    };
+    let gpu = Gpu::new()?;
+    let model = Model::load(&gpu, &a.model)?;
+    if tok.vocab_size() > model.vocab_size() {
+        return Err(Error::config("--tokenizer", format!("{} tokens, the model has {}", tok.vocab_size(), model.vocab_size())));
+    }
+    let prompts = a.prompt.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>>>()?;
+    // Byte-level models trained on plumb's corpus end sentences with a newline.
+    let stop: Vec<u32> = match tok.eos_id() {
+        Some(e) => vec![e],
+        None if tok.vocab_size() == 256 => vec![b'\n' as u32],
+        None => vec![],
+    };
+    let cfg = GenerateConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampling: SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
+        stop_ids: stop.clone(),
+        seed: a.seed,
+        pad_id: tok.pad_id().or(tok.eos_id()).unwrap_or(0),
+    };
+    for (p, out) in a.prompt.iter().zip(generate(&model, &prompts, &cfg)?) {
+        let body: Vec<u32> = out.into_iter().filter(|t| !stop.contains(t)).collect();
+        println!("{p}{}", tok.decode(&body)?);
+    }
+    Ok(())
+}
