@@ -11,7 +11,7 @@ use plumb::{Tape, Tensor};
 
 fn fixed_batch(b: usize, t: usize, seed: u32) -> (Vec<u32>, Vec<u32>) {
     // A deterministic byte sequence with structure (so it is learnable) and noise.
-    let text: Vec<u32> = (0..b * (t + 1)).map(|i| ((i as u32 * 7 + seed) % 23 + 97 + (i as u32 % 5 == 0) as u32)).collect();
+    let text: Vec<u32> = (0..b * (t + 1)).map(|i| (i as u32 * 7 + seed) % 23 + 97 + (i as u32 % 5 == 0) as u32).collect();
     let mut ids = vec![];
     let mut tg = vec![];
     for r in 0..b {
