@@ -289,7 +289,7 @@ impl Tokenizer {
             Model::Bytes => serde_json::to_string_pretty(&byte_level_tokenizer_json())
                 .map_err(|e| Error::format(path, e.to_string()))?,
         };
-        write_atomically(path, json.as_bytes())?;
+        crate::weights::write_atomic(path, json.as_bytes())?;
         let token = |id: Option<u32>| id.and_then(|i| self.id_to_token(i));
         let mut config = Map::new();
         for (key, id) in [("eos_token", self.eos), ("bos_token", self.bos), ("pad_token", self.pad)] {
@@ -304,7 +304,7 @@ impl Tokenizer {
             let cfg_path = path.parent().unwrap_or(Path::new(".")).join("tokenizer_config.json");
             let text = serde_json::to_string_pretty(&Value::Object(config))
                 .map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-            write_atomically(&cfg_path, text.as_bytes())?;
+            crate::weights::write_atomic(&cfg_path, text.as_bytes())?;
         }
         Ok(())
     }
@@ -359,12 +359,3 @@ fn byte_level_char(b: u8) -> char {
     char::from_u32(256 + rank).unwrap_or('?')
 }
 
-/// Write `bytes` to `<path>.tmp` then rename onto `path`, so `path` only ever holds a whole file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = crate::data::format::tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}

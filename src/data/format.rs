@@ -340,13 +340,6 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     hash
 }
 
-/// `<path>.tmp`: where a file is written before it is renamed into place.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 /// Streams rows into `<path>.tmp`; [`DatasetWriter::finish`] writes the offsets table and header
 /// and renames the file to `path`. Dropped without `finish` (an error upstream), it deletes the
 /// temporary file, so `path` only ever appears complete.
@@ -376,7 +369,7 @@ impl DatasetWriter {
         if vocab_size == 0 {
             return Err(Error::config("vocabulary size", "must be at least 1"));
         }
-        let tmp = tmp_path(&path);
+        let tmp = crate::weights::tmp_path(&path);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN as usize]).map_err(|e| Error::io(&tmp, e))?;
