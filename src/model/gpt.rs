@@ -179,14 +179,8 @@ impl Gpt {
             let m = gelu(&conv1d(&hn, &w("mlp.c_fc.weight")?, &w("mlp.c_fc.bias")?)?, self.gelu_kind())?;
             x = add(&x, &conv1d(&m, &w("mlp.c_proj.weight")?, &w("mlp.c_proj.bias")?)?)?;
         }
-        let last = if tn == 1 { x } else { Var::constant(last_token(x.tensor(), b, tn, c)?) };
+        let last = if tn == 1 { x } else { Var::constant(super::last_token(x.tensor(), b, tn, c)?) };
         let x = layer_norm(&last, &self.p(None, "transformer.ln_f.weight")?, &self.p(None, "transformer.ln_f.bias")?, eps)?;
         Ok(self.lm_head(None, &x)?.tensor().clone())
     }
-}
-
-/// The last time step of (B, T, C) as (B, 1, C).
-fn last_token(x: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor> {
-    // Viewing (B, T·C) and slicing the last C columns picks row t-1 of every batch.
-    slice_last_forward(&x.reshape(&[b, t * c])?, (t - 1) * c, c)?.reshape(&[b, 1, c])
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::nn::normal;
 use crate::ops::activation::swiglu;
 use crate::ops::attention::{attention, AttentionConfig, KvCache};
-use crate::ops::elementwise::{add, slice_last_forward};
+use crate::ops::elementwise::add;
 use crate::ops::embedding::embedding;
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
@@ -188,7 +188,7 @@ impl Llama {
         let last = if tn == 1 {
             x
         } else {
-            Var::constant(slice_last_forward(&x.tensor().reshape(&[b, tn * c])?, (tn - 1) * c, c)?.reshape(&[b, 1, c])?)
+            Var::constant(super::last_token(x.tensor(), b, tn, c)?)
         };
         let x = rms_norm(&last, &self.p(None, "model.norm.weight")?, self.cfg.rms_norm_eps)?;
         Ok(self.lm_head(None, &x)?.tensor().clone())

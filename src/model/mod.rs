@@ -154,3 +154,9 @@ impl Model {
         })
     }
 }
+
+/// The last time step of (B, T, C) as (B, 1, C): viewing (B, T·C) and slicing the last C
+/// columns picks row T-1 of every batch.
+pub(crate) fn last_token(x: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor> {
+    crate::ops::elementwise::slice_last_forward(&x.reshape(&[b, t * c])?, (t - 1) * c, c)?.reshape(&[b, 1, c])
+}
