@@ -52,6 +52,12 @@ impl Model {
         }
     }
 
+    /// The parameters a trainer updates: the whole model (with LoRA adapters attached, only the
+    /// adapters). Optimizers step this store and zero its gradients.
+    pub fn trainable(&self) -> &ParamStore {
+        self.params()
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {
