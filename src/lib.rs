@@ -1,6 +1,7 @@
 //! plumb: train and align small transformers on any GPU, with hand-written WGSL kernels run
 //! through wgpu (Vulkan, Metal, DX12, GL). See README.md for the tour.
 
+pub mod align;
 pub mod bench;
 pub mod data;
 pub mod error;

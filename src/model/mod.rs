@@ -122,7 +122,8 @@ impl Model {
         }
     }
 
-    fn specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    /// Parameter names and shapes of `cfg` in Hugging Face layout.
+    pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         match cfg {
             ModelConfig::Gpt(c) => Gpt::param_specs(c),
             ModelConfig::Llama(c) => Llama::param_specs(c),
@@ -144,7 +145,7 @@ impl Model {
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Model> {
         let cfg = ModelConfig::load(dir)?;
         let file = WeightFile::open(dir.join("model.safetensors"))?;
-        let specs = Self::specs(&cfg);
+        let specs = Self::param_specs(&cfg);
         let store = ParamStore::new(gpu, &specs)?;
         for s in &specs {
             let name = if file.contains(&s.name) {

@@ -1,0 +1,31 @@
+//! Alignment: reward models, DPO and its family, PPO (RLHF) and GRPO, as small trainers over the
+//! fused loss kernels of [`crate::ops::reward`], [`crate::ops::dpo`] and [`crate::ops::ppo`].
+//! Each reads like the method:
+//!
+//! ```no_run
+//! # fn main() -> plumb::Result<()> {
+//! use plumb::align::{Dpo, DpoTrainConfig, Reference};
+//! let gpu = plumb::Gpu::new()?;
+//! let policy = plumb::model::Model::load(&gpu, "sft-out/latest-model".as_ref())?;
+//! let reference = plumb::model::Model::load(&gpu, "sft-out/latest-model".as_ref())?;
+//! let pairs = plumb::data::PreferenceDataset::open("prefs.bin")?;
+//! let metrics = Dpo::new(DpoTrainConfig::default()).train(&policy, &pairs, Reference::Model(&reference))?;
+//! println!("{}", metrics.last().unwrap()["rewards/accuracies"]);
+//! # Ok(()) }
+//! ```
+
+mod common;
+pub mod dpo;
+pub mod grpo;
+pub mod ppo;
+pub mod reward;
+pub mod rollout;
+pub mod seqs;
+
+pub use common::{shuffled, Pair, Pairs, Reference, TrainConfig};
+pub use dpo::{precompute_reference, Dpo, DpoTrainConfig};
+pub use reward::{Reward, RewardConfig, RewardModel};
+pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
+pub use ppo::{Ppo, PpoConfig, ValueHead};
+pub use rollout::{Rewards, RolloutConfig};
+pub use grpo::{Grpo, GrpoConfig};

@@ -1,0 +1,210 @@
+//! Reward models (TRL's RewardTrainer): a transformer whose scalar head reads the hidden state
+//! of each row's last real token, trained on preference pairs with the Bradley-Terry loss
+//!
+//!     L = mean_i −log σ(r(x, y_c) − r(x, y_r) − m_i) + μ · mean_i (r_c + r_r)²
+//!
+//! ([`crate::ops::reward::bradley_terry`], one fused kernel). The head is Hugging Face's
+//! `score.weight` (1, C), kept in the same flat parameter store as the trunk, so one AdamW and
+//! one gradient clip cover both and the checkpoint loads into `AutoModelForSequenceClassification`.
+
+use super::common::{run_steps, shuffled, to_json, Pairs, TrainConfig};
+use super::seqs::{SeqBatch, SeqTensors};
+use crate::error::{Error, Result};
+use crate::model::{Gpt, Llama, Model, ModelConfig};
+use crate::nn::normal;
+use crate::ops::embedding::embedding;
+use crate::ops::matmul::matmul;
+use crate::ops::reward::bradley_terry;
+use crate::params::{ParamSpec, ParamStore};
+use crate::tape::{Tape, Var};
+use crate::weights::{save_f32, write_atomic, WeightFile};
+use crate::Gpu;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The head's tensor name (HF `*ForSequenceClassification`).
+pub const SCORE: &str = "score.weight";
+
+/// A transformer with a scalar head: `r(x) = score · h_last(x)`.
+pub struct RewardModel {
+    /// The trunk; its parameter store also holds `score.weight`.
+    pub model: Model,
+}
+
+fn with_score(cfg: &ModelConfig, store: ParamStore) -> Result<Model> {
+    Ok(match cfg {
+        ModelConfig::Gpt(c) => Model::Gpt(Gpt::from_params(c.clone(), store)?),
+        ModelConfig::Llama(c) => Model::Llama(Llama::from_params(c.clone(), store)?),
+    })
+}
+
+fn specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let mut s = Model::param_specs(cfg);
+    let c = match cfg {
+        ModelConfig::Gpt(c) => c.n_embd,
+        ModelConfig::Llama(c) => c.hidden_size,
+    };
+    s.push(ParamSpec::new(SCORE, &[1, c], false));
+    s
+}
+
+impl RewardModel {
+    /// A reward model whose trunk starts from `base` (e.g. the SFT model, as in InstructGPT) and
+    /// whose head is N(0, 0.02) (HF's init), deterministic in `seed`.
+    pub fn from_model(base: &Model, seed: u64) -> Result<RewardModel> {
+        let cfg = base.config();
+        let store = ParamStore::new(base.params().values().gpu(), &specs(&cfg))?;
+        let c = base.hidden_size();
+        let mut tensors = base.params().read_all()?;
+        tensors.push((SCORE.to_string(), vec![1, c], normal(c, 0.02, seed ^ 0x5c0e)));
+        store.write_all(&tensors)?;
+        Ok(RewardModel { model: with_score(&cfg, store)? })
+    }
+
+    /// Scores (B) of the rows of `s` at their last real token; on `tape` when given.
+    pub fn scores(&self, tape: Option<&Tape>, s: &SeqTensors) -> Result<Var> {
+        let c = self.model.hidden_size();
+        let h = self.model.hidden(tape, &s.ids, s.key_mask.as_ref())?.reshape(&[s.rows * s.seq, c])?; // (B·T, C)
+        let last = embedding(&s.last, &h)?.reshape(&[s.rows, c])?; // (B, C): gather the last rows
+        let w = match tape {
+            Some(t) => self.model.params().var(t, SCORE)?,
+            None => Var::constant(self.model.params().value(SCORE)?),
+        };
+        matmul(&last, &w, false, true)?.reshape(&[s.rows]) // (B)
+    }
+
+    /// Score token rows (prompt ++ completion), `batch` at a time; returns one reward per row.
+    pub fn score_rows(&self, rows: &[(&[u32], &[u32])], max_len: usize, pad: u32, batch: usize) -> Result<Vec<f32>> {
+        let gpu = self.model.params().values().gpu();
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(batch.max(1)) {
+            let s = SeqBatch::right_padded(chunk, max_len, max_len - 1, pad)?.upload(gpu)?;
+            out.extend(self.scores(None, &s)?.to_f32_vec()?);
+        }
+        Ok(out)
+    }
+
+    /// Write an HF directory: config.json (`*ForSequenceClassification`, one label) and
+    /// model.safetensors with the trunk and `score.weight`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut cfg = self.model.config().to_json();
+        let arch = match self.model {
+            Model::Gpt(_) => "GPT2ForSequenceClassification",
+            Model::Llama(_) => "LlamaForSequenceClassification",
+        };
+        cfg["architectures"] = serde_json::json!([arch]);
+        cfg["num_labels"] = 1.into();
+        cfg["id2label"] = serde_json::json!({"0": "LABEL_0"});
+        cfg["label2id"] = serde_json::json!({"LABEL_0": 0});
+        if cfg.get("pad_token_id").is_none_or(|v| v.is_null()) {
+            cfg["pad_token_id"] = 0.into();
+        }
+        write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        save_f32(dir.join("model.safetensors"), &self.model.params().read_all()?, meta)
+    }
+
+    /// Load a directory written by [`RewardModel::save`] (or by `transformers`).
+    pub fn load(gpu: &Gpu, dir: &Path) -> Result<RewardModel> {
+        let cfg = ModelConfig::load(dir)?;
+        let file = WeightFile::open(dir.join("model.safetensors"))?;
+        let specs = specs(&cfg);
+        let store = ParamStore::new(gpu, &specs)?;
+        for s in &specs {
+            store.set(&s.name, &file.get_f32(&s.name, &s.shape)?)?;
+        }
+        Ok(RewardModel { model: with_score(&cfg, store)? })
+    }
+}
+
+/// Reward-model settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RewardConfig {
+    pub train: TrainConfig,
+    /// μ of the centering term (TRL's `center_rewards_coefficient`); 0 turns it off. Example: 0.01.
+    pub center_coef: f32,
+    /// Pad token id.
+    pub pad_id: u32,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        RewardConfig { train: TrainConfig::default(), center_coef: 0.0, pad_id: 0 }
+    }
+}
+
+/// Two right-padded rows per pair: chosen at even rows, rejected at odd rows.
+pub(crate) fn pair_rows(pairs: &[super::common::Pair], cfg: &TrainConfig, pad: u32) -> Result<SeqBatch> {
+    let rows: Vec<(&[u32], &[u32])> =
+        pairs.iter().flat_map(|p| [(p.prompt.as_slice(), p.chosen.as_slice()), (p.prompt.as_slice(), p.rejected.as_slice())]).collect();
+    SeqBatch::right_padded(&rows, cfg.max_len, cfg.max_prompt_len, pad)
+}
+
+/// Every other element of a (2N) Var: even (chosen) or odd (rejected) rows, as (N).
+pub(crate) fn split_pairs(x: &Var, n: usize) -> Result<(Var, Var)> {
+    use crate::ops::elementwise::slice_last;
+    let x = x.reshape(&[n, 2])?;
+    Ok((slice_last(&x, 0, 1)?.reshape(&[n])?, slice_last(&x, 1, 1)?.reshape(&[n])?))
+}
+
+/// Trains reward models: `Reward::new(cfg).train(&rm, &pairs)`.
+pub struct Reward {
+    pub cfg: RewardConfig,
+}
+
+impl Reward {
+    pub fn new(cfg: RewardConfig) -> Reward {
+        Reward { cfg }
+    }
+
+    /// Train `rm` on `pairs`; returns each step's metrics (loss, accuracy, margin, rewards).
+    pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<serde_json::Value>> {
+        let cfg = &self.cfg;
+        let n = pairs.len();
+        if n == 0 {
+            return Err(Error::config("reward training", "no preference pairs"));
+        }
+        let gpu = rm.model.params().values().gpu().clone();
+        let b = cfg.train.batch_size;
+        run_steps("reward", &cfg.train, &rm.model, serde_json::to_value(cfg).expect("json"), |step, lr, opt| {
+            let batch: Vec<_> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
+            let s = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(&gpu)?;
+            let tape = Tape::new();
+            let (rc, rr) = split_pairs(&rm.scores(Some(&tape), &s)?, b)?;
+            let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
+            tape.backward(&loss)?;
+            let norm = opt.step(rm.model.trainable(), lr)?;
+            rm.model.trainable().zero_grad()?;
+            let mut m = metrics.tensor().to_f32_vec()?; // the step's one submit
+            let mut rec = to_json(&metrics_named(&m));
+            rec["loss"] = m.remove(0).into();
+            if let Some(n) = norm {
+                rec["grad_norm"] = n.scalar()?.into();
+            }
+            Ok(rec)
+        })
+    }
+
+    /// Held-out accuracy and mean margin of `rm` on `pairs` (all of them).
+    pub fn evaluate(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<(f32, f32)> {
+        let gpu = rm.model.params().values().gpu().clone();
+        let (mut correct, mut margin) = (0usize, 0.0f64);
+        let all: Vec<_> = (0..pairs.len()).map(|i| pairs.pair(i)).collect::<Result<_>>()?;
+        for chunk in all.chunks(self.cfg.train.batch_size.max(1)) {
+            let s = pair_rows(chunk, &self.cfg.train, self.cfg.pad_id)?.upload(&gpu)?;
+            let r = rm.scores(None, &s)?.to_f32_vec()?;
+            for p in r.chunks(2) {
+                correct += usize::from(p[0] > p[1]);
+                margin += (p[0] - p[1]) as f64;
+            }
+        }
+        let n = all.len().max(1) as f64;
+        Ok(((correct as f64 / n) as f32, (margin / n) as f32))
+    }
+}
+
+fn metrics_named(m: &[f32]) -> Vec<(&'static str, f32)> {
+    crate::ops::reward::REWARD_METRIC_NAMES.iter().copied().zip(m[1..].iter().copied()).collect()
+}
