@@ -4,6 +4,7 @@
 pub mod align;
 pub mod bench;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod generate;
 pub mod gpu;

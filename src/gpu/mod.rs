@@ -285,6 +285,18 @@ impl Gpu {
         (p.in_use_bytes, p.cached_bytes)
     }
 
+    /// The most GPU memory the pool held (in use + cached) since the last [`Gpu::reset_peak`].
+    pub fn peak_bytes(&self) -> u64 {
+        self.0.pool.lock().unwrap_or_else(|e| e.into_inner()).peak_bytes
+    }
+
+    /// Release cached buffers and start a new peak measurement from what is in use now.
+    pub fn reset_peak(&self) {
+        let mut p = self.0.pool.lock().unwrap_or_else(|e| e.into_inner());
+        p.trim();
+        p.peak_bytes = p.in_use_bytes;
+    }
+
     /// Release every cached (unused) buffer back to the driver.
     pub fn trim_pool(&self) {
         self.0.pool.lock().unwrap_or_else(|e| e.into_inner()).trim();

@@ -30,6 +30,8 @@ pub(crate) struct Pool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     pub(crate) in_use_bytes: u64,
     pub(crate) cached_bytes: u64,
+    /// Most bytes held from the driver (in use + cached) since the last reset.
+    pub(crate) peak_bytes: u64,
 }
 
 impl Pool {
@@ -84,6 +86,7 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
         if b.is_some() {
             p.cached_bytes -= size;
             p.in_use_bytes += size;
+            p.peak_bytes = p.peak_bytes.max(p.in_use_bytes + p.cached_bytes);
         }
         b
     };
@@ -98,7 +101,10 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
                     create(gpu, size, what).ok_or_else(|| Error::OutOfMemory { what: what.into(), bytes: size })?
                 }
             };
-            gpu.pool.lock().unwrap_or_else(|e| e.into_inner()).in_use_bytes += size;
+            let mut p = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
+            p.in_use_bytes += size;
+            p.peak_bytes = p.peak_bytes.max(p.in_use_bytes + p.cached_bytes);
+            drop(p);
             b
         }
     };
