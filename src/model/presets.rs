@@ -9,6 +9,7 @@ use std::path::Path;
 pub const PRESETS: &[(&str, &str)] = &[
     ("gpt-w2", include_str!("../../models/presets/gpt-w2/config.json")),
     ("gpt-nano", include_str!("../../models/presets/gpt-nano/config.json")),
+    ("gpt-demo", include_str!("../../models/presets/gpt-demo/config.json")),
     ("llama-nano", include_str!("../../models/presets/llama-nano/config.json")),
 ];
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod demo;
 mod generate;
 mod info;
 mod sft;
@@ -34,6 +35,12 @@ enum Command {
     Sft(sft::SftArgs),
     /// Sample continuations from a checkpoint (KV cache, temperature, top-k, top-p, seeded).
     Generate(generate::GenerateArgs),
+    /// RLHF (reward model + PPO) vs DPO, end to end on built-in human ratings: the main job.
+    ///
+    /// Examples:
+    ///   plumb demo
+    ///   plumb demo --seed 1 --out runs/demo-1
+    Demo(demo::DemoArgs),
     /// Measure the standard workloads W1-W4 (matmul, training step, DPO step, generation).
     Bench(bench::BenchArgs),
 }
@@ -46,6 +53,7 @@ fn main() {
         Command::Sft(a) => sft::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Demo(a) => demo::run_cli(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
