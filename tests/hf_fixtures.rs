@@ -344,6 +344,9 @@ fn config_hidden_size_mismatch_is_an_error_naming_the_tensor() {
         let dir = copy_fixture(name, "badconfig");
         let mut cfg = read_config(&dir);
         cfg[key] = (2 * usize_field(&cfg, key)).into(); // still a multiple of the head count
+        if cfg.get("head_dim").is_some() {
+            cfg["head_dim"] = (2 * usize_field(&cfg, "head_dim")).into(); // a consistent config
+        }
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
         let msg = match Model::load(&gpu, &dir) {
             Ok(_) => panic!("{name}: loaded with {key} doubled"),
@@ -351,6 +354,25 @@ fn config_hidden_size_mismatch_is_an_error_naming_the_tensor() {
         };
         assert!(msg.contains(first_tensor) && msg.contains("model.safetensors"), "{name}: error should name `{first_tensor}` and the file: {msg}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// Hugging Face config fields plumb does not implement are errors naming the field, not
+/// silently ignored (the checkpoint would load and compute wrong logits).
+#[test]
+fn unsupported_config_fields_are_errors_naming_the_field() {
+    for (field, value) in [
+        ("mlp_bias", serde_json::json!(true)),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})),
+        ("head_dim", serde_json::json!(8)),
+    ] {
+        let mut cfg = read_config(&fixture("tiny-llama"));
+        cfg[field] = value;
+        let origin = Path::new("config.json");
+        match plumb::model::ModelConfig::from_json(&cfg.to_string(), origin) {
+            Ok(_) => panic!("a config with {field} = {} parsed", cfg[field]),
+            Err(e) => assert!(e.to_string().contains(field), "error should name `{field}`: {e}"),
+        }
     }
 }
 
