@@ -281,12 +281,15 @@ fn write_fixture(dir: &Path, config: &Value, tensors: &[Tensor], store: Store) -
     Ok(())
 }
 
+/// A fixture's maker: its config.json and tensors.
+type Fixture = fn() -> (Value, Vec<Tensor>);
+
 fn main() {
     let out = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures"));
-    let fixtures: [(&str, fn() -> (Value, Vec<Tensor>), Store); 3] =
+    let fixtures: [(&str, Fixture, Store); 3] =
         [("tiny-gpt2", gpt2, Store::F32), ("tiny-llama", llama, Store::F32HeadF16), ("tiny-qwen2", qwen2, Store::Bf16)];
     for (name, make, store) in fixtures {
         let (config, tensors) = make();
