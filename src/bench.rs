@@ -1,7 +1,8 @@
 //! The standard workloads W1-W4 of BENCHMARKS.md, measured exactly as the peers' harness does:
 //! in-process, 3 untimed warm-up iterations, then the median of N timed ones, each ending with a
 //! host read; the first iteration (shader compilation included) is reported as the cold start.
-//! `plumb bench` and `benches/workloads.rs` both call these.
+//! `plumb bench` times them with [`w2`], [`w3`], [`w4`]; the criterion benches
+//! `benches/{train_step,dpo_step,generate}.rs` time the same [`W2`], [`W3`], [`W4`] steps.
 
 use crate::error::Result;
 use crate::model::{presets, Model};
@@ -119,28 +120,55 @@ fn rows(data: &[u32], step: usize, rows: usize, len: usize) -> Vec<u32> {
     v
 }
 
-/// W2: one training step of the benchmark GPT on 8 x 128 tokens; tokens/s.
-pub fn w2(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
-    let model = w2_model(gpu)?;
-    let mut opt = AdamW::new(model.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
-    let data = corpus(1 << 16);
-    let (b, t) = (8, 128);
-    let mut step = 0;
-    let tm = timeit(3, iters, || {
-        let r = rows(&data, step, b, t + 1);
-        step += 1;
+/// W2: one training step of the benchmark GPT on 8 x 128 tokens. `plumb bench` times
+/// [`W2::step`] with [`w2`]; `benches/train_step.rs` times the same step with criterion.
+pub struct W2 {
+    gpu: Gpu,
+    model: Model,
+    opt: AdamW,
+    data: Vec<u32>,
+    step: usize,
+}
+
+impl W2 {
+    /// Rows per step.
+    pub const BATCH: usize = 8;
+    /// Tokens per row.
+    pub const SEQ: usize = 128;
+    /// Tokens per step, the unit of the tokens/s figure.
+    pub const TOKENS: usize = Self::BATCH * Self::SEQ;
+
+    /// The gpt-w2 model (seed 0), AdamW (lr 3e-4, weight decay 0.01) and the corpus.
+    pub fn new(gpu: &Gpu) -> Result<W2> {
+        let model = w2_model(gpu)?;
+        let opt = AdamW::new(model.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        Ok(W2 { gpu: gpu.clone(), model, opt, data: corpus(1 << 16), step: 0 })
+    }
+
+    /// One step on the next batch: forward, cross-entropy, backward, AdamW; returns the loss
+    /// (the step's only readback).
+    pub fn step(&mut self) -> Result<f32> {
+        let (b, t) = (Self::BATCH, Self::SEQ);
+        let r = rows(&self.data, self.step, b, t + 1);
+        self.step += 1;
         let ids: Vec<u32> = r.chunks(t + 1).flat_map(|c| c[..t].to_vec()).collect();
         let tg: Vec<u32> = r.chunks(t + 1).flat_map(|c| c[1..].to_vec()).collect();
-        let ids = Tensor::from_u32(gpu, &ids, &[b, t])?;
-        let tg = Tensor::from_u32(gpu, &tg, &[b * t])?;
+        let ids = Tensor::from_u32(&self.gpu, &ids, &[b, t])?;
+        let tg = Tensor::from_u32(&self.gpu, &tg, &[b * t])?;
         let tape = Tape::new();
-        let loss = cross_entropy(&model.forward(Some(&tape), &ids, None)?, &tg, None)?;
+        let loss = cross_entropy(&self.model.forward(Some(&tape), &ids, None)?, &tg, None)?;
         tape.backward(&loss)?;
-        opt.step(model.params(), 3e-4)?;
-        model.params().zero_grad()?;
-        loss.tensor().scalar().map(|_| ())
-    })?;
-    Ok(result("W2 train step 8x128".into(), tm, (b * t) as f64, "tokens_per_s"))
+        self.opt.step(self.model.params(), 3e-4)?;
+        self.model.params().zero_grad()?;
+        loss.tensor().scalar()
+    }
+}
+
+/// W2 timed by the harness rule; tokens/s.
+pub fn w2(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
+    let mut w = W2::new(gpu)?;
+    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    Ok(result("W2 train step 8x128".into(), tm, W2::TOKENS as f64, "tokens_per_s"))
 }
 
 /// Summed log-probs of the last `resp` tokens of each of the rows (rows, T): (rows).
@@ -151,57 +179,110 @@ fn response_logps(model: &Model, tape: Option<&Tape>, ids: &Tensor, labels: &Ten
 }
 
 /// W3: one DPO step (sigmoid, beta 0.1) on 8 pairs of 64 + 64 tokens with a frozen reference
-/// copy of the policy; pairs/s.
-pub fn w3(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
-    let policy = w2_model(gpu)?;
-    let reference = w2_model(gpu)?;
-    let mut opt = AdamW::new(policy.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
-    let data = corpus(1 << 16);
-    let (pairs, t, resp) = (8, 128, 64);
-    let cfg = DpoConfig::default();
-    let mut step = 0;
-    let tm = timeit(3, iters, || {
+/// copy of the policy. `plumb bench` times [`W3::step`] with [`w3`]; `benches/dpo_step.rs`
+/// with criterion.
+pub struct W3 {
+    gpu: Gpu,
+    policy: Model,
+    reference: Model,
+    opt: AdamW,
+    cfg: DpoConfig,
+    data: Vec<u32>,
+    step: usize,
+}
+
+impl W3 {
+    /// Preference pairs per step, the unit of the pairs/s figure.
+    pub const PAIRS: usize = 8;
+    /// Tokens per sequence: a 64-token prompt shared by both answers, then 64 response tokens.
+    pub const SEQ: usize = 128;
+    /// Response tokens whose log-probs are summed.
+    pub const RESPONSE: usize = 64;
+
+    /// Policy and reference (both gpt-w2, seed 0), AdamW and the corpus.
+    pub fn new(gpu: &Gpu) -> Result<W3> {
+        let policy = w2_model(gpu)?;
+        let reference = w2_model(gpu)?;
+        let opt = AdamW::new(policy.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        Ok(W3 { gpu: gpu.clone(), policy, reference, opt, cfg: DpoConfig::default(), data: corpus(1 << 16), step: 0 })
+    }
+
+    /// One DPO step on the next 8 pairs; returns the loss (the step's only readback).
+    pub fn step(&mut self) -> Result<f32> {
+        let (pairs, t, resp) = (Self::PAIRS, Self::SEQ, Self::RESPONSE);
+        let gpu = &self.gpu;
         // Rows ordered (chosen 0, rejected 0, chosen 1, ...): both share the prompt.
-        let r = rows(&data, step, 2 * pairs, t + 1);
-        step += 1;
-        let mut seqs = r.clone();
+        let mut seqs = rows(&self.data, self.step, 2 * pairs, t + 1);
+        self.step += 1;
         for p in 0..pairs {
             let (c, rj) = (2 * p * (t + 1), (2 * p + 1) * (t + 1));
-            let prompt: Vec<u32> = seqs[c..c + 64].to_vec();
-            seqs[rj..rj + 64].copy_from_slice(&prompt);
+            let prompt: Vec<u32> = seqs[c..c + (t - resp)].to_vec();
+            seqs[rj..rj + (t - resp)].copy_from_slice(&prompt);
         }
         let ids: Vec<u32> = seqs.chunks(t + 1).flat_map(|c| c[..t].to_vec()).collect();
         let lab: Vec<u32> = seqs.chunks(t + 1).flat_map(|c| c[1..].to_vec()).collect();
         let ids = Tensor::from_u32(gpu, &ids, &[2 * pairs, t])?;
         let lab = Tensor::from_u32(gpu, &lab, &[2 * pairs * t])?;
-        let refs = response_logps(&reference, None, &ids, &lab, t, resp)?.tensor().reshape(&[pairs, 2])?;
+        let refs = response_logps(&self.reference, None, &ids, &lab, t, resp)?.tensor().reshape(&[pairs, 2])?;
         let tape = Tape::new();
-        let pol = response_logps(&policy, Some(&tape), &ids, &lab, t, resp)?.reshape(&[pairs, 2])?;
+        let pol = response_logps(&self.policy, Some(&tape), &ids, &lab, t, resp)?.reshape(&[pairs, 2])?;
         let (pc, pr) = (slice_last(&pol, 0, 1)?.reshape(&[pairs])?, slice_last(&pol, 1, 1)?.reshape(&[pairs])?);
         let rc = crate::ops::elementwise::slice_last_forward(&refs, 0, 1)?.reshape(&[pairs])?;
         let rr = crate::ops::elementwise::slice_last_forward(&refs, 1, 1)?.reshape(&[pairs])?;
         let len = Tensor::from_f32(gpu, &vec![resp as f32; pairs], &[pairs])?;
-        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &cfg)?;
+        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg)?;
         tape.backward(&loss)?;
-        opt.step(policy.params(), 3e-4)?;
-        policy.params().zero_grad()?;
-        loss.tensor().scalar().map(|_| ())
-    })?;
-    Ok(result("W3 DPO step 8 pairs".into(), tm, pairs as f64, "pairs_per_s"))
+        self.opt.step(self.policy.params(), 3e-4)?;
+        self.policy.params().zero_grad()?;
+        loss.tensor().scalar()
+    }
 }
 
-/// W4: generation with the KV cache, batch 8, 16-token prompts, 64 new tokens at T = 1; tokens/s.
+/// W3 timed by the harness rule; pairs/s.
+pub fn w3(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
+    let mut w = W3::new(gpu)?;
+    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    Ok(result("W3 DPO step 8 pairs".into(), tm, W3::PAIRS as f64, "pairs_per_s"))
+}
+
+/// W4: generation with the KV cache, batch 8, 16-token prompts, 64 new tokens at T = 1.
+/// `plumb bench` times [`W4::step`] with [`w4`]; `benches/generate.rs` with criterion.
+pub struct W4 {
+    model: Model,
+    data: Vec<u32>,
+    step: usize,
+}
+
+impl W4 {
+    /// Sequences generated at once.
+    pub const BATCH: usize = 8;
+    /// Prompt tokens per sequence.
+    pub const PROMPT: usize = 16;
+    /// New tokens per sequence.
+    pub const NEW: usize = 64;
+    /// Tokens generated per step, the unit of the tokens/s figure.
+    pub const TOKENS: usize = Self::BATCH * Self::NEW;
+
+    /// The gpt-w2 model (seed 0) and the corpus the prompts come from.
+    pub fn new(gpu: &Gpu) -> Result<W4> {
+        Ok(W4 { model: w2_model(gpu)?, data: corpus(1 << 16), step: 0 })
+    }
+
+    /// One batched generation from the next 8 prompts (seeded by the step number); returns the
+    /// generated tokens, which are read back.
+    pub fn step(&mut self) -> Result<Vec<Vec<u32>>> {
+        use crate::generate::{generate, GenerateConfig};
+        let r = rows(&self.data, self.step, Self::BATCH, Self::PROMPT);
+        self.step += 1;
+        let prompts: Vec<Vec<u32>> = r.chunks(Self::PROMPT).map(|c| c.to_vec()).collect();
+        let cfg = GenerateConfig { max_new_tokens: Self::NEW, seed: self.step as u64, ..Default::default() };
+        generate(&self.model, &prompts, &cfg)
+    }
+}
+
+/// W4 timed by the harness rule; tokens/s.
 pub fn w4(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
-    use crate::generate::{generate, GenerateConfig};
-    let model = w2_model(gpu)?;
-    let data = corpus(1 << 16);
-    let mut step = 0;
-    let tm = timeit(3, iters, || {
-        let r = rows(&data, step, 8, 16);
-        step += 1;
-        let prompts: Vec<Vec<u32>> = r.chunks(16).map(|c| c.to_vec()).collect();
-        let cfg = GenerateConfig { max_new_tokens: 64, seed: step as u64, ..Default::default() };
-        generate(&model, &prompts, &cfg).map(|_| ())
-    })?;
-    Ok(result("W4 generate 8x64".into(), tm, 512.0, "tokens_per_s"))
+    let mut w = W4::new(gpu)?;
+    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    Ok(result("W4 generate 8x64".into(), tm, W4::TOKENS as f64, "tokens_per_s"))
 }

@@ -87,6 +87,25 @@ fn d_act() -> String {
     "silu".into()
 }
 
+/// Hugging Face Llama-family fields plumb does not implement. Ignoring them would load the
+/// checkpoint and compute wrong logits, so a non-default value is an error naming the field.
+fn unsupported_llama_fields(v: &serde_json::Value, origin: &Path) -> Result<()> {
+    let no = |msg: String| Err(Error::format(origin, msg));
+    if v.get("mlp_bias").and_then(|b| b.as_bool()) == Some(true) {
+        return no("`mlp_bias: true`: plumb's SwiGLU MLP has no biases".into());
+    }
+    if let Some(r) = v.get("rope_scaling").filter(|r| !r.is_null()) {
+        return no(format!("`rope_scaling: {r}`: plumb implements plain RoPE only"));
+    }
+    let size = |k: &str| v.get(k).and_then(|x| x.as_u64());
+    if let (Some(hd), Some(c), Some(h)) = (size("head_dim"), size("hidden_size"), size("num_attention_heads")) {
+        if h == 0 || hd * h != c {
+            return no(format!("`head_dim: {hd}`: plumb needs hidden_size / num_attention_heads = {c} / {h}"));
+        }
+    }
+    Ok(())
+}
+
 /// A configuration of either architecture.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
@@ -105,6 +124,7 @@ impl ModelConfig {
         match mt {
             "gpt2" => Ok(ModelConfig::Gpt(serde_json::from_value(v).map_err(bad)?)),
             "llama" | "qwen2" | "mistral" => {
+                unsupported_llama_fields(&v, origin)?;
                 let mut c: LlamaConfig = serde_json::from_value(v).map_err(bad)?;
                 if c.attention_bias.is_none() {
                     c.attention_bias = Some(mt == "qwen2");
