@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod lora;
 pub mod gpu;
 pub mod model;
 pub mod nn;
