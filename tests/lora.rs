@@ -298,3 +298,45 @@ fn lora_dpo_moves_only_adapters_and_matches_full_dpo_direction() {
     assert!(ml.iter().all(|&m| m > 0.0), "LoRA-DPO must raise every margin: {ml:?}");
     assert!(cosine > 0.5, "LoRA and full DPO should move log-probs the same way: cosine {cosine}");
 }
+
+/// The SFT trainer with an adapter attached trains only the adapter, and a run killed after its
+/// checkpoint resumes (adapter and its moments) to exactly the uninterrupted run's losses.
+#[test]
+fn lora_sft_trains_the_adapter_and_resumes_exactly() {
+    use plumb::train::{batch::StreamSource, schedule::Schedule, sft};
+    let Some(gpu) = common::gpu() else { return };
+    let preset = presets::resolve("gpt-nano").unwrap();
+    let text: Vec<u32> = b"the film was great fun. the cast was superb.\n".repeat(40).iter().map(|&b| b as u32).collect();
+    let src = StreamSource::from_tokens(text, 5, "toy");
+    let base = std::env::temp_dir().join(format!("plumb-lora-sft-{}", std::process::id()));
+    let cfg = |steps: usize, out: &std::path::Path, resume: bool| sft::SftConfig {
+        batch_size: 2,
+        seq_len: 16,
+        steps,
+        schedule: Schedule { lr: 1e-2, warmup: 1, total: 6, min_lr: 1e-3 },
+        eval_every: 0,
+        save_every: 3,
+        out_dir: Some(out.to_path_buf()),
+        resume,
+        seed: 5,
+        ..sft::SftConfig::default()
+    };
+    let adapted = |adapter_seed: u64| {
+        let mut m = Model::new(&gpu, &preset, 3).unwrap();
+        m.add_lora(&LoraConfig::default(), adapter_seed).unwrap();
+        m
+    };
+    let m = adapted(1);
+    let before = m.params().read_all().unwrap();
+    let full = sft::train(&m, &src, None, &cfg(6, &base.join("a"), false)).unwrap();
+    assert_eq!(m.params().read_all().unwrap(), before, "SFT with an adapter must not touch base weights");
+    assert!(full.losses[5] < full.losses[0], "{:?}", full.losses);
+    let first = sft::train(&adapted(1), &src, None, &cfg(3, &base.join("b"), false)).unwrap();
+    assert!(base.join("b/checkpoint-3/adapter_model.safetensors").exists());
+    let m2 = adapted(9); // another adapter init: the checkpoint must win
+    let rest = sft::train(&m2, &src, None, &cfg(6, &base.join("b"), true)).unwrap();
+    let joined: Vec<f32> = first.losses.iter().chain(&rest.losses).copied().collect();
+    assert_eq!(joined, full.losses, "resumed LoRA run differs from the uninterrupted one");
+    assert_eq!(m2.lora().unwrap().params.read_all().unwrap(), m.lora().unwrap().params.read_all().unwrap());
+    std::fs::remove_dir_all(&base).ok();
+}

@@ -234,6 +234,8 @@ impl Model {
     }
 
     /// Write `dir/config.json` and `dir/model.safetensors` (each atomically), creating `dir`.
+    /// These are the base weights: an attached adapter is saved by [`Model::save_lora`], or
+    /// folded in first by [`Model::merge_lora`].
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cfg = serde_json::to_string_pretty(&self.config().to_json()).expect("config serialises");
