@@ -16,7 +16,8 @@ use plumb::weights::WeightFile;
 use plumb::{Gpu, Tape, Tensor};
 
 /// Base projection plus the LoRA update, in both weight layouts: Llama's linear (out, in) and
-/// GPT-2's Conv1D (in, out) with bias. Gradients of x, A and B are checked; W is not.
+/// GPT-2's Conv1D (in, out) with bias. Gradients of x, A and B are checked, and of Conv1D's W
+/// and bias where they are not frozen.
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (rows, inp, r, out, s) in [(6, 7, 2, 5, 1.5f32), (9, 33, 3, 20, 2.0), (1, 4, 1, 3, 0.25)] {
@@ -31,6 +32,8 @@ fn cases() -> Vec<Case> {
             move |v| add(&linear(&v[0], &v[1], None)?, &lora::lora_delta(&v[0], &v[2], &v[3], s)?),
             lin,
         ));
+        // Conv1D's own weight and bias: frozen (as under LoRA) in one row, checked in the others.
+        let base = |shape: &[usize]| if rows == 9 { Input::nograd(shape) } else { Input::f(shape) };
         let conv = move |d: &[Vec<f64>]| {
             let delta = lora::reference::lora_delta(&d[0], &d[2], &d[3], rows, inp, r, out, s as f64);
             // x (rows, in) · W (in, out) + b
@@ -43,7 +46,7 @@ fn cases() -> Vec<Case> {
         };
         cases.push(Case::new(
             format!("lora conv1d x [{rows}, {inp}] r {r} out {out}"),
-            vec![Input::f(&[rows, inp]), Input::nograd(&[inp, out]), Input::f(&[r, inp]), Input::f(&[out, r]), Input::nograd(&[out])],
+            vec![Input::f(&[rows, inp]), base(&[inp, out]), Input::f(&[r, inp]), Input::f(&[out, r]), base(&[out])],
             move |v| add(&conv1d(&v[0], &v[1], &v[4])?, &lora::lora_delta(&v[0], &v[2], &v[3], s)?),
             conv,
         ));
