@@ -284,8 +284,9 @@ fn uniform(n: usize, bound: f32, seed: u64) -> Vec<f32> {
 
 /// CPU reference (f64) for the gradient-check table.
 pub mod reference {
-    /// `scale · (x·Aᵀ)·Bᵀ` for `rows` rows: x (rows, in), a (r, in), b (out, r).
-    pub fn lora_delta(x: &[f64], a: &[f64], b: &[f64], rows: usize, inp: usize, r: usize, out: usize, scale: f64) -> Vec<f64> {
+    /// `scale · (x·Aᵀ)·Bᵀ` for `dims = (rows, in, r, out)`: x (rows, in), a (r, in), b (out, r).
+    pub fn lora_delta(x: &[f64], a: &[f64], b: &[f64], dims: (usize, usize, usize, usize), scale: f64) -> Vec<f64> {
+        let (rows, inp, r, out) = dims;
         let mut y = vec![0.0; rows * out];
         for i in 0..rows {
             let h: Vec<f64> = (0..r).map(|k| scale * (0..inp).map(|j| x[i * inp + j] * a[k * inp + j]).sum::<f64>()).collect();

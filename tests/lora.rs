@@ -23,7 +23,7 @@ fn cases() -> Vec<Case> {
     for (rows, inp, r, out, s) in [(6, 7, 2, 5, 1.5f32), (9, 33, 3, 20, 2.0), (1, 4, 1, 3, 0.25)] {
         let lin = move |d: &[Vec<f64>]| {
             let base = mm::reference::linear(&d[0], &d[1], None, rows, inp, out);
-            let delta = lora::reference::lora_delta(&d[0], &d[2], &d[3], rows, inp, r, out, s as f64);
+            let delta = lora::reference::lora_delta(&d[0], &d[2], &d[3], (rows, inp, r, out), s as f64);
             base.iter().zip(delta).map(|(a, b)| a + b).collect()
         };
         cases.push(Case::new(
@@ -35,7 +35,7 @@ fn cases() -> Vec<Case> {
         // Conv1D's own weight and bias: frozen (as under LoRA) in one row, checked in the others.
         let base = |shape: &[usize]| if rows == 9 { Input::nograd(shape) } else { Input::f(shape) };
         let conv = move |d: &[Vec<f64>]| {
-            let delta = lora::reference::lora_delta(&d[0], &d[2], &d[3], rows, inp, r, out, s as f64);
+            let delta = lora::reference::lora_delta(&d[0], &d[2], &d[3], (rows, inp, r, out), s as f64);
             // x (rows, in) · W (in, out) + b
             (0..rows * out)
                 .map(|k| {
@@ -62,7 +62,7 @@ fn lora_projection_gradients() {
 
 /// A learnable fixed batch: ids (b, t) and next-token targets (b·t).
 fn batch(gpu: &Gpu, b: usize, t: usize) -> (Tensor, Tensor) {
-    let text: Vec<u32> = (0..b * (t + 1)).map(|i| (i as u32 * 7 + 3) % 23 + 97 + (i as u32 % 5 == 0) as u32).collect();
+    let text: Vec<u32> = (0..b * (t + 1)).map(|i| (i as u32 * 7 + 3) % 23 + 97 + (i as u32).is_multiple_of(5) as u32).collect();
     let (mut ids, mut tg) = (vec![], vec![]);
     for r in 0..b {
         let row = &text[r * (t + 1)..(r + 1) * (t + 1)];
