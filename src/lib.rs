@@ -7,6 +7,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod generate;
+pub mod lora;
 pub mod gpu;
 pub mod model;
 pub mod nn;

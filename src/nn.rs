@@ -6,7 +6,8 @@ use crate::ops::matmul::{bias_grad, matmul_forward};
 use crate::tape::Var;
 
 /// `y = x·W + b` with `W` stored (in, out), Hugging Face GPT-2's `Conv1D` layout.
-/// x (..., in), w (in, out), b (out) -> y (..., out).
+/// x (..., in), w (in, out), b (out) -> y (..., out). Backward computes only the gradients that
+/// are needed (with a LoRA adapter the weight and bias are constants).
 pub fn conv1d(x: &Var, w: &Var, b: &Var) -> Result<Var> {
     let (cin, cout) = (w.shape()[0], w.shape()[1]);
     let rows = x.tensor().len() / cin.max(1);
@@ -16,12 +17,13 @@ pub fn conv1d(x: &Var, w: &Var, b: &Var) -> Result<Var> {
     *shape.last_mut().expect("x has a last dim") = cout;
     let y = y.reshape(&shape)?;
     let (in_shape, wt) = (x.shape().to_vec(), w.tensor().clone());
+    let (need_x, need_w, need_b) = (x.requires_grad(), w.requires_grad(), b.requires_grad());
     Ok(Var::from_op(y, &[x, w, b], move |g| {
         let g2 = g.reshape(&[rows, cout])?;
-        let dx = matmul_forward(&g2, &wt, None, false, true)?.reshape(&in_shape)?; // (rows, in)
-        let dw = matmul_forward(&x2, &g2, None, true, false)?; // (in, out)
-        let db = bias_grad(&g2)?; // (out)
-        Ok(vec![Some(dx), Some(dw), Some(db)])
+        let dx = if need_x { Some(matmul_forward(&g2, &wt, None, false, true)?.reshape(&in_shape)?) } else { None }; // (..., in)
+        let dw = if need_w { Some(matmul_forward(&x2, &g2, None, true, false)?) } else { None }; // (in, out)
+        let db = if need_b { Some(bias_grad(&g2)?) } else { None }; // (out)
+        Ok(vec![dx, dw, db])
     }))
 }
 

@@ -2,9 +2,12 @@
 //! Parameter names and shapes are Hugging Face's `GPT2LMHeadModel` ones, so checkpoints move
 //! between plumb and `transformers` unchanged. Reads like nanoGPT's model.py:
 //!     x = x + attn(ln_1(x));  x = x + mlp(ln_2(x));  logits = ln_f(x) @ wteᵀ
+//! With a LoRA adapter attached (src/lora.rs) every Conv1D goes through [`Gpt::conv`], which adds
+//! the adapter's update, and every base weight enters the tape as a constant.
 
 use super::config::GptConfig;
 use crate::error::{Error, Result};
+use crate::lora::{Lora, LoraModule};
 use crate::nn::{conv1d, normal};
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
@@ -17,10 +20,12 @@ use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 use crate::Gpu;
 
-/// A GPT-2 model: its config and all its parameters in one flat store.
+/// A GPT-2 model: its config and all its parameters in one flat store, and optionally a LoRA
+/// adapter (then only the adapter trains).
 pub struct Gpt {
     pub cfg: GptConfig,
     pub params: ParamStore,
+    pub adapter: Option<Lora>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -56,6 +61,20 @@ impl Gpt {
         s
     }
 
+    /// The projections LoRA may adapt: every Conv1D, with its (in, out) widths. Module names are
+    /// the weights' names without `.weight`, e.g. `transformer.h.0.attn.c_attn`.
+    pub fn lora_modules(cfg: &GptConfig) -> Vec<LoraModule> {
+        Self::param_specs(cfg)
+            .into_iter()
+            .filter(|s| s.name.starts_with("transformer.h.") && s.shape.len() == 2)
+            .map(|s| LoraModule {
+                name: s.name.trim_end_matches(".weight").to_string(),
+                in_features: s.shape[0],
+                out_features: s.shape[1],
+            })
+            .collect()
+    }
+
     fn check(cfg: &GptConfig) -> Result<()> {
         if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
             return Err(Error::config("GPT config", format!("n_embd {} is not a multiple of n_head {}", cfg.n_embd, cfg.n_head)));
@@ -86,24 +105,36 @@ impl Gpt {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Gpt { cfg, params })
+        Ok(Gpt { cfg, params, adapter: None })
     }
 
     /// A model whose parameters come from a store already filled (checkpoint loading).
     pub fn from_params(cfg: GptConfig, params: ParamStore) -> Result<Gpt> {
         Self::check(&cfg)?;
-        Ok(Gpt { cfg, params })
+        Ok(Gpt { cfg, params, adapter: None })
     }
 
     fn gelu_kind(&self) -> GeluKind {
         if self.cfg.activation_function == "gelu" { GeluKind::Erf } else { GeluKind::Tanh }
     }
 
-    /// A parameter as a Var: on the tape (with gradient) when `tape` is given, else a constant.
+    /// A parameter as a Var: on the tape (with gradient) when `tape` is given and no adapter is
+    /// attached, else a constant.
     fn p(&self, tape: Option<&Tape>, name: &str) -> Result<Var> {
         match tape {
-            Some(t) => self.params.var(t, name),
-            None => Ok(Var::constant(self.params.value(name)?)),
+            Some(t) if self.adapter.is_none() => self.params.var(t, name),
+            _ => Ok(Var::constant(self.params.value(name)?)),
+        }
+    }
+
+    /// Conv1D `module` of layer `i` (e.g. "attn.c_attn") on x (..., in), plus the adapter's
+    /// update when one is attached, enabled and targets it: (..., out).
+    fn conv(&self, tape: Option<&Tape>, x: &Var, i: usize, module: &str) -> Result<Var> {
+        let name = layer(i, module);
+        let y = conv1d(x, &self.p(tape, &format!("{name}.weight"))?, &self.p(tape, &format!("{name}.bias"))?)?;
+        match &self.adapter {
+            Some(a) => a.apply(tape, &name, x, y),
+            None => Ok(y),
         }
     }
 
@@ -123,12 +154,12 @@ impl Gpt {
         for i in 0..self.cfg.n_layer {
             let w = |n: &str| self.p(tape, &layer(i, n));
             let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
-            let qkv = conv1d(&hn, &w("attn.c_attn.weight")?, &w("attn.c_attn.bias")?)?; // (B, T, 3C)
+            let qkv = self.conv(tape, &hn, i, "attn.c_attn")?; // (B, T, 3C)
             let a = attention_fused_qkv(&qkv, h, h, key_mask, &attn_cfg)?; // (B, T, C)
-            x = add(&x, &conv1d(&a, &w("attn.c_proj.weight")?, &w("attn.c_proj.bias")?)?)?;
+            x = add(&x, &self.conv(tape, &a, i, "attn.c_proj")?)?;
             let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
-            let m = gelu(&conv1d(&hn, &w("mlp.c_fc.weight")?, &w("mlp.c_fc.bias")?)?, self.gelu_kind())?; // (B, T, 4C)
-            x = add(&x, &conv1d(&m, &w("mlp.c_proj.weight")?, &w("mlp.c_proj.bias")?)?)?;
+            let m = gelu(&self.conv(tape, &hn, i, "mlp.c_fc")?, self.gelu_kind())?; // (B, T, 4C)
+            x = add(&x, &self.conv(tape, &m, i, "mlp.c_proj")?)?;
         }
         let x = layer_norm(&x, &self.p(tape, "transformer.ln_f.weight")?, &self.p(tape, "transformer.ln_f.bias")?, eps)?;
         debug_assert_eq!(x.shape(), &[b, t, c]);
@@ -170,14 +201,14 @@ impl Gpt {
         for (i, cache) in caches.iter_mut().enumerate() {
             let w = |n: &str| self.p(None, &layer(i, n));
             let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
-            let qkv = conv1d(&hn, &w("attn.c_attn.weight")?, &w("attn.c_attn.bias")?)?;
+            let qkv = self.conv(None, &hn, i, "attn.c_attn")?;
             let heads = |k: usize| slice_last_forward(qkv.tensor(), k * c, c)?.reshape(&[b, tn, h, hd]);
             cache.append(&heads(1)?, &heads(2)?)?;
             let a = cache.attend(&heads(0)?, key_mask)?.reshape(&[b, tn, c])?;
-            x = add(&x, &conv1d(&Var::constant(a), &w("attn.c_proj.weight")?, &w("attn.c_proj.bias")?)?)?;
+            x = add(&x, &self.conv(None, &Var::constant(a), i, "attn.c_proj")?)?;
             let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
-            let m = gelu(&conv1d(&hn, &w("mlp.c_fc.weight")?, &w("mlp.c_fc.bias")?)?, self.gelu_kind())?;
-            x = add(&x, &conv1d(&m, &w("mlp.c_proj.weight")?, &w("mlp.c_proj.bias")?)?)?;
+            let m = gelu(&self.conv(None, &hn, i, "mlp.c_fc")?, self.gelu_kind())?;
+            x = add(&x, &self.conv(None, &m, i, "mlp.c_proj")?)?;
         }
         let last = if tn == 1 { x } else { Var::constant(super::last_token(x.tensor(), b, tn, c)?) };
         let x = layer_norm(&last, &self.p(None, "transformer.ln_f.weight")?, &self.p(None, "transformer.ln_f.bias")?, eps)?;

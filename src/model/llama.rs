@@ -3,9 +3,12 @@
 //! Parameter names and shapes are Hugging Face's `LlamaForCausalLM` ones.
 //!     x = x + o_proj(attn(rope(q_proj(h)), rope(k_proj(h)), v_proj(h)))   with h = rms_norm(x)
 //!     x = x + down_proj(silu(gate_proj(h)) * up_proj(h))                    with h = rms_norm(x)
+//! With a LoRA adapter attached (src/lora.rs) every projection goes through [`Llama::proj`]'s
+//! adapter hook, and every base weight enters the tape as a constant.
 
 use super::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::lora::{Lora, LoraModule};
 use crate::nn::normal;
 use crate::ops::activation::swiglu;
 use crate::ops::attention::{attention, AttentionConfig, KvCache};
@@ -19,10 +22,12 @@ use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 use crate::Gpu;
 
-/// A Llama-family model: config and parameters in one flat store.
+/// A Llama-family model: config and parameters in one flat store, and optionally a LoRA adapter
+/// (then only the adapter trains).
 pub struct Llama {
     pub cfg: LlamaConfig,
     pub params: ParamStore,
+    pub adapter: Option<Lora>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -68,6 +73,20 @@ impl Llama {
         s
     }
 
+    /// The projections LoRA may adapt: every linear layer of the blocks, with its (in, out)
+    /// widths. Names are the weights' without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
+    pub fn lora_modules(cfg: &LlamaConfig) -> Vec<LoraModule> {
+        Self::param_specs(cfg)
+            .into_iter()
+            .filter(|s| s.name.starts_with("model.layers.") && s.shape.len() == 2)
+            .map(|s| LoraModule {
+                name: s.name.trim_end_matches(".weight").to_string(),
+                in_features: s.shape[1],
+                out_features: s.shape[0],
+            })
+            .collect()
+    }
+
     fn check(cfg: &LlamaConfig) -> Result<()> {
         let (hq, hkv) = (cfg.num_attention_heads, Self::kv_heads(cfg));
         if hq == 0 || cfg.hidden_size % hq != 0 || hkv == 0 || hq % hkv != 0 {
@@ -95,27 +114,36 @@ impl Llama {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Llama { cfg, params })
+        Ok(Llama { cfg, params, adapter: None })
     }
 
     /// A model over an already filled store (checkpoint loading).
     pub fn from_params(cfg: LlamaConfig, params: ParamStore) -> Result<Llama> {
         Self::check(&cfg)?;
-        Ok(Llama { cfg, params })
+        Ok(Llama { cfg, params, adapter: None })
     }
 
+    /// A parameter as a Var: on the tape when `tape` is given and no adapter is attached, else
+    /// a constant.
     fn p(&self, tape: Option<&Tape>, name: &str) -> Result<Var> {
         match tape {
-            Some(t) => self.params.var(t, name),
-            None => Ok(Var::constant(self.params.value(name)?)),
+            Some(t) if self.adapter.is_none() => self.params.var(t, name),
+            _ => Ok(Var::constant(self.params.value(name)?)),
         }
     }
 
+    /// Linear layer `name` of layer `i` (e.g. "self_attn.q_proj") on x (..., in), plus the
+    /// adapter's update when one is attached, enabled and targets it: (..., out).
     fn proj(&self, tape: Option<&Tape>, x: &Var, i: usize, name: &str) -> Result<Var> {
-        let w = self.p(tape, &layer(i, &format!("{name}.weight")))?;
-        let bname = layer(i, &format!("{name}.bias"));
+        let module = layer(i, name);
+        let w = self.p(tape, &format!("{module}.weight"))?;
+        let bname = format!("{module}.bias");
         let b = if self.params.contains(&bname) { Some(self.p(tape, &bname)?) } else { None };
-        linear(x, &w, b.as_ref())
+        let y = linear(x, &w, b.as_ref())?;
+        match &self.adapter {
+            Some(a) => a.apply(tape, &module, x, y),
+            None => Ok(y),
+        }
     }
 
     fn mlp(&self, tape: Option<&Tape>, x: &Var, i: usize) -> Result<Var> {

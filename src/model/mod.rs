@@ -1,6 +1,8 @@
 //! Models: one file per architecture, plain structs over one flat parameter store, and
 //! [`Model`], the enum trainers take so that they work with either. Checkpoints are Hugging Face
 //! directories: `config.json` + `model.safetensors` (+ `tokenizer.json` when known).
+//! A LoRA adapter (src/lora.rs) can be attached, trained alone, switched off for a reference
+//! pass, saved and loaded in PEFT's layout, and merged into the weights.
 
 pub mod config;
 pub mod gpt;
@@ -12,6 +14,7 @@ pub use gpt::Gpt;
 pub use llama::Llama;
 
 use crate::error::{Error, Result};
+use crate::lora::{Lora, LoraConfig, LoraModule};
 use crate::ops::attention::KvCache;
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
@@ -52,10 +55,111 @@ impl Model {
         }
     }
 
-    /// The parameters a trainer updates: the whole model (with LoRA adapters attached, only the
-    /// adapters). Optimizers step this store and zero its gradients.
+    /// The parameters a trainer updates: the whole model, or with a LoRA adapter attached only
+    /// the adapter. Optimizers step this store and zero its gradients.
     pub fn trainable(&self) -> &ParamStore {
-        self.params()
+        match self.lora() {
+            Some(l) => &l.params,
+            None => self.params(),
+        }
+    }
+
+    /// The attached LoRA adapter, if any.
+    pub fn lora(&self) -> Option<&Lora> {
+        match self {
+            Model::Gpt(m) => m.adapter.as_ref(),
+            Model::Llama(m) => m.adapter.as_ref(),
+        }
+    }
+
+    fn adapter_slot(&mut self) -> &mut Option<Lora> {
+        match self {
+            Model::Gpt(m) => &mut m.adapter,
+            Model::Llama(m) => &mut m.adapter,
+        }
+    }
+
+    /// The projections LoRA may adapt, with their widths.
+    pub fn lora_modules(&self) -> Vec<LoraModule> {
+        match self {
+            Model::Gpt(m) => Gpt::lora_modules(&m.cfg),
+            Model::Llama(m) => Llama::lora_modules(&m.cfg),
+        }
+    }
+
+    /// plumb holds one adapter at a time.
+    fn check_no_adapter(&self) -> Result<()> {
+        match self.lora() {
+            Some(_) => Err(Error::config("LoRA", "an adapter is already attached (merge_lora or remove_lora first)")),
+            None => Ok(()),
+        }
+    }
+
+    /// Attach a fresh LoRA adapter (PEFT's initialisation, deterministic in `seed`): outputs are
+    /// unchanged until it trains. Empty `target_modules` means the architecture's defaults.
+    /// From now on only the adapter trains ([`Model::trainable`]).
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        self.check_no_adapter()?;
+        let mut cfg = cfg.clone();
+        if cfg.target_modules.is_empty() {
+            cfg.target_modules = LoraConfig::default_targets(&self.config());
+        }
+        let lora = Lora::new(self.params().values().gpu(), &cfg, &self.lora_modules(), seed)?;
+        *self.adapter_slot() = Some(lora);
+        Ok(())
+    }
+
+    /// Detach the adapter and return it (the model is the base model again).
+    pub fn remove_lora(&mut self) -> Option<Lora> {
+        self.adapter_slot().take()
+    }
+
+    /// Switch the adapter on or off; off, a forward pass is the base model's (the DPO/PPO
+    /// reference). No effect without an adapter.
+    pub fn set_adapters_enabled(&self, on: bool) {
+        if let Some(l) = self.lora() {
+            l.set_enabled(on)
+        }
+    }
+
+    /// Fold the adapter into the base weights, `W += (α/r)·B·A` in each weight's own layout
+    /// (GPT-2's Conv1D is stored (in, out), so it gets `(B·A)ᵀ = Aᵀ·Bᵀ`), then detach it. Runs on
+    /// the GPU: one product and one in-place add per module.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let Some(lora) = self.lora() else {
+            return Err(Error::config("LoRA", "merge_lora: no adapter is attached"));
+        };
+        let conv = matches!(self, Model::Gpt(_));
+        let scale = lora.cfg.scale();
+        for m in lora.modules() {
+            let a = lora.params.value(&crate::lora::tensor_name(&m.name, "A"))?; // (r, in)
+            let b = lora.params.value(&crate::lora::tensor_name(&m.name, "B"))?; // (out, r)
+            let delta = if conv {
+                crate::ops::matmul::matmul_forward(&a, &b, None, true, true)? // Aᵀ·Bᵀ (in, out)
+            } else {
+                crate::ops::matmul::matmul_forward(&b, &a, None, false, false)? // B·A (out, in)
+            };
+            crate::ops::elementwise::add_assign(&self.params().value(&format!("{}.weight", m.name))?, &delta, scale)?;
+        }
+        self.remove_lora();
+        Ok(())
+    }
+
+    /// Write the adapter as PEFT does: `dir/adapter_model.safetensors` + `dir/adapter_config.json`.
+    pub fn save_lora(&self, dir: &Path) -> Result<()> {
+        let Some(lora) = self.lora() else {
+            return Err(Error::config("LoRA", "save_lora: no adapter is attached"));
+        };
+        lora.save(dir, matches!(self, Model::Gpt(_)))
+    }
+
+    /// Attach the adapter saved in `dir` (by [`Model::save_lora`] or PEFT's `save_pretrained`);
+    /// every tensor's name and shape is checked against this model.
+    pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
+        self.check_no_adapter()?;
+        let lora = Lora::load(self.params().values().gpu(), dir, &self.lora_modules())?;
+        *self.adapter_slot() = Some(lora);
+        Ok(())
     }
 
     /// Vocabulary size.
@@ -131,6 +235,8 @@ impl Model {
     }
 
     /// Write `dir/config.json` and `dir/model.safetensors` (each atomically), creating `dir`.
+    /// These are the base weights: an attached adapter is saved by [`Model::save_lora`], or
+    /// folded in first by [`Model::merge_lora`].
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cfg = serde_json::to_string_pretty(&self.config().to_json()).expect("config serialises");

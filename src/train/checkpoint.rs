@@ -2,6 +2,8 @@
 //! Hugging Face layout (config.json, model.safetensors, tokenizer.json when known), the AdamW
 //! moments (optimizer.safetensors) and `trainer_state.json` (step, seed, data position). The
 //! directory is written under a temporary name and renamed whole; `out/latest` names the newest.
+//! With a LoRA adapter attached the moments are the adapter's, and the adapter is saved beside
+//! the (unchanged) base weights in PEFT's layout (adapter_model.safetensors, adapter_config.json).
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -35,6 +37,9 @@ pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokeni
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     model.save(&tmp)?;
+    if model.lora().is_some() {
+        model.save_lora(&tmp)?;
+    }
     let s = opt.state()?;
     let n = s.m.len();
     save_f32(
@@ -82,11 +87,18 @@ pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
     opt.load_state(&state)
 }
 
-/// Copy a checkpoint's weights into an existing model (same architecture and sizes).
+/// Copy a checkpoint's weights into an existing model (same architecture and sizes), and its
+/// adapter's into the model's attached LoRA adapter (same targets and rank).
 pub fn load_weights(dir: &Path, model: &Model) -> Result<()> {
     let f = WeightFile::open(dir.join("model.safetensors"))?;
     for e in model.params().entries() {
         model.params().set(&e.name, &f.get_f32(&e.name, &e.shape)?)?;
+    }
+    if let Some(lora) = model.lora() {
+        let f = WeightFile::open(dir.join(crate::lora::WEIGHTS_FILE))?;
+        for e in lora.params.entries() {
+            lora.params.set(&e.name, &f.get_f32(&e.name, &e.shape)?)?;
+        }
     }
     Ok(())
 }

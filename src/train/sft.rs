@@ -110,7 +110,7 @@ pub fn train_step(
     cfg: &SftConfig,
     lr: f32,
 ) -> Result<(f32, f32)> {
-    let store = model.params();
+    let store = model.trainable(); // with a LoRA adapter: only the adapter
     let accum = cfg.grad_accum.max(1);
     let mut total: Option<Tensor> = None;
     for micro in 0..accum {
@@ -145,7 +145,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     if schedule.total == 0 {
         schedule.total = cfg.steps;
     }
-    let mut opt = AdamW::new(model.params(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
+    let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
     let mut start = 0usize;
     let mut log = None;
     if let Some(out) = &cfg.out_dir {
