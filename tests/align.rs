@@ -143,3 +143,21 @@ fn reward_model_learns_held_out_human_preferences() {
     assert_eq!(back.model.params().read_all().unwrap(), rm.model.params().read_all().unwrap());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lora_dpo_trains_only_adapters_against_the_base_model() {
+    let Some(gpu) = common::gpu() else { return };
+    let cfg = presets::resolve("gpt-nano").unwrap();
+    let mut policy = Model::new(&gpu, &cfg, 8).unwrap();
+    let base = policy.params().read_all().unwrap();
+    policy.add_lora(&plumb::lora::LoraConfig { r: 4, alpha: 8.0, ..Default::default() }, 8).unwrap();
+    let pairs = synthetic_pairs(16, 9);
+    let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(15, 5e-3), ..Default::default() });
+    let m = dpo.train(&policy, &pairs, Reference::Adapters).unwrap();
+    let margin = |i: usize| m[i]["rewards/margins"].as_f64().unwrap();
+    assert!(margin(14) > margin(0) + 0.1, "LoRA-DPO margin {} -> {}", margin(0), margin(14));
+    assert_eq!(policy.params().read_all().unwrap(), base, "base weights moved");
+    // without adapters there is nothing to switch off: a clear error
+    let plain = Model::new(&gpu, &cfg, 8).unwrap();
+    assert!(dpo.train(&plain, &pairs, Reference::Adapters).unwrap_err().to_string().contains("LoRA"));
+}
