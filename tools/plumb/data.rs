@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use plumb::data::{self, OutputFormat, Overflow, PrepareOptions};
-use plumb::tokenizer::Tokenizer;
+use crate::common::load_tokenizer;
 
 /// `plumb data ...`
 #[derive(Args, Debug)]
@@ -74,15 +74,6 @@ enum FormatArg {
 enum OverflowArg {
     Truncate,
     Drop,
-}
-
-/// `byte`, `gpt2`, or a tokenizer.json path.
-fn load_tokenizer(spec: &str) -> plumb::Result<Tokenizer> {
-    match spec {
-        "byte" => Ok(Tokenizer::byte_level()),
-        "gpt2" => Tokenizer::gpt2_builtin(),
-        path => Tokenizer::from_file(path),
-    }
 }
 
 /// Run a `plumb data` subcommand.

@@ -1,10 +1,15 @@
 //! The `plumb` command line: one subcommand per job, each in its own file under tools/plumb/.
 
 mod bench;
+mod common;
 mod data;
 mod demo;
+mod dpo;
 mod generate;
+mod grpo;
 mod info;
+mod ppo;
+mod reward;
 mod sft;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +38,14 @@ enum Command {
     Data(data::DataArgs),
     /// Supervised fine-tuning / pretraining (default: a byte-level GPT on the built-in movie reviews).
     Sft(sft::SftArgs),
+    /// Train a reward model (Bradley-Terry) on preference pairs; saves it for ppo / grpo.
+    Reward(reward::RewardArgs),
+    /// Direct Preference Optimization (sigmoid, hinge, ipo, robust, ..., sft, and mixtures).
+    Dpo(dpo::DpoArgs),
+    /// RLHF with PPO: sample, score with a reward model minus a KL penalty, clipped update.
+    Ppo(ppo::PpoArgs),
+    /// GRPO: groups of samples per prompt, group-normalised rewards (VADER or a reward model).
+    Grpo(grpo::GrpoArgs),
     /// Sample continuations from a checkpoint (KV cache, temperature, top-k, top-p, seeded).
     Generate(generate::GenerateArgs),
     /// RLHF (reward model + PPO) vs DPO, end to end on built-in human ratings: the main job.
@@ -51,6 +64,10 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Data(a) => data::run(a),
         Command::Sft(a) => sft::run(a),
+        Command::Reward(a) => reward::run(a),
+        Command::Dpo(a) => dpo::run(a),
+        Command::Ppo(a) => ppo::run(a),
+        Command::Grpo(a) => grpo::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run_cli(a),

@@ -1,0 +1,258 @@
+//! What the alignment subcommands (reward, dpo, ppo, grpo) share: the flags every one has, finding
+//! the starting checkpoint, the built-in byte-level data and its checks, tokenizers, samples.
+
+use plumb::align::{Pair, TrainConfig};
+use plumb::data::{DatasetKind, DatasetWriter, PreferenceDataset, PromptDataset};
+use plumb::demo::data::{self as demo, Split};
+use plumb::generate::{generate, GenerateConfig};
+use plumb::model::Model;
+use plumb::ops::sample::SamplingConfig;
+use plumb::tokenizer::Tokenizer;
+use plumb::train::{checkpoint, schedule::Schedule};
+use plumb::{Error, Gpu, Result};
+use std::path::{Path, PathBuf};
+
+/// Flags with the same meaning and default in every alignment command.
+#[derive(clap::Args)]
+pub struct CommonArgs {
+    /// Starting model: a checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long, default_value = "runs/sft")]
+    pub init: PathBuf,
+    /// Longest row (prompt + completion) in tokens; default: min(128, the model's positions).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Longest prompt kept (its end); default: min(64, max-len / 2).
+    #[arg(long)]
+    pub max_prompt_len: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The checkpoint `dir` names: itself when it holds config.json, else the run's newest.
+pub fn resolve_init(dir: &Path) -> Result<PathBuf> {
+    if dir.join("config.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    checkpoint::latest(dir).ok_or_else(|| {
+        Error::config(
+            "--init",
+            format!("{}: no checkpoint (config.json) and no run with a `latest` checkpoint there; run `plumb sft` first or pass --init DIR", dir.display()),
+        )
+    })
+}
+
+/// Resolve `--init` (before touching the GPU), open the GPU and load the model; returns the
+/// checkpoint path too, so a frozen reference can be loaded from it a second time.
+pub fn load_init(dir: &Path) -> Result<(Gpu, PathBuf, Model)> {
+    let path = resolve_init(dir)?;
+    let gpu = Gpu::new()?;
+    let model = Model::load(&gpu, &path)?;
+    println!("init: {} ({} parameters) on {}", path.display(), model.params().numel(), gpu.adapter().info.name);
+    Ok((gpu, path, model))
+}
+
+/// The row length limits for `model`: (max_len, max_prompt_len).
+pub fn lengths(c: &CommonArgs, model: &Model) -> Result<(usize, usize)> {
+    let max_len = c.max_len.unwrap_or(128.min(model.max_len()));
+    if max_len < 2 || max_len > model.max_len() {
+        return Err(Error::config("--max-len", format!("{max_len} must be between 2 and the model's {} positions", model.max_len())));
+    }
+    let prompt = c.max_prompt_len.unwrap_or(64.min(max_len / 2));
+    if prompt == 0 || prompt >= max_len {
+        return Err(Error::config("--max-prompt-len", format!("{prompt} must be positive and below --max-len {max_len}")));
+    }
+    Ok((max_len, prompt))
+}
+
+/// The trainers' shared settings; `warmup` steps of linear warmup, then cosine to lr/10.
+pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usize, schedule: Schedule, out: &Path) -> Result<TrainConfig> {
+    let (max_len, max_prompt_len) = lengths(c, model)?;
+    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, ..Default::default() })
+}
+
+/// Warmup over the first tenth of the run (at most 10 steps), cosine to lr/10.
+pub fn cosine(lr: f32, steps: usize) -> Schedule {
+    Schedule { lr, warmup: (steps / 10).min(10), total: steps, min_lr: lr / 10.0 }
+}
+
+/// The built-in data is byte-level: the model must have 256 token ids.
+pub fn check_byte_level(model: &Model) -> Result<()> {
+    if model.vocab_size() != 256 {
+        return Err(Error::config(
+            "--init",
+            format!("the built-in data is byte-level but the model has {} token ids, not 256; pass --data FILE from `plumb data prepare`", model.vocab_size()),
+        ));
+    }
+    Ok(())
+}
+
+/// Every token id of the file at `path` must be below the model's vocabulary.
+pub fn check_ids(path: &Path, max_id: Option<u32>, model: &Model) -> Result<()> {
+    match max_id {
+        Some(m) if m as usize >= model.vocab_size() => Err(Error::config(
+            "--data",
+            format!("{} holds token id {m} but the model has {} token ids (another tokenizer?)", path.display(), model.vocab_size()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Built-in human preference pairs of `split` (movie reviews whose mean ratings differ by at
+/// least 2 of 8 points) that fit in `max_len` tokens, at most `max`.
+pub fn builtin_pairs(split: Split, max_len: usize, max: usize) -> Result<Vec<Pair>> {
+    demo::preference_pairs(split, 2.0, max_len.saturating_sub(2).min(120), max)
+}
+
+/// Preference pairs from a prepared file, checked against the model.
+pub fn open_pairs(path: &Path, model: &Model) -> Result<PreferenceDataset> {
+    let d = PreferenceDataset::open(path)?;
+    if d.is_empty() {
+        return Err(Error::format(path, "no preference pairs"));
+    }
+    check_ids(path, d.dataset().max_token_id(), model)?;
+    Ok(d)
+}
+
+/// Write pairs to a byte-level preference file (room reserved for reference log-probs).
+pub fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut w = DatasetWriter::create(path, DatasetKind::Preference, 256, None)?;
+    w.reserve_reference_logps()?;
+    for p in pairs {
+        w.push_row(&[&p.prompt, &p.chosen, &p.rejected])?;
+    }
+    w.finish()
+}
+
+/// Prompts for PPO / GRPO and the token that ends a completion: the built-in review openings
+/// ("\nThe film ", stop at '\n') or a prompts file (stop at its EOS, if any). Prompts keep their
+/// last `max_prompt` tokens.
+pub fn prompts(data: Option<&Path>, model: &Model, max_prompt: usize) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+    let (all, stop) = match data {
+        None => {
+            check_byte_level(model)?;
+            let o = demo::openings(Split::Rl, 2)?;
+            println!("data: {} built-in movie-review openings", o.len());
+            (o, vec![demo::NEWLINE])
+        }
+        Some(path) => {
+            let d = PromptDataset::open(path)?;
+            check_ids(path, d.dataset().max_token_id(), model)?;
+            let all: Vec<Vec<u32>> = (0..d.len()).filter_map(|i| d.get(i)).map(|t| t.to_vec()).filter(|p| !p.is_empty()).collect();
+            if all.is_empty() {
+                return Err(Error::format(path, "no non-empty prompts"));
+            }
+            println!("data: {} prompts from {}", all.len(), path.display());
+            (all, d.dataset().eos_id().into_iter().collect())
+        }
+    };
+    Ok((all.into_iter().map(|p| p[p.len().saturating_sub(max_prompt)..].to_vec()).collect(), stop))
+}
+
+/// A PPO / GRPO rollout must fit the model: longest prompt + new tokens ≤ positions.
+pub fn check_rollout_fits(prompts: &[Vec<u32>], max_new: usize, model: &Model) -> Result<()> {
+    let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if p + max_new > model.max_len() {
+        return Err(Error::config("--max-new-tokens", format!("prompts of up to {p} tokens + {max_new} new tokens exceed the model's {} positions", model.max_len())));
+    }
+    Ok(())
+}
+
+/// `byte`, `gpt2` (built in), or a tokenizer.json path (or a directory holding one).
+pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
+    match spec {
+        "byte" => Ok(Tokenizer::byte_level()),
+        "gpt2" => Tokenizer::gpt2_builtin(),
+        path => Tokenizer::from_file(path),
+    }
+}
+
+/// Token ids to text: bytes for byte-level models, else a tokenizer; None: print the ids.
+pub struct Decoder(Option<Tokenizer>, bool);
+
+impl Decoder {
+    /// From `--tokenizer` if given, else bytes when the vocabulary is 256.
+    pub fn new(spec: Option<&str>, model: &Model) -> Result<Decoder> {
+        Ok(Decoder(spec.map(load_tokenizer).transpose()?, model.vocab_size() == 256))
+    }
+
+    /// Whether text can be recovered at all.
+    pub fn can_decode(&self) -> bool {
+        self.0.is_some() || self.1
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match (&self.0, self.1) {
+            (Some(t), _) => t.decode(ids).unwrap_or_else(|e| format!("<{e}>")),
+            (None, true) => demo::text(ids),
+            (None, false) => format!("{ids:?}"),
+        }
+    }
+}
+
+/// Sample one completion for each of the first `n` prompts (temperature 0.8) and print them.
+pub fn print_samples(model: &Model, prompts: &[Vec<u32>], n: usize, max_new: usize, stop: &[u32], dec: &Decoder, seed: u64) -> Result<()> {
+    let ids: Vec<Vec<u32>> = prompts.iter().take(n).cloned().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let cfg = GenerateConfig {
+        max_new_tokens: max_new,
+        sampling: SamplingConfig { temperature: 0.8, top_k: 0, top_p: 0.95 },
+        stop_ids: stop.to_vec(),
+        seed,
+        pad_id: 0,
+    };
+    println!("samples:");
+    for (p, out) in ids.iter().zip(generate(model, &ids, &cfg)?) {
+        let body: Vec<u32> = out.into_iter().filter(|t| !stop.contains(t)).collect();
+        println!("  {}|{}", dec.decode(p).trim_start(), dec.decode(&body));
+    }
+    Ok(())
+}
+
+/// The first and last value of metric `key` over a run.
+pub fn first_last(m: &[serde_json::Value], key: &str) -> (f64, f64) {
+    let get = |v: Option<&serde_json::Value>| v.and_then(|r| r[key].as_f64()).unwrap_or(f64::NAN);
+    (get(m.first()), get(m.last()))
+}
+
+/// Print `key: first -> last` for each key.
+pub fn print_first_last(m: &[serde_json::Value], keys: &[&str]) {
+    for k in keys {
+        let (a, b) = first_last(m, k);
+        println!("  {k:<28} {a:>9.4} -> {b:.4}");
+    }
+}
+
+/// Where run_steps put the final checkpoint.
+pub fn final_checkpoint(out: &Path) -> String {
+    checkpoint::latest(out).map(|p| p.display().to_string()).unwrap_or_else(|| out.display().to_string())
+}
+
+/// A reward model directory: `dir` itself (config.json + model.safetensors), its `model/`
+/// (a `plumb reward` run directory), or the run's newest checkpoint.
+pub fn resolve_reward_model(dir: &Path) -> Result<PathBuf> {
+    if dir.join("model.safetensors").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if dir.join("model").join("model.safetensors").is_file() {
+        return Ok(dir.join("model"));
+    }
+    checkpoint::latest(dir).ok_or_else(|| {
+        Error::config("--reward-model", format!("{}: no reward model (model.safetensors) there; run `plumb reward` first or pass --reward-model DIR", dir.display()))
+    })
+}
+
+/// Load a reward model for `policy`'s tokens.
+pub fn load_reward_model(gpu: &Gpu, dir: &Path, policy: &Model) -> Result<plumb::align::RewardModel> {
+    let path = resolve_reward_model(dir)?;
+    let rm = plumb::align::RewardModel::load(gpu, &path)?;
+    if rm.model.vocab_size() != policy.vocab_size() {
+        return Err(Error::config("--reward-model", format!("{} reads {} token ids, the policy writes {}", path.display(), rm.model.vocab_size(), policy.vocab_size())));
+    }
+    println!("reward model: {}", path.display());
+    Ok(rm)
+}

@@ -1,0 +1,144 @@
+//! `plumb dpo`: Direct Preference Optimization of an SFT checkpoint on preference pairs, with any
+//! loss of the DPO family (or a weighted mixture) and the reference log-probs from a frozen copy
+//! of the model, precomputed into the data file (one model in memory), or none.
+
+use crate::common::{builtin_pairs, check_byte_level, cosine, final_checkpoint, load_init, open_pairs, print_first_last, train_config, write_pairs, CommonArgs};
+use plumb::align::{precompute_reference, Dpo, DpoTrainConfig, Pairs, Reference};
+use plumb::demo::data::Split;
+use plumb::model::Model;
+use plumb::ops::dpo::{DpoConfig, DpoLoss};
+use plumb::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  plumb dpo                                     # from runs/sft, built-in review pairs, frozen reference
+  plumb dpo --precompute-ref                    # reference log-probs computed once: one model in memory
+  plumb dpo --loss sigmoid:1,sft:0.5 --beta 0.2 # RPO-style mixture
+  plumb dpo --loss sigmoid_norm --simpo-gamma 0.5 --reference none   # SimPO-style, no reference
+  plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
+pub struct DpoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Preference pairs from `plumb data prepare`; default: built-in movie-review pairs whose
+    /// human ratings differ by at least 2 points (byte-level).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Built-in training pairs used, at most.
+    #[arg(long, default_value_t = 10000)]
+    max_pairs: usize,
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f32,
+    /// Loss type or weighted mixture TYPE[:WEIGHT],...: sigmoid, hinge, ipo, robust, bco_pair,
+    /// apo_zero, apo_down, sigmoid_norm, sft. Example: sigmoid:1,sft:0.5
+    #[arg(long, default_value = "sigmoid")]
+    loss: String,
+    /// β, the inverse temperature of the implicit reward.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f32,
+    /// ε for sigmoid (conservative DPO) and robust.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Margin γ of sigmoid_norm (SimPO).
+    #[arg(long, default_value_t = 0.0)]
+    simpo_gamma: f32,
+    /// Where the reference log-probs come from: a frozen copy of the init model, values stored
+    /// in the --data file, or none (reference-free losses).
+    #[arg(long, value_enum, default_value_t = RefArg::Model)]
+    reference: RefArg,
+    /// Compute the init model's log-probs into the data file first (built-in data: written to
+    /// <out>/pairs.bin), then train with them: implies --reference precomputed.
+    #[arg(long)]
+    precompute_ref: bool,
+    /// Output: metrics.jsonl and the final checkpoint.
+    #[arg(long, default_value = "runs/dpo")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RefArg {
+    Model,
+    Precomputed,
+    None,
+}
+
+/// `sigmoid` or `sigmoid:1,sft:0.5` into weighted loss types.
+fn parse_losses(s: &str) -> Result<Vec<(DpoLoss, f32)>> {
+    s.split(',')
+        .map(|item| {
+            let (name, w) = item.split_once(':').unwrap_or((item, "1"));
+            let w: f32 = w.trim().parse().map_err(|_| Error::config("--loss", format!("`{w}` in `{item}` is not a weight")))?;
+            Ok((name.parse::<DpoLoss>()?, w))
+        })
+        .collect()
+}
+
+pub fn run(a: DpoArgs) -> Result<()> {
+    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses: parse_losses(&a.loss)?, simpo_gamma: a.simpo_gamma, bco_delta: 0.0 };
+    loss.weights()?; // check the settings before loading anything
+    let reference = if a.precompute_ref { RefArg::Precomputed } else { a.reference };
+    if a.precompute_ref && a.reference == RefArg::None {
+        return Err(Error::config("--precompute-ref", "conflicts with --reference none"));
+    }
+    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let cfg = DpoTrainConfig { train: train_config(&a.common, &policy, a.steps, a.batch_size, cosine(a.lr, a.steps), &a.out)?, loss, pad_id: 0 };
+    // Built-in pairs stay in memory unless the reference is precomputed into a file.
+    let mut file = a.data.clone();
+    let mut memory = vec![];
+    if a.data.is_none() {
+        check_byte_level(&policy)?;
+        memory = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
+        println!("data: {} built-in preference pairs", memory.len());
+        if a.precompute_ref {
+            let path = a.out.join("pairs.bin");
+            write_pairs(&path, &memory)?;
+            file = Some(path);
+        } else if reference == RefArg::Precomputed {
+            return Err(Error::config("--reference", "the built-in pairs have no precomputed reference log-probs; add --precompute-ref"));
+        }
+    }
+    if let (Some(path), true) = (&file, a.precompute_ref) {
+        // the init model before training is the reference: compute its log-probs once
+        let n = precompute_reference(&policy, path, &cfg)?;
+        println!("reference log-probs of {n} pairs stored in {}", path.display());
+    }
+    let data = file.as_ref().map(|p| open_pairs(p, &policy)).transpose()?;
+    if let Some(d) = &data {
+        println!("data: {} preference pairs from {}", d.len(), d.dataset().path().display());
+    }
+    let pairs: &dyn Pairs = match &data {
+        Some(d) => d,
+        None => &memory,
+    };
+    let frozen = match reference {
+        RefArg::Model => Some(Model::load(&gpu, &init)?),
+        _ => None,
+    };
+    let r = match (reference, &frozen) {
+        (RefArg::Model, Some(m)) => Reference::Model(m),
+        (RefArg::Precomputed, _) => Reference::Precomputed,
+        _ => Reference::None,
+    };
+    println!("reference: {} ({} model(s) in memory)", r.describe(), r.models_in_memory());
+    let m = Dpo::new(cfg).train(&policy, pairs, r)?;
+    println!("trained {} steps:", m.len());
+    print_first_last(&m, &["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]);
+    println!("checkpoint: {}", final_checkpoint(&a.out));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn losses_parse_with_and_without_weights() {
+        use plumb::ops::dpo::DpoLoss::*;
+        assert_eq!(super::parse_losses("sigmoid").unwrap(), vec![(Sigmoid, 1.0)]);
+        assert_eq!(super::parse_losses("sigmoid:1,sft:0.5").unwrap(), vec![(Sigmoid, 1.0), (Sft, 0.5)]);
+        assert!(super::parse_losses("sigmoid:x").is_err() && super::parse_losses("nope").is_err());
+    }
+}

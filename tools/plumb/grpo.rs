@@ -1,0 +1,102 @@
+//! `plumb grpo`: GRPO (DeepSeekMath; TRL's GRPOTrainer) from an SFT checkpoint: each prompt is
+//! sampled several times and each completion's reward, normalised within its group, is its
+//! advantage; no value head. The reward is a Rust function (by default the VADER lexicon judge:
+//! the mean valence of the completion's words) or a reward model from `plumb reward`.
+
+use crate::common::{check_rollout_fits, final_checkpoint, load_init, load_reward_model, print_first_last, print_samples, prompts, train_config, CommonArgs, Decoder};
+use plumb::align::{Grpo, GrpoConfig, Reference, Rewards, RolloutConfig};
+use plumb::data::corpus::{vader_judge, vader_lexicon};
+use plumb::model::Model;
+use plumb::train::schedule::Schedule;
+use plumb::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  plumb grpo                                    # runs/sft policy, VADER sentiment reward, built-in openings
+  plumb grpo --beta 0                           # no KL term: no reference model in memory
+  plumb grpo --reward-model runs/reward/model --num-generations 4
+  plumb grpo --data prompts.bin --tokenizer gpt2 --init runs/sft-gpt2")]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Prompts from `plumb data prepare` (prompt rows); default: built-in movie-review openings
+    /// such as "The film " (byte-level), completions ending at a newline.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Decode completions (for --reward vader and the samples): byte, gpt2, or a tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Programmatic reward: vader = mean VADER valence (-4..4) of the completion's words, 0 if none.
+    #[arg(long, value_enum, default_value_t = RewardArg::Vader)]
+    reward: RewardArg,
+    /// Score with a reward model from `plumb reward` instead of --reward.
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Prompts per step (each sampled --num-generations times).
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Completions per prompt G (at least 2).
+    #[arg(long, default_value_t = 8)]
+    num_generations: usize,
+    /// Constant learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    /// β of the k3 KL to a frozen copy of the init model; 0 = no reference in memory.
+    #[arg(long, default_value_t = 0.04)]
+    beta: f32,
+    /// ε of the clipped objective.
+    #[arg(long, default_value_t = 0.2)]
+    epsilon: f32,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Samples printed at the end.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// Output: metrics.jsonl and the final checkpoint.
+    #[arg(long, default_value = "runs/grpo")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RewardArg {
+    Vader,
+}
+
+pub fn run(a: GrpoArgs) -> Result<()> {
+    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
+    let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len)?;
+    check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
+    let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
+    let rm = a.reward_model.as_ref().map(|d| load_reward_model(&gpu, d, &policy)).transpose()?;
+    let lexicon = vader_lexicon()?;
+    let vader = |_: &[u32], c: &[u32]| vader_judge(&dec.decode(c), &lexicon).unwrap_or(0.0);
+    let rewards = match (&rm, a.reward) {
+        (Some(rm), _) => Rewards::Model { model: rm, max_len: train.max_len.min(rm.model.max_len()) },
+        (None, RewardArg::Vader) if dec.can_decode() => {
+            println!("reward: VADER lexicon judge (mean valence of the completion's words)");
+            Rewards::Fn(&vader)
+        }
+        (None, RewardArg::Vader) => return Err(Error::config("--reward vader", "reads text: pass --tokenizer for a model that is not byte-level")),
+    };
+    let reference = if a.beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
+    let cfg = GrpoConfig {
+        train,
+        rollout: RolloutConfig { max_new_tokens: a.max_new_tokens, stop_ids: stop.clone(), ..Default::default() },
+        num_generations: a.num_generations,
+        epsilon: a.epsilon,
+        beta: a.beta,
+        ..Default::default()
+    };
+    let r = reference.as_ref().map_or(Reference::None, Reference::Model);
+    let m = Grpo::new(cfg).train(&policy, &prompts, &rewards, r)?;
+    println!("trained {} steps:", m.len());
+    let keys: &[&str] = if a.beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
+    print_first_last(&m, keys);
+    print_samples(&policy, &prompts, a.samples, a.max_new_tokens, &stop, &dec, a.common.seed)?;
+    println!("checkpoint: {}", final_checkpoint(&a.out));
+    Ok(())
+}
