@@ -47,6 +47,11 @@ fn sft_reward_dpo_ppo_grpo_chain() {
     let pairs = plumb::data::PreferenceDataset::open(t.join("dpo/pairs.bin")).unwrap();
     assert!(pairs.len() == 6 && pairs.get(0).unwrap().reference_logps.is_some(), "precomputed reference missing");
 
+    let lora = p("dpo-lora");
+    let args = [&["dpo", "--init", &sft, "--steps", "2", "--batch-size", "2", "--max-pairs", "6", "--lora", "4", "--out", &lora][..], &tiny].concat();
+    run_ok(&args, &t.join("dpo-lora"), 2, &["loss", "rewards/margins"]);
+    assert!(t.join("dpo-lora/adapter/adapter_model.safetensors").is_file() && t.join("dpo-lora/adapter/adapter_config.json").is_file());
+
     let rm = p("reward/model");
     let args = [&["ppo", "--init", &sft, "--reward-model", &rm, "--steps", "1", "--batch-size", "2", "--max-new-tokens", "4", "--ppo-epochs", "1", "--samples", "1", "--out", &ppo][..], &tiny].concat();
     run_ok(&args, &t.join("ppo"), 1, &["loss", "objective/scores", "objective/kl", "objective/rlhf_reward", "policy/approxkl_avg", "loss/value_avg"]);

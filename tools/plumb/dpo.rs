@@ -15,6 +15,7 @@ use std::path::PathBuf;
   plumb dpo                                     # from runs/sft, built-in review pairs, frozen reference
   plumb dpo --precompute-ref                    # reference log-probs computed once: one model in memory
   plumb dpo --loss sigmoid:1,sft:0.5 --beta 0.2 # RPO-style mixture
+  plumb dpo --lora 8                            # LoRA adapters; reference = base model, one copy
   plumb dpo --loss sigmoid_norm --simpo-gamma 0.5 --reference none   # SimPO-style, no reference
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
 pub struct DpoArgs {
@@ -55,6 +56,14 @@ pub struct DpoArgs {
     /// <out>/pairs.bin), then train with them: implies --reference precomputed.
     #[arg(long)]
     precompute_ref: bool,
+    /// Train LoRA adapters of this rank instead of every weight; the reference is then the
+    /// base model with its adapters off (one copy of the weights) unless --reference says
+    /// otherwise. The adapter is saved in PEFT's layout to <out>/adapter.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
     /// Output: metrics.jsonl and the final checkpoint.
     #[arg(long, default_value = "runs/dpo")]
     out: PathBuf,
@@ -85,7 +94,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
     if a.precompute_ref && a.reference == RefArg::None {
         return Err(Error::config("--precompute-ref", "conflicts with --reference none"));
     }
-    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let (gpu, init, mut policy) = load_init(&a.common.init)?;
     let cfg = DpoTrainConfig { train: train_config(&a.common, &policy, a.steps, a.batch_size, cosine(a.lr, a.steps), &a.out)?, loss, pad_id: 0 };
     // Built-in pairs stay in memory unless the reference is precomputed into a file.
     let mut file = a.data.clone();
@@ -115,11 +124,17 @@ pub fn run(a: DpoArgs) -> Result<()> {
         Some(d) => d,
         None => &memory,
     };
+    if let Some(r) = a.lora {
+        policy.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.common.seed)?;
+        println!("LoRA: rank {r}, {} trainable of {} parameters", policy.trainable().numel(), policy.params().numel());
+    }
+    let adapters_ref = a.lora.is_some() && reference == RefArg::Model;
     let frozen = match reference {
-        RefArg::Model => Some(Model::load(&gpu, &init)?),
+        RefArg::Model if !adapters_ref => Some(Model::load(&gpu, &init)?),
         _ => None,
     };
     let r = match (reference, &frozen) {
+        (RefArg::Model, _) if adapters_ref => Reference::Adapters,
         (RefArg::Model, Some(m)) => Reference::Model(m),
         (RefArg::Precomputed, _) => Reference::Precomputed,
         _ => Reference::None,
@@ -129,6 +144,10 @@ pub fn run(a: DpoArgs) -> Result<()> {
     println!("trained {} steps:", m.len());
     print_first_last(&m, &["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]);
     println!("checkpoint: {}", final_checkpoint(&a.out));
+    if a.lora.is_some() {
+        policy.save_lora(&a.out.join("adapter"))?;
+        println!("adapter (PEFT layout): {}", a.out.join("adapter").display());
+    }
     Ok(())
 }
 
