@@ -100,6 +100,34 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// Train a byte-level BPE tokenizer (GPT-2's pre-tokenizer and decoder, every byte
+    /// representable) with `vocab_size` ids on `texts`, e.g. a small corpus of one's own. Save it
+    /// with [`Tokenizer::save`] to get a `tokenizer.json` that Hugging Face loads.
+    pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize, name: &str) -> Result<Tokenizer> {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let fail = |e: tokenizers::Error| Error::config("BPE training", e.to_string());
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .show_progress(false)
+            .build();
+        let mut tok: tokenizers::TokenizerImpl<BPE, tokenizers::NormalizerWrapper, ByteLevel, tokenizers::PostProcessorWrapper, ByteLevel> =
+            tokenizers::TokenizerBuilder::new()
+                .with_model(BPE::default())
+                .with_normalizer(None)
+                .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+                .with_post_processor(None)
+                .with_decoder(Some(ByteLevel::default()))
+                .build()
+                .map_err(fail)?;
+        tok.train(&mut trainer, texts).map_err(fail)?;
+        let json = tok.to_string(false).map_err(fail)?;
+        let inner: tokenizers::Tokenizer = json.parse().map_err(fail)?;
+        Ok(Tokenizer::from_hf(inner, name.to_string(), None))
+    }
+
     /// GPT-2's byte-level BPE from OpenAI's `encoder.json` (token -> id) and `vocab.bpe` (merges).
     pub fn gpt2(encoder_json: impl AsRef<Path>, vocab_bpe: impl AsRef<Path>) -> Result<Tokenizer> {
         let (e, v) = (encoder_json.as_ref(), vocab_bpe.as_ref());

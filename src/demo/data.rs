@@ -1,6 +1,8 @@
 //! The demo's data, all from the built-in movie-review sentences (VADER, MIT; about 20 people
-//! rated each from -4 to +4), byte-level so no tokenizer file is needed. Every sentence starts
-//! with '\n' (the separator of the SFT stream), which acts as a start-of-text token.
+//! rated each from -4 to +4), through any tokenizer: the built-in byte-level one (the CLI's
+//! default data), or the small BPE the demo trains on the training split ([`review_tokenizer`]),
+//! whose tokens are mostly whole words. Every sentence starts with '\n' (the separator of the
+//! SFT stream), which acts as a start-of-text token and ends completions.
 //!
 //! Split by sentence id, so no stage sees another's held-out text:
 //! - id % 20 != 0: SFT text, and the human preference pairs (reward model, offline DPO);
@@ -10,7 +12,8 @@
 
 use crate::align::Pair;
 use crate::data::corpus::{movie_reviews, RatedSentence};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 /// Which part of the corpus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,40 +54,63 @@ pub fn sentences(split: Split) -> Result<Vec<RatedSentence>> {
     Ok(movie_reviews()?.into_iter().filter(|s| Split::of(s.id) == split).collect())
 }
 
-/// The SFT stream: the train split's sentences, each followed by '\n'.
-pub fn sft_stream() -> Result<Vec<u32>> {
-    Ok(sentences(Split::Train)?.iter().flat_map(|s| bytes(&s.text).into_iter().chain([NEWLINE])).collect())
+/// The id of '\n' under `tok` (a single token in byte-level tokenizers and BPEs alike).
+pub fn newline(tok: &Tokenizer) -> Result<u32> {
+    match tok.encode("\n")?.as_slice() {
+        [id] => Ok(*id),
+        other => Err(Error::config("demo tokenizer", format!("'\\n' must be one token, got {other:?}"))),
+    }
+}
+
+/// A byte-level BPE of `vocab_size` ids trained on the training split (each sentence after a
+/// '\n'), so that the demo's small models write whole words from the start.
+pub fn review_tokenizer(vocab_size: usize) -> Result<Tokenizer> {
+    let text: Vec<String> = sentences(Split::Train)?.into_iter().map(|s| format!("\n{}", s.text)).collect();
+    Tokenizer::train_bpe(text.iter().map(String::as_str), vocab_size, "movie-review BPE")
+}
+
+/// The SFT stream: the train split's sentences, each after a '\n'.
+pub fn sft_stream(tok: &Tokenizer) -> Result<Vec<u32>> {
+    let mut out = vec![];
+    for s in sentences(Split::Train)? {
+        out.extend(tok.encode(&format!("\n{}", s.text))?);
+    }
+    Ok(out)
 }
 
 /// Human preference pairs: sentences of `split` at most `max_chars` long are paired with
 /// partners a fixed stride away; a pair is kept when the mean ratings differ by at least `gap`,
 /// the better-rated sentence chosen. The prompt is the start token; completions end with '\n'.
-pub fn preference_pairs(split: Split, gap: f32, max_chars: usize, max_pairs: usize) -> Result<Vec<Pair>> {
+pub fn preference_pairs(tok: &Tokenizer, split: Split, gap: f32, max_chars: usize, max_pairs: usize) -> Result<Vec<Pair>> {
     let pick: Vec<RatedSentence> = sentences(split)?.into_iter().filter(|s| s.text.len() <= max_chars).collect();
+    let nl = newline(tok)?;
+    let line = |s: &RatedSentence| -> Result<Vec<u32>> { Ok(tok.encode(&s.text)?.into_iter().chain([nl]).collect()) };
     let mut out = vec![];
     for stride in [3usize, 11, 29, 47] {
         for (i, a) in pick.iter().enumerate() {
             let b = &pick[(i * 7 + stride) % pick.len()];
             if out.len() < max_pairs && a.id != b.id && (a.mean - b.mean).abs() >= gap {
                 let (c, r) = if a.mean > b.mean { (a, b) } else { (b, a) };
-                let line = |s: &RatedSentence| bytes(&s.text).into_iter().chain([NEWLINE]).collect();
-                out.push(Pair { prompt: vec![NEWLINE], chosen: line(c), rejected: line(r), reference: None });
+                out.push(Pair { prompt: vec![nl], chosen: line(c)?, rejected: line(r)?, reference: None });
             }
         }
     }
     Ok(out)
 }
 
-/// Openings of `split`: the start token and the first `words` words of each sentence (with the
-/// following space), e.g. "\nThe film ". Sentences shorter than that are skipped.
-pub fn openings(split: Split, words: usize) -> Result<Vec<Vec<u32>>> {
-    Ok(sentences(split)?
-        .iter()
-        .filter_map(|s| {
-            let w: Vec<&str> = s.text.split(' ').collect();
-            (w.len() > words + 2).then(|| [vec![NEWLINE], bytes(&(w[..words].join(" ") + " "))].concat())
-        })
-        .collect())
+/// Openings of `split`: the start token and the first `words` words of each sentence, e.g.
+/// "\nThe film" (byte-level tokenizers also get the following space, so that the model starts
+/// a word). Sentences shorter than `words + 3` words are skipped.
+pub fn openings(tok: &Tokenizer, split: Split, words: usize) -> Result<Vec<Vec<u32>>> {
+    let space = if tok.vocab_size() == 256 { " " } else { "" };
+    let mut out = vec![];
+    for s in sentences(split)? {
+        let w: Vec<&str> = s.text.split(' ').collect();
+        if w.len() > words + 2 {
+            out.push(tok.encode(&format!("\n{}{space}", w[..words].join(" ")))?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -97,14 +123,29 @@ mod tests {
         let n = |s| reviews.iter().filter(|r| Split::of(r.id) == s).count();
         assert_eq!(n(Split::Train) + n(Split::Rl) + n(Split::Eval), reviews.len());
         assert!(n(Split::Rl) > 200 && n(Split::Eval) > 200);
-        let pairs = preference_pairs(Split::Train, 2.0, 80, 500).unwrap();
+        let tok = Tokenizer::byte_level();
+        let pairs = preference_pairs(&tok, Split::Train, 2.0, 80, 500).unwrap();
         assert_eq!(pairs.len(), 500);
         let mean: std::collections::HashMap<String, f32> = reviews.iter().map(|r| (r.text.clone(), r.mean)).collect();
         for p in &pairs {
             let m = |c: &[u32]| mean[text(&c[..c.len() - 1]).as_str()];
             assert!(m(&p.chosen) >= m(&p.rejected) + 2.0);
         }
-        let o = openings(Split::Eval, 2).unwrap();
+        let o = openings(&tok, Split::Eval, 2).unwrap();
         assert!(o.len() > 200 && o.iter().all(|x| x[0] == NEWLINE && *x.last().unwrap() == b' ' as u32));
+    }
+
+    #[test]
+    fn review_bpe_keeps_newline_whole_and_round_trips() {
+        let tok = review_tokenizer(512).unwrap();
+        assert_eq!(tok.vocab_size(), 512);
+        let nl = newline(&tok).unwrap();
+        let text = "\nA gorgeous, witty, seductive movie.";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids[0], nl);
+        assert!(ids.len() < text.len() / 2, "{} tokens for {} bytes", ids.len(), text.len());
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+        let o = openings(&tok, Split::Eval, 2).unwrap();
+        assert!(o.iter().all(|x| x[0] == nl && x.len() >= 3));
     }
 }

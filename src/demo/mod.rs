@@ -24,8 +24,9 @@ use crate::ops::sample::SamplingConfig;
 use crate::train::batch::StreamSource;
 use crate::train::schedule::Schedule;
 use crate::train::sft::{self, SftConfig};
+use crate::tokenizer::Tokenizer;
 use crate::Gpu;
-use data::{openings, preference_pairs, text, Split, NEWLINE};
+use data::{newline, openings, preference_pairs, Split};
 use report::{Curve, MethodRow, Report};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,8 +37,10 @@ use std::time::Instant;
 pub struct DemoConfig {
     pub seed: u64,
     pub out_dir: PathBuf,
-    /// Model preset or Hugging Face directory (byte-level: vocab 256).
+    /// Model preset or Hugging Face directory (its vocabulary size is set to the tokenizer's).
     pub model: String,
+    /// Ids of the BPE the demo trains on the training sentences; 0 = byte-level (256).
+    pub vocab_size: usize,
     pub sft_steps: usize,
     /// Human preference pairs used for the reward model and offline DPO.
     pub pairs: usize,
@@ -49,10 +52,18 @@ pub struct DemoConfig {
     /// Openings sampled twice for on-policy DPO.
     pub onpolicy_prompts: usize,
     pub onpolicy_steps: usize,
+    /// Learning rates of PPO and of both DPO runs; PPO's KL coefficient; DPO's β.
+    pub ppo_lr: f32,
+    pub dpo_lr: f32,
+    pub kl_coef: f32,
+    pub beta: f32,
+    /// Added to PPO's score of completions that hit the length limit without ending (None = off).
+    pub missing_eos_penalty: Option<f32>,
     /// New tokens per completion (PPO, on-policy DPO, evaluation).
     pub max_new_tokens: usize,
-    /// Held-out openings the judge scores.
+    /// Held-out openings the judge scores, and completions sampled per opening.
     pub eval_openings: usize,
+    pub eval_samples: usize,
     pub progress: bool,
 }
 
@@ -62,7 +73,8 @@ impl Default for DemoConfig {
             seed: 0,
             out_dir: "runs/demo".into(),
             model: "gpt-demo".into(),
-            sft_steps: 400,
+            vocab_size: 1024,
+            sft_steps: 800,
             pairs: 2000,
             reward_steps: 150,
             ppo_steps: 60,
@@ -70,8 +82,14 @@ impl Default for DemoConfig {
             dpo_steps: 100,
             onpolicy_prompts: 256,
             onpolicy_steps: 100,
-            max_new_tokens: 32,
-            eval_openings: 128,
+            ppo_lr: 5e-5,
+            dpo_lr: 3e-4,
+            kl_coef: 0.2,
+            beta: 0.1,
+            missing_eos_penalty: None,
+            max_new_tokens: 24,
+            eval_openings: 256,
+            eval_samples: 2,
             progress: true,
         }
     }
@@ -83,6 +101,7 @@ impl DemoConfig {
         DemoConfig {
             out_dir,
             model: "gpt-nano".into(),
+            vocab_size: 300,
             sft_steps: 4,
             pairs: 32,
             reward_steps: 2,
@@ -93,6 +112,7 @@ impl DemoConfig {
             onpolicy_steps: 2,
             max_new_tokens: 6,
             eval_openings: 8,
+            eval_samples: 1,
             progress: false,
             ..DemoConfig::default()
         }
@@ -125,17 +145,21 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
     let gpu = Gpu::new()?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let mut report = Report::new(cfg, gpu.adapter().info.name.clone());
-    let rollout = RolloutConfig { max_new_tokens: cfg.max_new_tokens, temperature: 1.0, stop_ids: vec![NEWLINE], pad_id: b' ' as u32 };
 
-    // 1. SFT: next-byte prediction on the training sentences.
-    say(cfg, "1/5 SFT: a byte-level GPT learns to write review sentences");
+    // 1. SFT: a tokenizer for the corpus, then next-token prediction on the training sentences.
+    say(cfg, "1/5 SFT: a small GPT learns to write review sentences");
     let t0 = Instant::now();
     gpu.reset_peak();
-    let sft_model = Model::new(&gpu, &presets::resolve(&cfg.model)?, cfg.seed)?;
-    if sft_model.vocab_size() != 256 {
-        return Err(Error::config("demo model", "the demo is byte-level: use a model with vocab_size 256"));
+    let tok = if cfg.vocab_size == 0 { Tokenizer::byte_level() } else { data::review_tokenizer(cfg.vocab_size)? };
+    let nl = newline(&tok)?; // starts every sentence, ends every completion; also the pad id
+    let rollout = RolloutConfig { max_new_tokens: cfg.max_new_tokens, temperature: 1.0, stop_ids: vec![nl], pad_id: nl };
+    let mut model_cfg = presets::resolve(&cfg.model)?;
+    match &mut model_cfg {
+        crate::model::ModelConfig::Gpt(c) => c.vocab_size = tok.vocab_size(),
+        crate::model::ModelConfig::Llama(c) => c.vocab_size = tok.vocab_size(),
     }
-    let stream = StreamSource::from_tokens(data::sft_stream()?, cfg.seed, "movie reviews");
+    let sft_model = Model::new(&gpu, &model_cfg, cfg.seed)?;
+    let stream = StreamSource::from_tokens(data::sft_stream(&tok)?, cfg.seed, "movie reviews");
     let sft_cfg = SftConfig {
         steps: cfg.sft_steps,
         batch_size: 8,
@@ -147,10 +171,11 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
         progress: cfg.progress,
         ..SftConfig::default()
     };
-    let max_len = sft_model.max_len().min(96); // bytes per row in every later stage
+    let max_len = sft_model.max_len().min(if cfg.vocab_size == 0 { 96 } else { 64 }); // tokens per row from here on
     let sft_report = sft::train(&sft_model, &stream, None, &sft_cfg)?;
     let sft_dir = cfg.out_dir.join("sft/model");
     sft_model.save(&sft_dir)?;
+    tok.save(sft_dir.join("tokenizer.json"))?;
     report.curves.push(Curve::from_values("SFT", "loss", &sft_report.losses));
     let sft_row = MethodRow::new("SFT", cfg.sft_steps, 1, t0, &gpu);
 
@@ -158,10 +183,10 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
     say(cfg, "2/5 reward model on human preference pairs (Bradley-Terry)");
     let t0 = Instant::now();
     gpu.reset_peak();
-    let pairs = preference_pairs(Split::Train, 2.0, 80, cfg.pairs)?;
-    let held_pairs = preference_pairs(Split::Rl, 2.0, 80, 300)?;
+    let pairs = preference_pairs(&tok, Split::Train, 2.0, 100, cfg.pairs)?;
+    let held_pairs = preference_pairs(&tok, Split::Rl, 2.0, 100, 300)?;
     let rm = RewardModel::from_model(&sft_model, cfg.seed)?;
-    let reward = Reward::new(RewardConfig { train: train_cfg(cfg, max_len, cfg.reward_steps, 16, 1e-3, "reward"), ..Default::default() });
+    let reward = Reward::new(RewardConfig { train: train_cfg(cfg, max_len, cfg.reward_steps, 16, 1e-3, "reward"), pad_id: nl, ..Default::default() });
     let rm_metrics = reward.train(&rm, &pairs)?;
     let (rm_acc, rm_margin) = reward.evaluate(&rm, &held_pairs)?;
     rm.save(&cfg.out_dir.join("reward/model"))?;
@@ -173,16 +198,16 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
     say(cfg, "3/5 RLHF: PPO against the reward model, KL to the SFT model");
     let t0 = Instant::now();
     gpu.reset_peak();
-    let rl_openings = openings(Split::Rl, 2)?;
+    let rl_openings = openings(&tok, Split::Rl, 2)?;
     let ppo_policy = Model::load(&gpu, &sft_dir)?;
     let rewards = Rewards::Model { model: &rm, max_len };
     let ppo = Ppo::new(PpoConfig {
-        train: train_cfg(cfg, max_len, cfg.ppo_steps, cfg.ppo_batch, 3e-5, "ppo"),
+        train: train_cfg(cfg, max_len, cfg.ppo_steps, cfg.ppo_batch, cfg.ppo_lr, "ppo"),
         rollout: rollout.clone(),
         ppo_epochs: 2,
         minibatches: 2,
-        kl_coef: 0.05,
-        missing_eos_penalty: Some(-1.0),
+        kl_coef: cfg.kl_coef,
+        missing_eos_penalty: cfg.missing_eos_penalty,
         ..PpoConfig::default()
     });
     let ppo_metrics = ppo.train(&ppo_policy, &rl_openings, &rewards, Reference::Model(&sft_model))?;
@@ -197,8 +222,9 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
     let t0 = Instant::now();
     gpu.reset_peak();
     let prefs = cfg.out_dir.join("dpo/pairs.bin");
-    write_pairs(&prefs, &pairs)?;
-    let dpo_cfg = DpoTrainConfig { train: train_cfg(cfg, max_len, cfg.dpo_steps, 8, 1e-4, "dpo"), ..Default::default() };
+    write_pairs(&prefs, &pairs, tok.vocab_size(), nl)?;
+    let loss = crate::ops::dpo::DpoConfig { beta: cfg.beta, ..Default::default() };
+    let dpo_cfg = DpoTrainConfig { train: train_cfg(cfg, max_len, cfg.dpo_steps, 8, cfg.dpo_lr, "dpo"), loss: loss.clone(), pad_id: nl };
     precompute_reference(&sft_model, &prefs, &dpo_cfg)?;
     let dpo_policy = Model::load(&gpu, &sft_dir)?;
     let dpo_metrics = Dpo::new(dpo_cfg).train(&dpo_policy, &PreferenceDataset::open(&prefs)?, Reference::Precomputed)?;
@@ -213,7 +239,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
     gpu.reset_peak();
     let prompts: Vec<Vec<u32>> = rl_openings.iter().take(cfg.onpolicy_prompts).cloned().collect();
     let onpolicy_pairs = sample_labelled_pairs(&sft_model, &rm, &prompts, &rollout, max_len, cfg.seed)?;
-    let on_cfg = DpoTrainConfig { train: train_cfg(cfg, max_len, cfg.onpolicy_steps, 8, 1e-4, "dpo-online"), ..Default::default() };
+    let on_cfg = DpoTrainConfig { train: train_cfg(cfg, max_len, cfg.onpolicy_steps, 8, cfg.dpo_lr, "dpo-online"), loss, pad_id: nl };
     let on_policy = Model::load(&gpu, &sft_dir)?;
     let on_metrics = Dpo::new(on_cfg).train(&on_policy, &onpolicy_pairs, Reference::Model(&sft_model))?;
     for k in ["rewards/margins", "rewards/accuracies", "loss"] {
@@ -223,30 +249,31 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
 
     // 5. Evaluation on held-out openings: the lexicon judge, win rate against SFT, KL to SFT.
     say(cfg, "5/5 evaluation by the VADER-lexicon judge on held-out openings");
-    let eval_openings: Vec<Vec<u32>> = openings(Split::Eval, 2)?.into_iter().take(cfg.eval_openings).collect();
+    let eval_openings: Vec<Vec<u32>> = openings(&tok, Split::Eval, 2)?.into_iter().take(cfg.eval_openings).collect();
+    let eval_openings: Vec<Vec<u32>> = (0..cfg.eval_samples.max(1)).flat_map(|_| eval_openings.iter().cloned()).collect();
     let lexicon = vader_lexicon()?;
     let eval = GenerateConfig {
         max_new_tokens: cfg.max_new_tokens,
         sampling: SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0 },
-        stop_ids: vec![NEWLINE],
+        stop_ids: vec![nl],
         seed: cfg.seed ^ 0xe5a1,
-        pad_id: b' ' as u32,
+        pad_id: nl,
     };
     let sft_samples = generate(&sft_model, &eval_openings, &eval)?;
-    let sft_scores = judge_all(&sft_samples, &lexicon);
+    let sft_scores = judge_all(&tok, &sft_samples, &lexicon)?;
     let rm_score = |samples: &[Vec<u32>]| -> Result<f32> {
         let rows: Vec<(&[u32], &[u32])> = eval_openings.iter().map(Vec::as_slice).zip(samples.iter().map(Vec::as_slice)).collect();
-        let s = rm.score_rows(&rows, max_len, b' ' as u32, 32)?;
+        let s = rm.score_rows(&rows, max_len, nl, 32)?;
         Ok(s.iter().sum::<f32>() / s.len().max(1) as f32)
     };
     for (mut row, model) in [(sft_row, &sft_model), (ppo_row, &ppo_policy), (dpo_row, &dpo_policy), (on_row, &on_policy)] {
         let samples = generate(model, &eval_openings, &eval)?;
-        let scores = judge_all(&samples, &lexicon);
+        let scores = judge_all(&tok, &samples, &lexicon)?;
         row.judge = scores.iter().sum::<f32>() / scores.len() as f32;
         row.win_rate = win_rate(&scores, &sft_scores);
-        row.kl = kl_to(model, &sft_model, &eval_openings, &samples)?;
+        row.kl = kl_to(model, &sft_model, &eval_openings, &samples, nl)?;
         row.reward_model_score = rm_score(&samples)?;
-        row.samples = eval_openings.iter().zip(&samples).take(4).map(|(o, s)| format!("{}{}", text(o).trim_start(), text(s).trim_end())).collect();
+        row.samples = eval_openings.iter().zip(&samples).take(4).map(|(o, s)| Ok(tok.decode(&[&o[..], s].concat())?.trim().to_string())).collect::<Result<_>>()?;
         report.rows.push(row);
     }
 
@@ -256,11 +283,11 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
 }
 
 /// Write preference pairs to a memory-mapped preference file (atomically).
-fn write_pairs(path: &std::path::Path, pairs: &[Pair]) -> Result<()> {
+fn write_pairs(path: &std::path::Path, pairs: &[Pair], vocab: usize, eos: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut w = DatasetWriter::create(path, DatasetKind::Preference, 256, Some(NEWLINE))?;
+    let mut w = DatasetWriter::create(path, DatasetKind::Preference, vocab as u32, Some(eos))?;
     for p in pairs {
         w.push_row(&[&p.prompt, &p.chosen, &p.rejected])?;
     }
@@ -293,8 +320,8 @@ fn sample_labelled_pairs(model: &Model, rm: &RewardModel, prompts: &[Vec<u32>], 
 }
 
 /// The judge's score of each completion: mean valence of its lexicon words, 0 when none.
-fn judge_all(samples: &[Vec<u32>], lexicon: &HashMap<String, f32>) -> Vec<f32> {
-    samples.iter().map(|s| vader_judge(&text(s), lexicon).unwrap_or(0.0)).collect()
+fn judge_all(tok: &Tokenizer, samples: &[Vec<u32>], lexicon: &HashMap<String, f32>) -> Result<Vec<f32>> {
+    samples.iter().map(|s| Ok(vader_judge(&tok.decode(s)?, lexicon).unwrap_or(0.0))).collect()
 }
 
 /// Share of openings where `a` beats `b` (ties count half).
@@ -304,13 +331,13 @@ fn win_rate(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// KL(π ‖ π_sft) per completion, estimated on π's own samples: mean of Σ_t log π − log π_sft.
-fn kl_to(model: &Model, sft: &Model, prompts: &[Vec<u32>], samples: &[Vec<u32>]) -> Result<f32> {
+fn kl_to(model: &Model, sft: &Model, prompts: &[Vec<u32>], samples: &[Vec<u32>], pad: u32) -> Result<f32> {
     let gpu = model.params().values().gpu();
     let mut total = 0.0f64;
     for (p, s) in prompts.chunks(32).zip(samples.chunks(32)) {
         let ps: Vec<&[u32]> = p.iter().map(Vec::as_slice).collect();
         let ss: Vec<&[u32]> = s.iter().map(Vec::as_slice).collect();
-        let batch = SeqBatch::left_padded(&ps, &ss, b' ' as u32)?.upload(gpu)?;
+        let batch = SeqBatch::left_padded(&ps, &ss, pad)?.upload(gpu)?;
         let a = crate::align::sequence_logps(model, None, &batch)?.to_f32_vec()?;
         let b = crate::align::sequence_logps(sft, None, &batch)?.to_f32_vec()?;
         total += a.iter().zip(&b).map(|(x, y)| (x - y) as f64).sum::<f64>();

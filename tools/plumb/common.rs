@@ -100,7 +100,7 @@ pub fn check_ids(path: &Path, max_id: Option<u32>, model: &Model) -> Result<()> 
 /// Built-in human preference pairs of `split` (movie reviews whose mean ratings differ by at
 /// least 2 of 8 points) that fit in `max_len` tokens, at most `max`.
 pub fn builtin_pairs(split: Split, max_len: usize, max: usize) -> Result<Vec<Pair>> {
-    demo::preference_pairs(split, 2.0, max_len.saturating_sub(2).min(120), max)
+    demo::preference_pairs(&plumb::tokenizer::Tokenizer::byte_level(), split, 2.0, max_len.saturating_sub(2).min(120), max)
 }
 
 /// Preference pairs from a prepared file, checked against the model.
@@ -133,7 +133,7 @@ pub fn prompts(data: Option<&Path>, model: &Model, max_prompt: usize) -> Result<
     let (all, stop) = match data {
         None => {
             check_byte_level(model)?;
-            let o = demo::openings(Split::Rl, 2)?;
+            let o = demo::openings(&plumb::tokenizer::Tokenizer::byte_level(), Split::Rl, 2)?;
             println!("data: {} built-in movie-review openings", o.len());
             (o, vec![demo::NEWLINE])
         }

@@ -41,6 +41,22 @@ pub struct DemoArgs {
     /// Held-out openings the judge scores.
     #[arg(long)]
     eval_openings: Option<usize>,
+    /// Size of the BPE trained on the reviews; 0 = byte-level.
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    ppo_lr: Option<f32>,
+    #[arg(long)]
+    dpo_lr: Option<f32>,
+    /// PPO's KL penalty coefficient.
+    #[arg(long)]
+    kl_coef: Option<f32>,
+    /// DPO's β.
+    #[arg(long)]
+    beta: Option<f32>,
+    /// Added to PPO's reward of completions that do not end within --max-new-tokens, e.g. -1.
+    #[arg(long)]
+    missing_eos_penalty: Option<f32>,
 }
 
 pub fn run_cli(a: DemoArgs) -> Result<()> {
@@ -59,6 +75,12 @@ pub fn run_cli(a: DemoArgs) -> Result<()> {
         onpolicy_steps: a.onpolicy_steps.unwrap_or(s(d.onpolicy_steps)),
         max_new_tokens: a.max_new_tokens.unwrap_or(d.max_new_tokens),
         eval_openings: a.eval_openings.unwrap_or(d.eval_openings),
+        vocab_size: a.vocab_size.unwrap_or(d.vocab_size),
+        ppo_lr: a.ppo_lr.unwrap_or(d.ppo_lr),
+        dpo_lr: a.dpo_lr.unwrap_or(d.dpo_lr),
+        kl_coef: a.kl_coef.unwrap_or(d.kl_coef),
+        beta: a.beta.unwrap_or(d.beta),
+        missing_eos_penalty: a.missing_eos_penalty.or(d.missing_eos_penalty),
         progress: true,
         ..d
     };
