@@ -109,7 +109,7 @@ impl Tensor {
             return Ok(());
         }
         let mut padded;
-        let bytes = if bytes.len() % 4 != 0 {
+        let bytes = if !bytes.len().is_multiple_of(4) {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4) * 4, 0);
             &padded[..]
@@ -164,7 +164,7 @@ impl Tensor {
         }
         let offset = self.offset + (start * self.dtype.size()) as u64;
         let align = self.gpu.limits().min_storage_buffer_offset_alignment as u64;
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(Error::shape("Tensor::view", format!("byte offset {offset} is not a multiple of {align}")));
         }
         Ok(Tensor { buf: self.buf.clone(), offset, shape: shape.to_vec(), dtype: self.dtype, gpu: self.gpu.clone() })

@@ -15,6 +15,10 @@ use plumb::tokenizer::Tokenizer;
 
 #[path = "../tools/plumb/data.rs"]
 mod cli;
+/// The CLI's shared helpers, which `data.rs` uses (`crate::common`).
+#[path = "../tools/plumb/common.rs"]
+#[allow(dead_code)]
+mod common;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data_formats").join(name);

@@ -1,5 +1,6 @@
 //! A shrunken `plumb demo` end to end (tiny model, a few steps per stage): every stage runs on
-//! the real WGSL path and leaves its artefacts and metrics.
+//! the real WGSL path and leaves its artefacts and metrics, and a second run with the same seed
+//! reproduces it exactly.
 mod common;
 use plumb::demo::{run, DemoConfig};
 use plumb::train::metrics::read_metrics;
@@ -38,5 +39,13 @@ fn shrunken_demo_produces_every_artefact() {
     assert!(svg.contains("<svg") && svg.contains("PPO: objective/scores"), "curves.svg lacks the PPO panel");
     let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
     assert!(md.contains("| PPO (RLHF) |") && md.contains("held-out accuracy"));
+    // deterministic for a seed: a second run gives the same scores, samples and curves
+    let again = run(&DemoConfig::tiny(dir.join("again"))).unwrap();
+    for (a, b) in report.rows.iter().zip(&again.rows) {
+        assert_eq!((a.judge, a.win_rate, a.kl, &a.samples), (b.judge, b.win_rate, b.kl, &b.samples), "{}", a.method);
+    }
+    for (a, b) in report.curves.iter().zip(&again.curves) {
+        assert_eq!(a.values, b.values, "{}: {}", a.method, a.metric);
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

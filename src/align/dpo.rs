@@ -24,19 +24,13 @@ use crate::tensor::Tensor;
 use std::path::Path;
 
 /// DPO settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DpoTrainConfig {
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
-}
-
-impl Default for DpoTrainConfig {
-    fn default() -> Self {
-        DpoTrainConfig { train: TrainConfig::default(), loss: DpoConfig::default(), pad_id: 0 }
-    }
 }
 
 /// Trains a policy on preference pairs: `Dpo::new(cfg).train(&policy, &pairs, Reference::Model(&sft))`.

@@ -150,7 +150,7 @@ impl Ppo {
         if prompts.is_empty() {
             return Err(Error::config("PPO", "no prompts"));
         }
-        if cfg.minibatches == 0 || b % cfg.minibatches != 0 || cfg.ppo_epochs == 0 {
+        if cfg.minibatches == 0 || !b.is_multiple_of(cfg.minibatches) || cfg.ppo_epochs == 0 {
             return Err(Error::config("PPO", format!("{} minibatches must divide the batch of {b}; epochs {} must be positive", cfg.minibatches, cfg.ppo_epochs)));
         }
         let gpu = policy.params().values().gpu().clone();
@@ -165,7 +165,7 @@ impl Ppo {
             let sc = self.score(policy, &head, &ro, rewards, &reference, kl_coef)?;
             let mut rec = sc.metrics.clone();
             let mb = b / cfg.minibatches;
-            let mut sums = vec![0.0f64; 6];
+            let mut sums = [0.0f64; 6];
             let mut count = 0.0;
             for epoch in 0..cfg.ppo_epochs {
                 for k in 0..cfg.minibatches {

@@ -133,7 +133,7 @@ mod tests {
     fn size_classes_cover_and_bound_waste() {
         for bytes in [1u64, 255, 256, 257, 1000, 4096, 4097, 1 << 20, (1 << 20) + 1, 123_456_789] {
             let c = size_class(bytes);
-            assert!(c >= bytes && c % 256 == 0, "{bytes} -> {c}");
+            assert!(c >= bytes && c.is_multiple_of(256), "{bytes} -> {c}");
             assert!(c as f64 <= (bytes.max(256) as f64) * 1.25 + 256.0, "{bytes} -> {c}");
         }
     }

@@ -76,7 +76,7 @@ impl Gpt {
     }
 
     fn check(cfg: &GptConfig) -> Result<()> {
-        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+        if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(Error::config("GPT config", format!("n_embd {} is not a multiple of n_head {}", cfg.n_embd, cfg.n_head)));
         }
         if !["gelu_new", "gelu", "gelu_pytorch_tanh"].contains(&cfg.activation_function.as_str()) {

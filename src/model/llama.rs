@@ -89,7 +89,7 @@ impl Llama {
 
     fn check(cfg: &LlamaConfig) -> Result<()> {
         let (hq, hkv) = (cfg.num_attention_heads, Self::kv_heads(cfg));
-        if hq == 0 || cfg.hidden_size % hq != 0 || hkv == 0 || hq % hkv != 0 {
+        if hq == 0 || !cfg.hidden_size.is_multiple_of(hq) || hkv == 0 || !hq.is_multiple_of(hkv) {
             return Err(Error::config(
                 "Llama config",
                 format!("hidden_size {} / heads {hq} / kv heads {hkv} do not divide", cfg.hidden_size),

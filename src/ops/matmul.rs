@@ -328,9 +328,9 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     let mut consts = vec![
         ("TRANS_A", flag(p.trans_a)),
         ("TRANS_B", flag(p.trans_b)),
-        ("C_VEC4", flag(p.n % 4 == 0)),
+        ("C_VEC4", flag(p.n.is_multiple_of(4))),
         ("HAS_BIAS", flag(bias.is_some())),
-        ("TAIL", flag(p.k % 4 != 0)),
+        ("TAIL", flag(!p.k.is_multiple_of(4))),
         ("RB", tile.rb as f64),
         ("CB", tile.cb as f64),
         ("WG_X", tile.wg_x as f64),
@@ -388,7 +388,7 @@ fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<usize> {
         return None;
     }
     let mut w = 1024.min(max);
-    while w > 16 && (a_vecs % w != 0 || b_vecs % w != 0) {
+    while w > 16 && (!a_vecs.is_multiple_of(w) || !b_vecs.is_multiple_of(w)) {
         w /= 2;
     }
     while a_vecs.max(b_vecs).div_ceil(w) > max {
@@ -541,7 +541,7 @@ pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
         dy.clone()
     } else if let Some(width) = texture_width(dy.gpu(), dy.len() / 4, dy.len() / 4).filter(|_| {
         // CPU adapters read the big first pass from a texture (see `Feed`).
-        dy.gpu().variant() == KernelVariant::Register && n % 4 == 0
+        dy.gpu().variant() == KernelVariant::Register && n.is_multiple_of(4)
     }) {
         colsum_texture(dy, rows, n, GROUP, width)?
     } else {
