@@ -137,13 +137,13 @@ mod tests {
 
     #[test]
     fn review_bpe_keeps_newline_whole_and_round_trips() {
-        let tok = review_tokenizer(512).unwrap();
-        assert_eq!(tok.vocab_size(), 512);
+        let tok = review_tokenizer(1024).unwrap();
+        assert_eq!(tok.vocab_size(), 1024);
         let nl = newline(&tok).unwrap();
         let text = "\nA gorgeous, witty, seductive movie.";
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids[0], nl);
-        assert!(ids.len() < text.len() / 2, "{} tokens for {} bytes", ids.len(), text.len());
+        assert!(ids.len() <= text.len() / 2, "{} tokens for {} bytes", ids.len(), text.len());
         assert_eq!(tok.decode(&ids).unwrap(), text);
         let o = openings(&tok, Split::Eval, 2).unwrap();
         assert!(o.iter().all(|x| x[0] == nl && x.len() >= 3));
