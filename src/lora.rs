@@ -1,5 +1,7 @@
 //! LoRA adapters (Hu et al. 2021) in PEFT's layout: a targeted projection `y = base(x)` becomes
-//!     y = base(x) + (α/r) · (x·Aᵀ)·Bᵀ        A (r, in), B (out, r)
+//! ```text
+//! y = base(x) + (α/r) · (x·Aᵀ)·Bᵀ        A (r, in), B (out, r)
+//! ```
 //! while the adapters are enabled. Only A and B train; the base weights enter the tape as
 //! constants, so no gradient is computed for them and they never change. With the adapters
 //! switched off the model *is* the base model, which is what DPO and PPO use as their reference:
@@ -7,8 +9,10 @@
 //!
 //! Tensor names, shapes, initialisation and `adapter_config.json` follow PEFT, so an adapter saved
 //! here loads with `PeftModel.from_pretrained` and back:
-//!     base_model.model.transformer.h.0.attn.c_attn.lora_A.weight      (r, in)
-//!     base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight  (out, r)
+//! ```text
+//! base_model.model.transformer.h.0.attn.c_attn.lora_A.weight      (r, in)
+//! base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight  (out, r)
+//! ```
 //! A starts kaiming-uniform (PEFT's `a=√5`: U(-1/√in, 1/√in)), B at zero, so a fresh adapter
 //! leaves the model's outputs unchanged. Target modules match PEFT's way: a module is targeted
 //! when its name equals a target or ends with `.` + target (`c_proj` is both GPT-2's attention

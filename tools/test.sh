@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # plumb's whole test suite, as CI runs it: every test on the default adapter (lavapipe's Vulkan
-# on a machine without a GPU), then the kernel tables again on the GL backend, a second driver.
+# on a machine without a GPU) and the documentation examples, then the kernel tables again on
+# the GL backend, a second driver.
 # With CI=true a missing GPU adapter fails the run instead of skipping GPU tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --all-targets
+cargo test --doc
 PLUMB_BACKEND=gl cargo test --test "gradcheck_*"

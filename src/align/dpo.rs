@@ -2,7 +2,9 @@
 //! (x, y_c, y_r) the policy's log-probs `π_c = log π(y_c|x)`, `π_r` and the reference's `ρ_c`,
 //! `ρ_r` give the implicit reward margin
 //!
-//!     h = β [(π_c − ρ_c) − (π_r − ρ_r)],   sigmoid loss: L = −log σ(h)
+//! ```text
+//! h = β [(π_c − ρ_c) − (π_r − ρ_r)],   sigmoid loss: L = −log σ(h)
+//! ```
 //!
 //! and the other loss types of [`DpoLoss`] (hinge, ipo, robust, bco_pair, apo_zero, apo_down,
 //! sigmoid_norm, sft, and weighted mixtures), all in one fused kernel

@@ -2,7 +2,9 @@
 //! completions, score each (a reward model or a Rust function: a verifiable reward), and use
 //! the group-normalised reward as every token's advantage,
 //!
-//!     A_i = (r_i − mean(r_group)) / (std(r_group) + 1e-4),
+//! ```text
+//! A_i = (r_i − mean(r_group)) / (std(r_group) + 1e-4),
+//! ```
 //!
 //! in the clipped objective `−min(ρA, clip(ρ, 1 ± ε)A) + β·k3(π, π_ref)` averaged over each
 //! completion's tokens, then over completions ([`crate::ops::ppo::grpo_loss`], one kernel pass).

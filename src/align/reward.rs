@@ -1,7 +1,9 @@
 //! Reward models (TRL's RewardTrainer): a transformer whose scalar head reads the hidden state
 //! of each row's last real token, trained on preference pairs with the Bradley-Terry loss
 //!
-//!     L = mean_i −log σ(r(x, y_c) − r(x, y_r) − m_i) + μ · mean_i (r_c + r_r)²
+//! ```text
+//! L = mean_i −log σ(r(x, y_c) − r(x, y_r) − m_i) + μ · mean_i (r_c + r_r)²
+//! ```
 //!
 //! ([`crate::ops::reward::bradley_terry`], one fused kernel). The head is Hugging Face's
 //! `score.weight` (1, C), kept in the same flat parameter store as the trunk, so one AdamW and
