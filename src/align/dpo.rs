@@ -19,7 +19,7 @@ use super::seqs::{sequence_logps, SeqTensors};
 use crate::data::PreferenceDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
 use crate::ops::elementwise::slice_last_forward;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -104,7 +104,8 @@ impl Dpo {
         });
         run_steps("dpo", &cfg.train, policy, describe, |step, lr, opt| {
             let batch: Vec<Pair> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let s = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(&gpu)?;
+            let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
+            let s = rows.upload(&gpu)?;
             let refs = reference_logps(policy, &reference, &s, &batch)?;
             let (rc, rr) = split_tensor(&refs, b)?;
             let (lc, lr_) = split_tensor(&s.completion_len, b)?;
@@ -115,10 +116,11 @@ impl Dpo {
             tape.backward(&loss)?;
             let norm = opt.step(policy.trainable(), lr)?;
             policy.trainable().zero_grad()?;
-            let m = metrics.read()?; // the step's submit
+            let stats = metrics.tensor().to_f32_vec()?; // the step's submit: [loss, metrics...]
+            let m: Vec<(&str, f32)> = DPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).collect();
             let mut rec = to_json(&m);
-            rec["loss"] = metrics.tensor().to_f32_vec()?[0].into();
-            let (sums, lens) = (logit_sums.to_f32_vec()?, s.completion_len.to_f32_vec()?);
+            rec["loss"] = stats[0].into();
+            let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
             for (k, name) in ["logits/chosen", "logits/rejected"].iter().enumerate() {
                 let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
                 rec[*name] = (s / l.max(1.0)).into();

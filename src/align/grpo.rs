@@ -92,8 +92,9 @@ impl Grpo {
             tape.backward(&loss)?;
             opt.step(policy.trainable(), lr)?;
             policy.trainable().zero_grad()?;
-            let mut rec = to_json(&metrics.read()?);
-            rec["loss"] = metrics.tensor().to_f32_vec()?[0].into();
+            let stats = metrics.tensor().to_f32_vec()?; // the step's submit: [loss, kl, clip ratios]
+            let mut rec = to_json(&metrics.named(&stats));
+            rec["loss"] = stats[0].into();
             let mean = r.iter().sum::<f32>() / r.len() as f32;
             let std = (r.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / (r.len() - 1).max(1) as f32).sqrt();
             rec["reward"] = mean.into();

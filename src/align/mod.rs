@@ -10,7 +10,9 @@
 //! let reference = plumb::model::Model::load(&gpu, "sft-out/latest-model".as_ref())?;
 //! let pairs = plumb::data::PreferenceDataset::open("prefs.bin")?;
 //! let metrics = Dpo::new(DpoTrainConfig::default()).train(&policy, &pairs, Reference::Model(&reference))?;
-//! println!("{}", metrics.last().unwrap()["rewards/accuracies"]);
+//! if let Some(last) = metrics.last() {
+//!     println!("accuracy {}", last["rewards/accuracies"]);
+//! }
 //! # Ok(()) }
 //! ```
 

@@ -297,16 +297,9 @@ fn write_pairs(path: &std::path::Path, pairs: &[Pair], vocab: usize, eos: u32) -
 /// Two sampled completions per prompt, ordered by the reward model (ties dropped).
 fn sample_labelled_pairs(model: &Model, rm: &RewardModel, prompts: &[Vec<u32>], rollout: &RolloutConfig, max_len: usize, seed: u64) -> Result<Vec<Pair>> {
     let twice: Vec<Vec<u32>> = prompts.iter().flat_map(|p| [p.clone(), p.clone()]).collect();
-    let gen = GenerateConfig {
-        max_new_tokens: rollout.max_new_tokens,
-        sampling: SamplingConfig { temperature: rollout.temperature, top_k: 0, top_p: 1.0 },
-        stop_ids: rollout.stop_ids.clone(),
-        seed: seed ^ 0x0b0e,
-        pad_id: rollout.pad_id,
-    };
     let mut out = vec![];
     for chunk in twice.chunks(64) {
-        let samples = generate(model, chunk, &gen)?;
+        let samples = crate::align::rollout::sample(model, chunk, rollout, seed ^ 0x0b0e)?.completions;
         let rows: Vec<(&[u32], &[u32])> = chunk.iter().map(Vec::as_slice).zip(samples.iter().map(Vec::as_slice)).collect();
         let scores = rm.score_rows(&rows, max_len, rollout.pad_id, 32)?;
         for k in (0..chunk.len()).step_by(2) {

@@ -332,9 +332,13 @@ impl GrpoMetrics {
     /// estimate, only with a reference), `clip_ratio/low_mean` = fraction with ratio < 1 - ε and
     /// A < 0, `clip_ratio/high_mean` = ratio > 1 + ε and A > 0, `clip_ratio/region_mean` = either.
     pub fn read(&self) -> Result<Vec<(&'static str, f32)>> {
-        let v = self.stats.to_f32_vec()?;
+        Ok(self.named(&self.stats.to_f32_vec()?))
+    }
+
+    /// The metrics of `stats`, values already read from [`GrpoMetrics::tensor`] (loss first).
+    pub fn named(&self, stats: &[f32]) -> Vec<(&'static str, f32)> {
         let skip = if self.with_kl { 0 } else { 1 };
-        Ok(GRPO_METRIC_NAMES.iter().copied().zip(v[1..].iter().copied()).skip(skip).collect())
+        GRPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).skip(skip).collect()
     }
 }
 
