@@ -53,7 +53,7 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn timeit(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+fn timeit(gpu: &Gpu, warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
     let mut first = 0.0;
     for w in 0..warmup.max(1) {
         let t = Instant::now();
@@ -61,6 +61,10 @@ fn timeit(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Res
         if w == 0 {
             first = t.elapsed().as_secs_f64();
         }
+    }
+    // With PLUMB_PROFILE, the per-kernel table covers the timed iterations only.
+    if gpu.profiling() {
+        gpu.take_profile();
     }
     let mut ts = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
@@ -85,7 +89,7 @@ pub fn w1(gpu: &Gpu, iters: usize) -> Result<Vec<BenchResult>> {
         let (a, b) = (Tensor::from_f32(gpu, &a, &[m, k])?, Tensor::from_f32(gpu, &b, &[k, n])?);
         let flops = 2.0 * (m * n * k) as f64;
         let reps = ((2e9 / flops) as usize).max(1);
-        let t = timeit(3, iters, || {
+        let t = timeit(gpu, 3, iters, || {
             let mut last = None;
             for _ in 0..reps {
                 last = Some(matmul_forward(&a, &b, None, false, false)?);
@@ -167,7 +171,7 @@ impl W2 {
 /// W2 timed by the harness rule; tokens/s.
 pub fn w2(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
     let mut w = W2::new(gpu)?;
-    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    let tm = timeit(gpu, 3, iters, || w.step().map(|_| ()))?;
     Ok(result("W2 train step 8x128".into(), tm, W2::TOKENS as f64, "tokens_per_s"))
 }
 
@@ -241,7 +245,7 @@ impl W3 {
 /// W3 timed by the harness rule; pairs/s.
 pub fn w3(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
     let mut w = W3::new(gpu)?;
-    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    let tm = timeit(gpu, 3, iters, || w.step().map(|_| ()))?;
     Ok(result("W3 DPO step 8 pairs".into(), tm, W3::PAIRS as f64, "pairs_per_s"))
 }
 
@@ -283,6 +287,6 @@ impl W4 {
 /// W4 timed by the harness rule; tokens/s.
 pub fn w4(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
     let mut w = W4::new(gpu)?;
-    let tm = timeit(3, iters, || w.step().map(|_| ()))?;
+    let tm = timeit(gpu, 3, iters, || w.step().map(|_| ()))?;
     Ok(result("W4 generate 8x64".into(), tm, W4::TOKENS as f64, "tokens_per_s"))
 }

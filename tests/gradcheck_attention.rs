@@ -5,7 +5,8 @@ mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::attention::reference::{self as r, Shape};
 use plumb::ops::attention::{
-    attention, attention_backward, attention_forward, attention_fused_qkv, AttentionConfig, KvCache, LSE_NO_KEYS,
+    attention, attention_backward, attention_forward, attention_fused_qkv, set_subgroup_kernels, AttentionConfig, KvCache,
+    LSE_NO_KEYS,
 };
 use plumb::{DType, Gpu, KernelVariant, Tensor};
 
@@ -91,6 +92,16 @@ fn attention_table_register() {
     let Some(gpu) = common::gpu() else { return };
     gpu.set_variant(KernelVariant::Register);
     run_table(&gpu, "attention register", &table());
+}
+
+/// The register kernels without their subgroup variants (which lavapipe takes by default).
+#[test]
+fn attention_table_register_no_subgroups() {
+    let Some(gpu) = common::gpu() else { return };
+    gpu.set_variant(KernelVariant::Register);
+    set_subgroup_kernels(false);
+    run_table(&gpu, "attention register, no subgroups", &table());
+    set_subgroup_kernels(true);
 }
 
 #[test]

@@ -29,7 +29,8 @@ fn fixed(shape: &[usize], data: Vec<f32>) -> Input {
 fn norm_table() {
     let Some(gpu) = common::gpu() else { return };
     let mut cases = Vec::new();
-    for (rows, c) in [(1, 1), (1, 130), (7, 7), (7, 33), (33, 1), (33, 130), (200, 33)] {
+    // Widths that are multiples of 4 take the texture-fed kernels on CPU adapters.
+    for (rows, c) in [(1, 1), (1, 130), (7, 7), (7, 33), (33, 1), (33, 130), (200, 33), (1, 4), (7, 8), (33, 128), (130, 64)] {
         cases.push(Case::new(
             format!("layer_norm ({rows},{c})"),
             vec![Input::range(&[rows, c], -2.0, 3.0), Input::range(&[c], 0.5, 1.5), Input::f(&[c])],
@@ -53,6 +54,18 @@ fn norm_table() {
     cases.push(Case::new(
         "layer_norm params only (70,9)",
         vec![Input::nograd(&[70, 9]), Input::f(&[9]), Input::f(&[9])],
+        |v| norm::layer_norm(&v[0], &v[1], &v[2], 1e-5),
+        |d| norm::reference::layer_norm(&d[0], &d[1], &d[2], 1e-5),
+    ));
+    cases.push(Case::new(
+        "layer_norm params only (70,12)",
+        vec![Input::nograd(&[70, 12]), Input::f(&[12]), Input::f(&[12])],
+        |v| norm::layer_norm(&v[0], &v[1], &v[2], 1e-5),
+        |d| norm::reference::layer_norm(&d[0], &d[1], &d[2], 1e-5),
+    ));
+    cases.push(Case::new(
+        "layer_norm input only (70,12)",
+        vec![Input::f(&[70, 12]), Input::nograd(&[12]), Input::nograd(&[12])],
         |v| norm::layer_norm(&v[0], &v[1], &v[2], 1e-5),
         |d| norm::reference::layer_norm(&d[0], &d[1], &d[2], 1e-5),
     ));
@@ -88,7 +101,8 @@ fn norm_param_grads_are_deterministic() {
 fn activation_table() {
     let Some(gpu) = common::gpu() else { return };
     let mut cases = Vec::new();
-    for n in [1usize, 7, 33, 130, 1000] {
+    // Lengths that are multiples of 4 take the texture-fed GELU on CPU adapters.
+    for n in [1usize, 7, 16, 33, 130, 1000] {
         for kind in [GeluKind::Tanh, GeluKind::Erf] {
             cases.push(Case::new(
                 format!("gelu {kind:?} n={n}"),
@@ -116,16 +130,21 @@ fn activation_table() {
 #[test]
 fn gelu_erf_is_float_accurate_and_finite_in_the_tails() {
     let Some(gpu) = common::gpu() else { return };
-    let xs: Vec<f32> = (0..4001).map(|i| -20.0 + i as f32 * 0.01).chain([-1e30, 1e30, -100.0, 100.0]).collect();
-    let x = Tensor::from_f32(&gpu, &xs, &[xs.len()]).unwrap();
-    let xd: Vec<f64> = xs.iter().map(|&v| v as f64).collect();
-    for kind in [GeluKind::Erf, GeluKind::Tanh] {
-        let got = act::gelu_forward(&x, kind).unwrap().to_f32_vec().unwrap();
-        let want = act::reference::gelu(&xd, kind);
-        common::assert_close(&format!("gelu {kind:?}"), &got, &want, 1e-6, 2e-6);
-        let dx = act::gelu_backward(&Tensor::from_f32(&gpu, &vec![1.0; xs.len()], &[xs.len()]).unwrap(), &x, kind).unwrap();
-        assert!(dx.to_f32_vec().unwrap().iter().all(|v| v.is_finite()), "gelu {kind:?} gradient not finite");
+    let all: Vec<f32> = (0..4001).map(|i| -20.0 + i as f32 * 0.01).chain([-1e30, 1e30, -100.0, 100.0]).collect();
+    // 4005 values take the buffer-fed kernels, their last 4004 the texture-fed ones (CPU adapters).
+    for xs in [&all[..], &all[1..]] {
+        let x = Tensor::from_f32(&gpu, xs, &[xs.len()]).unwrap();
+        let xd: Vec<f64> = xs.iter().map(|&v| v as f64).collect();
+        for kind in [GeluKind::Erf, GeluKind::Tanh] {
+            let got = act::gelu_forward(&x, kind).unwrap().to_f32_vec().unwrap();
+            let want = act::reference::gelu(&xd, kind);
+            common::assert_close(&format!("gelu {kind:?}"), &got, &want, 1e-6, 2e-6);
+            let dx = act::gelu_backward(&Tensor::from_f32(&gpu, &vec![1.0; xs.len()], &[xs.len()]).unwrap(), &x, kind).unwrap();
+            assert!(dx.to_f32_vec().unwrap().iter().all(|v| v.is_finite()), "gelu {kind:?} gradient not finite");
+        }
     }
+    let x = Tensor::from_f32(&gpu, &all, &[all.len()]).unwrap();
+    let xd: Vec<f64> = all.iter().map(|&v| v as f64).collect();
     let got = act::silu_forward(&x).unwrap().to_f32_vec().unwrap();
     common::assert_close("silu", &got, &act::reference::silu(&xd), 1e-6, 2e-6);
 }

@@ -8,10 +8,13 @@
 
 mod kernels;
 mod pool;
+mod profile;
 mod recorder;
+pub(crate) mod texture;
 
 pub use kernels::{all_shaders, Kernel, ShaderSource};
 pub(crate) use pool::{alloc as pool_alloc_inner, PoolBuffer};
+pub use profile::{format_profile, ProfileRow};
 pub use recorder::Binding;
 
 use crate::error::{Error, Result};
@@ -142,6 +145,8 @@ pub(crate) struct GpuInner {
     pub(crate) pipelines: kernels::PipelineCache,
     pub(crate) pool: Mutex<pool::Pool>,
     pub(crate) rec: Mutex<recorder::Recorder>,
+    pub(crate) profiler: Mutex<profile::Profiler>,
+    pub(crate) textures: Mutex<texture::TexturePool>,
 }
 
 /// A handle to the opened device. Cheap to clone; every tensor keeps one.
@@ -218,6 +223,8 @@ impl Gpu {
             pipelines: kernels::PipelineCache::default(),
             pool: Mutex::new(pool::Pool::default()),
             rec: Mutex::new(recorder::Recorder::new(&limits)),
+            profiler: Mutex::new(profile::Profiler::from_env()),
+            textures: Mutex::new(texture::TexturePool::default()),
         })))
     }
 
@@ -297,9 +304,10 @@ impl Gpu {
         p.peak_bytes = p.in_use_bytes;
     }
 
-    /// Release every cached (unused) buffer back to the driver.
+    /// Release every cached (unused) buffer and operand texture back to the driver.
     pub fn trim_pool(&self) {
         self.0.pool.lock().unwrap_or_else(|e| e.into_inner()).trim();
+        self.0.textures.lock().unwrap_or_else(|e| e.into_inner()).trim();
     }
 }
 

@@ -123,6 +123,20 @@ impl Gpu {
         bufs: &[Binding],
         groups: [u32; 3],
     ) -> Result<()> {
+        self.dispatch_at(k, params, (1, textures), (textures.len() as u32 + 1, bufs), groups)
+    }
+
+    /// [`Gpu::dispatch_with_textures`] with the textures at bindings `tex_at`, `tex_at + 1`, ...
+    /// and the buffers at `buf_at`, ...: for entry points that share a shader file with others
+    /// whose bindings come first.
+    pub fn dispatch_at(
+        &self,
+        k: &Kernel,
+        params: &[u8],
+        (tex_at, textures): (u32, &[&wgpu::TextureView]),
+        (buf_at, bufs): (u32, &[Binding]),
+        groups: [u32; 3],
+    ) -> Result<()> {
         let max = self.limits().max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::shape("dispatch", format!("{}: workgroups {groups:?} exceed the limit {max}", k.entry)));
@@ -144,9 +158,9 @@ impl Gpu {
             }),
         });
         for (i, t) in textures.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::TextureView(t) });
+            entries.push(wgpu::BindGroupEntry { binding: tex_at + i as u32, resource: wgpu::BindingResource::TextureView(t) });
         }
-        let first = textures.len() as u32 + 1;
+        let first = buf_at;
         for (i, b) in bufs.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + first,
@@ -175,6 +189,11 @@ impl Gpu {
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         rec.dispatches += 1;
+        drop(rec);
+        if self.0.profiler.lock().unwrap_or_else(|e| e.into_inner()).on {
+            let consts: Vec<String> = k.constants.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            self.profile_dispatch(format!("{}#{} {} {groups:?}", k.shader.path, k.entry, consts.join(",")))?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 //! 1.2e-7 (see `shaders/activation/gelu.wgsl`).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, ShaderSource};
+use crate::gpu::texture::tensor_textures;
+use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
@@ -27,6 +28,7 @@ pub enum GeluKind {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
+    /// `_pad[0]`: the textures' shift for the texture-fed entries.
     _pad: [u32; 3],
 }
 
@@ -48,6 +50,30 @@ fn run(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins
     gpu.dispatch(&Kernel::new(shader, entry), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(first.len(), 256))
 }
 
+/// On CPU adapters, `<entry>_texture`: one thread per vec4 writing `out` from texture copies of
+/// `ins` (at bindings 4 and 5; `out` at 6). False where that form does not apply (other
+/// adapters, a length that is not a multiple of 4, textures too large); nothing is recorded then.
+fn run_texture(shader: &'static ShaderSource, entry: &'static str, out: &Tensor, ins: &[&Tensor]) -> Result<bool> {
+    let gpu = out.gpu();
+    if gpu.variant() != KernelVariant::Register || !out.len().is_multiple_of(4) || ins.iter().any(|t| t.shape() != out.shape()) {
+        return Ok(false);
+    }
+    let Some((tex, shift)) = tensor_textures(ins)? else { return Ok(false) };
+    let entry = match entry {
+        "forward_tanh" => "forward_tanh_texture",
+        "backward_tanh" => "backward_tanh_texture",
+        "forward_erf" => "forward_erf_texture",
+        "backward_erf" => "backward_erf_texture",
+        _ => return Ok(false),
+    };
+    let n4 = out.len() / 4;
+    let p = Params { n: n4 as u32, _pad: [shift, 0, 0] };
+    let views: Vec<&wgpu::TextureView> = tex.iter().map(|t| &t.view).collect();
+    let k = Kernel::new(shader, entry);
+    gpu.dispatch_at(&k, bytemuck::bytes_of(&p), (4, &views), (6, &[out.binding_vec4()]), gpu.groups_1d(n4, 256))?;
+    Ok(true)
+}
+
 fn like(x: &Tensor, what: &str) -> Result<Tensor> {
     Tensor::empty(x.gpu(), x.shape(), DType::F32, what)
 }
@@ -59,7 +85,9 @@ pub fn gelu_forward(x: &Tensor, kind: GeluKind) -> Result<Tensor> {
         GeluKind::Tanh => "forward_tanh",
         GeluKind::Erf => "forward_erf",
     };
-    run(&GELU, entry, &[&y], &[x])?;
+    if !run_texture(&GELU, entry, &y, &[x])? {
+        run(&GELU, entry, &[&y], &[x])?;
+    }
     Ok(y)
 }
 
@@ -70,7 +98,9 @@ pub fn gelu_backward(dout: &Tensor, x: &Tensor, kind: GeluKind) -> Result<Tensor
         GeluKind::Tanh => "backward_tanh",
         GeluKind::Erf => "backward_erf",
     };
-    run(&GELU, entry, &[&dx], &[x, dout])?;
+    if !run_texture(&GELU, entry, &dx, &[x, dout])? {
+        run(&GELU, entry, &[&dx], &[x, dout])?;
+    }
     Ok(dx)
 }
 

@@ -22,6 +22,7 @@ use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod kv_cache;
 mod textures;
@@ -35,9 +36,37 @@ static BACKWARD_STATS: ShaderSource = shader!("attention/backward_stats.wgsl");
 static BACKWARD_DQ: ShaderSource = shader!("attention/backward_dq.wgsl");
 static BACKWARD_DKV: ShaderSource = shader!("attention/backward_dkv.wgsl");
 static KV_CACHE: ShaderSource = shader!("attention/kv_cache.wgsl");
+static FORWARD_SUBGROUP: ShaderSource = shader!("attention/forward_subgroup.wgsl");
+static BACKWARD_DQ_SUBGROUP: ShaderSource = shader!("attention/backward_dq_subgroup.wgsl");
+static BACKWARD_DKV_SUBGROUP: ShaderSource = shader!("attention/backward_dkv_subgroup.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] =
-    &[&FORWARD, &FORWARD_TILED, &PACK, &BACKWARD_STATS, &BACKWARD_DQ, &BACKWARD_DKV, &KV_CACHE];
+pub static SHADERS: &[&ShaderSource] = &[
+    &FORWARD,
+    &FORWARD_TILED,
+    &PACK,
+    &BACKWARD_STATS,
+    &BACKWARD_DQ,
+    &BACKWARD_DKV,
+    &KV_CACHE,
+    &FORWARD_SUBGROUP,
+    &BACKWARD_DQ_SUBGROUP,
+    &BACKWARD_DKV_SUBGROUP,
+];
+
+static SUBGROUP_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Allow (the default) or forbid the subgroup variants of the texture-fed register kernels
+/// (`*_subgroup.wgsl`); tests and benches run both.
+pub fn set_subgroup_kernels(on: bool) {
+    SUBGROUP_KERNELS.store(on, Ordering::Relaxed);
+}
+
+/// True where the texture-fed register kernels take their subgroup variants: allowed, and the
+/// device has subgroups of exactly 8 consecutive lanes (lavapipe on 256-bit SIMD).
+fn subgroup_kernels(gpu: &crate::Gpu) -> bool {
+    let info = &gpu.adapter().info;
+    SUBGROUP_KERNELS.load(Ordering::Relaxed) && gpu.has_subgroups() && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
+}
 
 /// The largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -202,6 +231,16 @@ impl Call<'_> {
             None if d.q_len * group >= 4 => self.pack_qkv()?,
             None => None,
         };
+        if let (Some([q, k, v]), true) = (&textures, subgroup_kernels(gpu)) {
+            let groups = gpu.groups_1d(d.batch * d.n_head * d.q_len.next_multiple_of(8), 64);
+            return gpu.dispatch_with_textures(
+                &Kernel::new(&FORWARD_SUBGROUP, "forward").with(&[("HEAD_DIM", d.head_dim as f64)]),
+                bytemuck::bytes_of(&p),
+                &[&q.view, &k.view, &v.view],
+                &[self.mask_tensor().binding(), out.binding_vec4(), lse.binding()],
+                groups,
+            );
+        }
         let dummy;
         let views: [&wgpu::TextureView; 3] = match &textures {
             Some([q, k, v]) => [&q.view, &k.view, &v.view],
@@ -257,6 +296,24 @@ impl Call<'_> {
             Some(([q, k, v], o, st)) => [&q.view, &k.view, &v.view, &o.view, &st.view],
             None => [&dummy, &dummy, &dummy, &dummy, &dummy],
         };
+        if textures.is_some() && subgroup_kernels(gpu) {
+            let consts = [("HEAD_DIM", d.head_dim as f64)];
+            let mask = self.mask_tensor().binding();
+            gpu.dispatch_with_textures(
+                &Kernel::new(&BACKWARD_DQ_SUBGROUP, "backward_dq").with(&consts),
+                params,
+                &views,
+                &[mask, dq.binding_vec4()],
+                gpu.groups_1d(d.batch * d.n_head * d.q_len.next_multiple_of(8), 64),
+            )?;
+            return gpu.dispatch_with_textures(
+                &Kernel::new(&BACKWARD_DKV_SUBGROUP, "backward_dkv").with(&consts),
+                params,
+                &views,
+                &[mask, dk.binding_vec4(), dv.binding_vec4()],
+                gpu.groups_1d(d.batch * d.n_kv_head * d.kv_len.next_multiple_of(8), 64),
+            );
+        }
         let stats_buf = if textures.is_some() { lse.binding() } else { stats.binding() };
         let reads = [
             self.q.0.binding_vec4(),

@@ -21,6 +21,7 @@
 //!   memory.
 
 use crate::error::{Error, Result};
+use crate::gpu::texture::{dummy_texture, texture_width, upload_texture};
 use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
@@ -353,7 +354,7 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         return gpu.dispatch_with_textures(
             &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
             bytemuck::bytes_of(&params),
-            &[&ta, &tb],
+            &[&ta.view, &tb.view],
             &[bias_bind, out.binding_vec4()],
             groups,
         );
@@ -361,8 +362,7 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     let (ta, tb) = if feed == Feed::Texture {
         (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?)
     } else {
-        let dummy = dummy_texture(gpu);
-        (dummy.clone(), dummy)
+        (dummy_texture(gpu), dummy_texture(gpu))
     };
     consts.extend([
         ("FROM_TEXTURE", flag(feed == Feed::Texture)),
@@ -372,106 +372,10 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     gpu.dispatch_with_textures(
         &Kernel::new(&REGISTER, "matmul").with(&consts),
         bytemuck::bytes_of(&params),
-        &[&ta, &tb],
+        &[&ta.view, &tb.view],
         &[a.binding_vec4(), b.binding_vec4(), bias_bind, out.binding_vec4()],
         groups,
     )
-}
-
-/// The width (a power of two, in texels) of textures holding `a_vecs` and `b_vecs` vec4s, or
-/// None if they do not fit. Preferably one that divides both counts, so that the copies fill
-/// whole rows (a partly written texture is cleared first); at least 16 texels, since texture
-/// copies move rows of a multiple of 256 bytes.
-fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<usize> {
-    let max = gpu.limits().max_texture_dimension_2d as usize;
-    if a_vecs == 0 || b_vecs == 0 || max < 16 {
-        return None;
-    }
-    let mut w = 1024.min(max);
-    while w > 16 && (!a_vecs.is_multiple_of(w) || !b_vecs.is_multiple_of(w)) {
-        w /= 2;
-    }
-    while a_vecs.max(b_vecs).div_ceil(w) > max {
-        if w * 2 > max {
-            return None;
-        }
-        w *= 2;
-    }
-    Some(w)
-}
-
-/// Copy the first `vecs` vec4s of `t` into a new rgba32float texture `width` texels wide:
-/// vec4 number i is texel (i mod width, i / width). The copies are recorded in order with the
-/// step's dispatches.
-fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<wgpu::TextureView> {
-    let gpu = t.gpu();
-    let (full_rows, rest) = (vecs / width, vecs % width);
-    let size = wgpu::Extent3d { width: width as u32, height: vecs.div_ceil(width) as u32, depth_or_array_layers: 1 };
-    let tex = gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some("matmul operand"),
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    let b = t.binding();
-    let row_bytes = (width * 16) as u64;
-    gpu.with_encoder(|enc| {
-        // Whole rows, then the partial last one.
-        if full_rows > 0 {
-            enc.copy_buffer_to_texture(
-                wgpu::TexelCopyBufferInfo {
-                    buffer: b.buffer,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset: b.offset,
-                        bytes_per_row: Some(row_bytes as u32),
-                        rows_per_image: None,
-                    },
-                },
-                tex.as_image_copy(),
-                wgpu::Extent3d { width: width as u32, height: full_rows as u32, depth_or_array_layers: 1 },
-            );
-        }
-        if rest > 0 {
-            enc.copy_buffer_to_texture(
-                wgpu::TexelCopyBufferInfo {
-                    buffer: b.buffer,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset: b.offset + full_rows as u64 * row_bytes,
-                        bytes_per_row: None,
-                        rows_per_image: None,
-                    },
-                },
-                wgpu::TexelCopyTextureInfo {
-                    texture: &tex,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
-                    aspect: wgpu::TextureAspect::All,
-                },
-                wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 },
-            );
-        }
-    });
-    Ok(tex.create_view(&wgpu::TextureViewDescriptor::default()))
-}
-
-/// A 1x1 texture for the texture bindings of the buffer-fed path (never read).
-fn dummy_texture(gpu: &Gpu) -> wgpu::TextureView {
-    gpu.device()
-        .create_texture(&wgpu::TextureDescriptor {
-            label: Some("matmul unused texture"),
-            size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING,
-            view_formats: &[],
-        })
-        .create_view(&wgpu::TextureViewDescriptor::default())
 }
 
 /// An f32 copy of an f16 tensor.
@@ -517,7 +421,7 @@ fn colsum_texture(x: &Tensor, rows: usize, n: usize, group_rows: usize, width: u
     gpu.dispatch_with_textures(
         &Kernel::new(&COLSUM_TEXTURE, "colsum"),
         bytemuck::bytes_of(&p),
-        &[&tex],
+        &[&tex.view],
         &[out.binding_vec4()],
         gpu.groups_1d(groups * n / 4, 64),
     )?;

@@ -11,7 +11,8 @@
 //! [`Gpu::variant`]: crate::Gpu::variant
 
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, ShaderSource};
+use crate::gpu::texture::{tensor_textures, OperandTexture};
+use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::ops::reduce::{self, row_kernel};
 use crate::shader;
 use crate::tape::Var;
@@ -19,10 +20,21 @@ use crate::tensor::{DType, Tensor};
 
 static LAYERNORM: ShaderSource = shader!("norm/layernorm.wgsl");
 static LAYERNORM_BACKWARD: ShaderSource = shader!("norm/layernorm_backward.wgsl");
+static LAYERNORM_TEXTURE: ShaderSource = shader!("norm/layernorm_texture.wgsl");
+static LAYERNORM_BACKWARD_TEXTURE: ShaderSource = shader!("norm/layernorm_backward_texture.wgsl");
+static LAYERNORM_PARAMS_TEXTURE: ShaderSource = shader!("norm/layernorm_params_texture.wgsl");
 static RMSNORM: ShaderSource = shader!("norm/rmsnorm.wgsl");
 static RMSNORM_BACKWARD: ShaderSource = shader!("norm/rmsnorm_backward.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&LAYERNORM, &LAYERNORM_BACKWARD, &RMSNORM, &RMSNORM_BACKWARD];
+pub static SHADERS: &[&ShaderSource] = &[
+    &LAYERNORM,
+    &LAYERNORM_BACKWARD,
+    &LAYERNORM_TEXTURE,
+    &LAYERNORM_BACKWARD_TEXTURE,
+    &LAYERNORM_PARAMS_TEXTURE,
+    &RMSNORM,
+    &RMSNORM_BACKWARD,
+];
 
 /// Rows per block in the parameter-gradient partial sums.
 const ROWS_PER_BLOCK: usize = 64;
@@ -79,10 +91,78 @@ pub fn layer_norm_forward(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) 
     let mean = Tensor::empty(gpu, &[rows], DType::F32, "layer_norm mean")?;
     let rstd = Tensor::empty(gpu, &[rows], DType::F32, "layer_norm rstd")?;
     let p = ForwardParams { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
+    if let Some((tex, shift)) = row_textures(gpu, cols, &[x, weight, bias])? {
+        // the texture kernel reads the textures' shift in place of the padding
+        let p = ForwardParams { _pad: shift, ..p };
+        gpu.dispatch_with_textures(
+            &Kernel::new(&LAYERNORM_TEXTURE, "forward"),
+            bytemuck::bytes_of(&p),
+            &[&tex[0].view, &tex[1].view, &tex[2].view],
+            &[out.binding_vec4(), mean.binding(), rstd.binding()],
+            gpu.groups_1d(rows, 64),
+        )?;
+        return Ok((out, mean, rstd));
+    }
     let (entry, groups) = row_kernel(gpu, rows, cols, "forward_thread", "forward_group");
     let binds = [out.binding(), mean.binding(), rstd.binding(), x.binding(), weight.binding(), bias.binding()];
     gpu.dispatch(&Kernel::new(&LAYERNORM, entry), bytemuck::bytes_of(&p), &binds, groups)?;
     Ok((out, mean, rstd))
+}
+
+/// Texture copies of `tensors` for the texture-fed row kernels of CPU adapters (one thread per
+/// row, C a multiple of 4), or None where those do not apply.
+fn row_textures(gpu: &Gpu, cols: usize, tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
+    if gpu.variant() != KernelVariant::Register || !cols.is_multiple_of(4) || cols > reduce::THREAD_ROW_MAX {
+        return Ok(None);
+    }
+    tensor_textures(tensors)
+}
+
+/// [`layer_norm_backward`] on CPU adapters: `tex` holds dout, x and weight, `shift` is log2 of
+/// their width.
+fn layer_norm_backward_textures(
+    tex: &[OperandTexture],
+    shift: u32,
+    x: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    need: NeedGrads,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let gpu = x.gpu();
+    let cols = x.last_dim();
+    let rows = x.len() / cols;
+    // rows, cols, rows per block, shift (and for the partials: where dbias starts, in vec4s)
+    let p = [rows as u32, cols as u32, ROWS_PER_BLOCK as u32, shift];
+    let dx = if need.input {
+        let dx = Tensor::empty(gpu, x.shape(), DType::F32, "layer_norm dx")?;
+        gpu.dispatch_with_textures(
+            &Kernel::new(&LAYERNORM_BACKWARD_TEXTURE, "backward"),
+            bytemuck::cast_slice(&p),
+            &[&tex[0].view, &tex[1].view, &tex[2].view],
+            &[mean.binding(), rstd.binding(), dx.binding_vec4()],
+            gpu.groups_1d(rows, 64),
+        )?;
+        Some(dx)
+    } else {
+        None
+    };
+    if !need.params {
+        return Ok((dx, None, None));
+    }
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
+    let db_offset = (blocks * cols).div_ceil(64) * 64;
+    let partials = Tensor::empty(gpu, &[db_offset + blocks * cols], DType::F32, "layer_norm param partials")?;
+    let params = [p[0], p[1], p[2], p[3], (db_offset / 4) as u32, 0, 0, 0];
+    gpu.dispatch_with_textures(
+        &Kernel::new(&LAYERNORM_PARAMS_TEXTURE, "param_grad_partial"),
+        bytemuck::cast_slice(&params),
+        &[&tex[0].view, &tex[1].view],
+        &[mean.binding(), rstd.binding(), partials.binding_vec4()],
+        gpu.groups_1d(blocks * cols / 4, 64),
+    )?;
+    let dweight = finish_partials(partials.view(0, &[blocks, cols])?, blocks, cols)?;
+    let dbias = finish_partials(partials.view(db_offset, &[blocks, cols])?, blocks, cols)?;
+    Ok((dx, Some(dweight), Some(dbias)))
 }
 
 /// Which gradients a backward pass should compute (the others are skipped).
@@ -114,6 +194,9 @@ pub fn layer_norm_backward(
     let gpu = x.gpu();
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
     let p = BackwardParams { rows: rows as u32, cols: cols as u32, rows_per_block: ROWS_PER_BLOCK as u32, db_offset: 0 };
+    if let Some((tex, shift)) = row_textures(gpu, cols, &[dout, x, weight])? {
+        return layer_norm_backward_textures(&tex, shift, x, mean, rstd, need);
+    }
     let dx = if need.input {
         let dx = Tensor::empty(gpu, x.shape(), DType::F32, "layer_norm dx")?;
         let (entry, groups) = row_kernel(gpu, rows, cols, "backward_thread", "backward_group");

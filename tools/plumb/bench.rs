@@ -1,12 +1,13 @@
 //! `plumb bench`: the standard workloads W1-W4 (../shared/BENCHMARKS.md) on this machine's GPU,
 //! printed as `RESULT {json}` lines that sit beside the peers' figures.
 
-use plumb::{bench, Gpu, Result};
+use plumb::{bench, format_profile, Gpu, Result};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   plumb bench            # all four workloads
   plumb bench w2 --iters 20
+  PLUMB_PROFILE=1 plumb bench w2 --iters 3   # time per kernel (each dispatch waited for)
 Run each workload in its own process for its own peak memory figure.")]
 pub struct BenchArgs {
     /// Workloads to run: w1, w2, w3, w4 or all.
@@ -26,15 +27,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for r in bench::w1(&gpu, a.iters.unwrap_or(7))? {
             println!("{r}");
         }
+        profile(&gpu);
     }
     if want("w2") {
         println!("{}", bench::w2(&gpu, a.iters.unwrap_or(20))?);
+        profile(&gpu);
     }
     if want("w3") {
         println!("{}", bench::w3(&gpu, a.iters.unwrap_or(10))?);
+        profile(&gpu);
     }
     if want("w4") {
         println!("{}", bench::w4(&gpu, a.iters.unwrap_or(7))?);
+        profile(&gpu);
     }
     Ok(())
+}
+
+/// With `PLUMB_PROFILE=1`: the per-kernel table of the workload just run.
+fn profile(gpu: &Gpu) {
+    if gpu.profiling() {
+        print!("{}", format_profile(&gpu.take_profile()));
+    }
 }

@@ -1,0 +1,185 @@
+// Attention backward dk and dv, subgroup variant of backward_dkv.wgsl for CPU adapters: per key
+// row, over every query row that sees it (all heads of its group), dv = sum P dout and
+// dk = scale * sum dS q, query rows taken eight at a time.
+//
+// Why: in the one-thread-per-row kernels every lane of an 8-lane SIMD vector fetches the same
+// key texels (its neighbours' rows need the same keys), so each texel is gathered eight times.
+// Here the 8 lanes of a subgroup are 8 neighbouring rows of one head; lane j fetches the texels
+// of key (or query) row j of each block of eight and subgroupBroadcast hands them to the other
+// lanes: one fetch per lane and chunk instead of eight. Rows are padded per head to whole
+// subgroups (the padding lanes compute a copy of the last row and store nothing), and every
+// loop bound is the subgroup's, so all lanes reach every broadcast. The host runs these only
+// where subgroups are exactly 8 lanes of consecutive invocations (lavapipe) and q, k, v (and
+// dout, row stats) are in textures (see textures.rs).
+
+struct Params {
+    batch: u32,
+    q_len: u32,
+    kv_len: u32,
+    n_head: u32,
+    n_kv_head: u32,
+    causal: u32,
+    q_offset: u32,
+    has_mask: u32,
+    scale: f32,
+    mask_stride: u32,
+    q_off: u32,
+    q_tstride: u32,
+    q_bstride: u32,
+    k_off: u32,
+    k_tstride: u32,
+    k_bstride: u32,
+    v_off: u32,
+    v_tstride: u32,
+    v_bstride: u32,
+    o_off: u32,
+    o_tstride: u32,
+    o_bstride: u32,
+    // HEAD_DIM / 4 at run time: loops over it are not unrolled (see chunks()).
+    head_chunks: u32,
+    _pad: u32,
+}
+
+override HEAD_DIM: u32 = 64u; // a multiple of 4, at most 128
+// Stands in for -infinity (as in forward.wgsl).
+const NEG_BIG: f32 = -3.0e38;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var q_tex: texture_2d_array<f32>;
+@group(0) @binding(2) var k_tex: texture_2d_array<f32>;
+@group(0) @binding(3) var v_tex: texture_2d_array<f32>;
+@group(0) @binding(4) var do_tex: texture_2d_array<f32>;
+// (lse, D, -, -) of query row t of head h at texel (t, h) of layer b (backward_stats.wgsl).
+@group(0) @binding(5) var st_tex: texture_2d_array<f32>;
+@group(0) @binding(6) var<storage, read> key_mask: array<u32>;
+@group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> dv: array<vec4<f32>>;
+
+// Texel x of row `row` of layer b (x counts vec4s from the start of the token's row).
+fn tex(t: texture_2d_array<f32>, b: u32, row: u32, x: u32) -> vec4<f32> {
+    return textureLoad(t, vec2<u32>(x, row), b, 0);
+}
+
+// dot(y, the texel of lane j) for lanes 0-3 and 4-7.
+fn dots_lo(y: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(y, subgroupBroadcast(v, 0u)), dot(y, subgroupBroadcast(v, 1u)), dot(y, subgroupBroadcast(v, 2u)), dot(y, subgroupBroadcast(v, 3u)));
+}
+fn dots_hi(y: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(y, subgroupBroadcast(v, 4u)), dot(y, subgroupBroadcast(v, 5u)), dot(y, subgroupBroadcast(v, 6u)), dot(y, subgroupBroadcast(v, 7u)));
+}
+
+// sum over lanes j of w_j * (the texel of lane j), with w = (lo, hi).
+fn mix8(lo: vec4<f32>, hi: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    return lo.x * subgroupBroadcast(v, 0u) + lo.y * subgroupBroadcast(v, 1u) + lo.z * subgroupBroadcast(v, 2u) + lo.w * subgroupBroadcast(v, 3u)
+        + hi.x * subgroupBroadcast(v, 4u) + hi.y * subgroupBroadcast(v, 5u) + hi.z * subgroupBroadcast(v, 6u) + hi.w * subgroupBroadcast(v, 7u);
+}
+
+// Bit j of `bits` for j = 0..3 (lo) or 4..7 (hi).
+fn bits_lo(bits: u32) -> vec4<bool> {
+    return ((vec4<u32>(bits) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) != vec4<u32>(0u);
+}
+fn bits_hi(bits: u32) -> vec4<bool> {
+    return ((vec4<u32>(bits) >> vec4<u32>(4u, 5u, 6u, 7u)) & vec4<u32>(1u)) != vec4<u32>(0u);
+}
+
+// vec4 chunks per head row: a constant (unrolled) up to 32 dims, else from the uniform (see
+// forward.wgsl).
+fn chunks() -> u32 {
+    return select(p.head_chunks, HEAD_DIM / 4u, HEAD_DIM <= 32u);
+}
+
+@compute @workgroup_size(64)
+fn backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    // key rows of each kv head padded to a multiple of 8
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let padded = (p.kv_len + 7u) & ~7u;
+    let bh = i / padded;
+    if (bh >= p.batch * p.n_kv_head) {
+        return; // whole subgroups only
+    }
+    let row = i % padded;
+    let s = min(row, p.kv_len - 1u);
+    let kvh = bh % p.n_kv_head;
+    let b = bh / p.n_kv_head;
+    let group = p.n_head / p.n_kv_head;
+    let dc = chunks();
+    // A padded key gets no gradient; causally only rows t >= s - q_offset see key s, and the
+    // subgroup starts at its first key's first row.
+    let key_ok = row < p.kv_len && (p.has_mask == 0u || key_mask[b * p.mask_stride + s] != 0u);
+    let first_key = row & ~7u;
+    var t_begin = 0u;
+    if (p.causal != 0u && first_key > p.q_offset) {
+        t_begin = first_key - p.q_offset;
+    }
+
+    // load: this key row and value row; zero the gradients
+    var kr: array<vec4<f32>, 32>;
+    var vr: array<vec4<f32>, 32>;
+    var qa: array<vec4<f32>, 32>;
+    var da: array<vec4<f32>, 32>;
+    var gk: array<vec4<f32>, 32>;
+    var gv: array<vec4<f32>, 32>;
+    let kx = (p.k_off + kvh * HEAD_DIM) / 4u;
+    let vx = (p.v_off + kvh * HEAD_DIM) / 4u;
+    for (var c = 0u; c < dc; c++) {
+        kr[c] = tex(k_tex, b, s, kx + c);
+        vr[c] = tex(v_tex, b, s, vx + c);
+    }
+
+    for (var hi = 0u; hi < group; hi++) {
+        let h = kvh * group + hi;
+        let qx = (p.q_off + h * HEAD_DIM) / 4u;
+        let ox = (p.o_off + h * HEAD_DIM) / 4u;
+        for (var t0 = t_begin; t0 < p.q_len; t0 += 8u) {
+            // this lane fetches query row t0 + lane (clamped; masked below)
+            let tl = min(t0 + lane, p.q_len - 1u);
+            let st = textureLoad(st_tex, vec2<u32>(tl, h), b, 0);
+            // accumulate: scores and dP of the eight rows
+            var sc_lo = vec4<f32>(0.0);
+            var sc_hi = vec4<f32>(0.0);
+            var dp_lo = vec4<f32>(0.0);
+            var dp_hi = vec4<f32>(0.0);
+            for (var c = 0u; c < dc; c++) {
+                qa[c] = tex(q_tex, b, tl, qx + c);
+                da[c] = tex(do_tex, b, tl, ox + c);
+                sc_lo += dots_lo(kr[c], qa[c]);
+                sc_hi += dots_hi(kr[c], qa[c]);
+                dp_lo += dots_lo(vr[c], da[c]);
+                dp_hi += dots_hi(vr[c], da[c]);
+            }
+            // each row's (lse, D) from its lane; visible: row exists and sees this key
+            let lse_lo = vec4<f32>(subgroupBroadcast(st.x, 0u), subgroupBroadcast(st.x, 1u), subgroupBroadcast(st.x, 2u), subgroupBroadcast(st.x, 3u));
+            let lse_hi = vec4<f32>(subgroupBroadcast(st.x, 4u), subgroupBroadcast(st.x, 5u), subgroupBroadcast(st.x, 6u), subgroupBroadcast(st.x, 7u));
+            let d_lo = vec4<f32>(subgroupBroadcast(st.y, 0u), subgroupBroadcast(st.y, 1u), subgroupBroadcast(st.y, 2u), subgroupBroadcast(st.y, 3u));
+            let d_hi = vec4<f32>(subgroupBroadcast(st.y, 4u), subgroupBroadcast(st.y, 5u), subgroupBroadcast(st.y, 6u), subgroupBroadcast(st.y, 7u));
+            let rows_lo = vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u);
+            let rows_hi = rows_lo + vec4<u32>(4u);
+            var vis_lo = rows_lo < vec4<u32>(p.q_len) & vec4<bool>(key_ok);
+            var vis_hi = rows_hi < vec4<u32>(p.q_len) & vec4<bool>(key_ok);
+            if (p.causal != 0u) {
+                vis_lo &= vec4<u32>(s) <= vec4<u32>(p.q_offset) + rows_lo;
+                vis_hi &= vec4<u32>(s) <= vec4<u32>(p.q_offset) + rows_hi;
+            }
+            let p_lo = select(vec4<f32>(0.0), exp(sc_lo * p.scale - lse_lo), vis_lo);
+            let p_hi = select(vec4<f32>(0.0), exp(sc_hi * p.scale - lse_hi), vis_hi);
+            let ds_lo = p_lo * (dp_lo - d_lo);
+            let ds_hi = p_hi * (dp_hi - d_hi);
+            // accumulate: dv += P dout, dk += dS q
+            for (var c = 0u; c < dc; c++) {
+                gv[c] += mix8(p_lo, p_hi, da[c]);
+                gk[c] += mix8(ds_lo, ds_hi, qa[c]);
+            }
+        }
+    }
+
+    // store: dk = scale * sum dS q, dv = sum P dout, in k's and v's layouts
+    if (row >= p.kv_len) {
+        return;
+    }
+    let gkb = (p.k_off + b * p.k_bstride + s * p.k_tstride + kvh * HEAD_DIM) / 4u;
+    let gvb = (p.v_off + b * p.v_bstride + s * p.v_tstride + kvh * HEAD_DIM) / 4u;
+    for (var c = 0u; c < dc; c++) {
+        dk[gkb + c] = gk[c] * p.scale;
+        dv[gvb + c] = gv[c];
+    }
+}

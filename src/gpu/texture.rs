@@ -1,0 +1,182 @@
+//! Operand textures for CPU adapters. On lavapipe a storage-buffer load is built one SIMD lane
+//! and one component at a time (~20 cycles each) while a texel fetch is a vector gather, so
+//! kernels that read much (matmul, normalisation, elementwise ops) read their inputs from
+//! rgba32float copies: vec4 number i of a tensor is texel (i mod W, i / W), W a power of two.
+//! The buffer-to-texture copy is a memcpy there and is recorded in order with the step.
+//!
+//! Textures are pooled by size and go back to the pool as soon as the dispatch that reads them
+//! is recorded: a later copy into the same texture is ordered after that dispatch by wgpu's
+//! barriers, so a step needs one texture per size in flight, not one per product (this keeps
+//! the peak memory of a W2 step ~120 MiB lower on lavapipe, and skips the allocations).
+
+use super::Gpu;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+
+/// Most bytes of idle textures the pool keeps; past this, returned textures are freed.
+const POOL_MAX_BYTES: u64 = 64 << 20;
+
+/// Idle operand textures by (width, height).
+#[derive(Default)]
+pub(crate) struct TexturePool {
+    free: HashMap<(u32, u32), Vec<wgpu::Texture>>,
+    bytes: u64,
+}
+
+impl TexturePool {
+    /// Free every idle texture.
+    pub(crate) fn trim(&mut self) {
+        self.free.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A texture copy of an operand; its texture returns to the pool when this is dropped, so keep
+/// it until the dispatch that reads it is recorded.
+pub(crate) struct OperandTexture {
+    pub(crate) view: wgpu::TextureView,
+    pooled: Option<(Gpu, wgpu::Texture)>,
+}
+
+impl Drop for OperandTexture {
+    fn drop(&mut self) {
+        if let Some((gpu, tex)) = self.pooled.take() {
+            let bytes = texture_bytes(&tex);
+            let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.bytes + bytes <= POOL_MAX_BYTES {
+                pool.bytes += bytes;
+                pool.free.entry((tex.width(), tex.height())).or_default().push(tex);
+            }
+        }
+    }
+}
+
+fn texture_bytes(t: &wgpu::Texture) -> u64 {
+    t.width() as u64 * t.height() as u64 * 16
+}
+
+/// An rgba32float texture of `width` x `height` from the pool, or a new one.
+fn pooled_texture(gpu: &Gpu, width: u32, height: u32) -> wgpu::Texture {
+    {
+        let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = pool.free.get_mut(&(width, height)).and_then(|v| v.pop()) {
+            pool.bytes -= texture_bytes(&t);
+            return t;
+        }
+    }
+    gpu.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("operand texture"),
+        size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    })
+}
+
+/// The width (a power of two, in texels) of textures holding `a_vecs` and `b_vecs` vec4s, or
+/// None if they do not fit. Preferably one that divides both counts, so that the copies fill
+/// whole rows (a partly written texture is cleared first); at least 16 texels, since texture
+/// copies move rows of a multiple of 256 bytes.
+pub(crate) fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<usize> {
+    let max = gpu.limits().max_texture_dimension_2d as usize;
+    if a_vecs == 0 || b_vecs == 0 || max < 16 {
+        return None;
+    }
+    let mut w = 1024.min(max);
+    while w > 16 && (!a_vecs.is_multiple_of(w) || !b_vecs.is_multiple_of(w)) {
+        w /= 2;
+    }
+    while a_vecs.max(b_vecs).div_ceil(w) > max {
+        if w * 2 > max {
+            return None;
+        }
+        w *= 2;
+    }
+    Some(w)
+}
+
+/// Copy the first `vecs` vec4s of `t` into an rgba32float texture `width` texels wide (from
+/// the pool): vec4 number i is texel (i mod width, i / width). The copies are recorded in order
+/// with the step's dispatches.
+pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<OperandTexture> {
+    let gpu = t.gpu();
+    let (full_rows, rest) = (vecs / width, vecs % width);
+    let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32);
+    let b = t.binding();
+    let row_bytes = (width * 16) as u64;
+    gpu.with_encoder(|enc| {
+        // Whole rows, then the partial last one.
+        if full_rows > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset,
+                        bytes_per_row: Some(row_bytes as u32),
+                        rows_per_image: None,
+                    },
+                },
+                tex.as_image_copy(),
+                wgpu::Extent3d { width: width as u32, height: full_rows as u32, depth_or_array_layers: 1 },
+            );
+        }
+        if rest > 0 {
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: b.buffer,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: b.offset + full_rows as u64 * row_bytes,
+                        bytes_per_row: None,
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &tex,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width: rest as u32, height: 1, depth_or_array_layers: 1 },
+            );
+        }
+    });
+    let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
+    Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) })
+}
+
+/// A 1x1 texture for the texture bindings of the buffer-fed path (never read).
+pub(crate) fn dummy_texture(gpu: &Gpu) -> OperandTexture {
+    let view = gpu
+        .device()
+        .create_texture(&wgpu::TextureDescriptor {
+            label: Some("unused texture"),
+            size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING,
+            view_formats: &[],
+        })
+        .create_view(&wgpu::TextureViewDescriptor::default());
+    OperandTexture { view, pooled: None }
+}
+
+
+/// Texture copies of `tensors` (f32), all `width` texels wide so that one shift addresses them:
+/// the width fits the largest; None where a length is not a multiple of 4 or a copy would pass
+/// the adapter's texture limits. Returns the views and log2 of the width.
+pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
+    let Some(first) = tensors.first() else { return Ok(None) };
+    if tensors.iter().any(|t| t.dtype() != crate::tensor::DType::F32 || !t.len().is_multiple_of(4) || t.is_empty()) {
+        return Ok(None);
+    }
+    let largest = tensors.iter().map(|t| t.len() / 4).max().unwrap_or(0);
+    let Some(width) = texture_width(first.gpu(), largest, largest) else { return Ok(None) };
+    let views = tensors.iter().map(|t| upload_texture(t, t.len() / 4, width)).collect::<Result<Vec<_>>>()?;
+    Ok(Some((views, width.trailing_zeros())))
+}
