@@ -8,8 +8,9 @@ use plumb::{Tape, Tensor, Var};
 fn elementwise_table() {
     let Some(gpu) = common::gpu() else { return };
     let mut cases = Vec::new();
-    // Lengths that are multiples of 4 take the texture-fed add/sub and accumulation on CPU adapters.
-    for n in [1usize, 7, 16, 33, 130, 1000] {
+    // From 8192 elements, lengths that are multiples of 4 take the texture-fed add/sub and
+    // accumulation on CPU adapters.
+    for n in [1usize, 7, 16, 33, 130, 8192, 8197] {
         cases.push(Case::new(format!("add n={n}"), vec![Input::f(&[n]), Input::f(&[n])], |v| ew::add(&v[0], &v[1]), |d| r::add(&d[0], &d[1])));
         cases.push(Case::new(format!("sub n={n}"), vec![Input::f(&[n]), Input::f(&[n])], |v| ew::sub(&v[0], &v[1]), |d| r::sub(&d[0], &d[1])));
         cases.push(Case::new(format!("mul n={n}"), vec![Input::f(&[n]), Input::f(&[n])], |v| ew::mul(&v[0], &v[1]), |d| r::mul(&d[0], &d[1])));
@@ -24,7 +25,7 @@ fn elementwise_table() {
         ));
     }
     // A value used twice: gradients from both uses must add up.
-    for n in [5, 8] {
+    for n in [5, 8192] {
         cases.push(Case::new(format!("x*x + x n={n}"), vec![Input::f(&[n])], |v| ew::add(&ew::mul(&v[0], &v[0])?, &v[0]), |d| {
             d[0].iter().map(|x| x * x + x).collect()
         }));

@@ -11,7 +11,7 @@ use crate::lora::{Lora, LoraModule};
 use crate::nn::{conv1d, normal};
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
-use crate::ops::elementwise::{add, slice_last_forward};
+use crate::ops::elementwise::add;
 use crate::ops::embedding::{add_positions, embedding};
 use crate::ops::matmul::matmul;
 use crate::ops::norm::layer_norm;
@@ -190,7 +190,6 @@ impl Gpt {
     pub fn forward_cached(&self, ids: &Tensor, caches: &mut [KvCache], key_mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, tn) = (ids.shape()[0], ids.shape()[1]);
         let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
-        let hd = c / h;
         let offset = caches.first().map(|k| k.len()).unwrap_or(0);
         if offset + tn > self.cfg.n_positions {
             return Err(Error::shape("Gpt::forward_cached", format!("position {} past the model's {}", offset + tn, self.cfg.n_positions)));
@@ -202,9 +201,9 @@ impl Gpt {
             let w = |n: &str| self.p(None, &layer(i, n));
             let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
             let qkv = self.conv(None, &hn, i, "attn.c_attn")?;
-            let heads = |k: usize| slice_last_forward(qkv.tensor(), k * c, c)?.reshape(&[b, tn, h, hd]);
-            cache.append(&heads(1)?, &heads(2)?)?;
-            let a = cache.attend(&heads(0)?, key_mask)?.reshape(&[b, tn, c])?;
+            // k and v go from the fused qkv straight into the cache; q is read in place
+            cache.append_fused_qkv(qkv.tensor(), h)?;
+            let a = cache.attend_fused_qkv(qkv.tensor(), h, key_mask)?;
             x = add(&x, &self.conv(None, &Var::constant(a), i, "attn.c_proj")?)?;
             let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
             let m = gelu(&self.conv(None, &hn, i, "mlp.c_fc")?, self.gelu_kind())?;
