@@ -2,7 +2,7 @@
 //! (in, out)), and deterministic parameter initialisation.
 
 use crate::error::Result;
-use crate::ops::matmul::{bias_grad, matmul_forward};
+use crate::ops::matmul::{bias_grad, matmul_forward, prefetch_products};
 use crate::tape::Var;
 
 /// `y = x·W + b` with `W` stored (in, out), Hugging Face GPT-2's `Conv1D` layout.
@@ -13,6 +13,10 @@ pub fn conv1d(x: &Var, w: &Var, b: &Var) -> Result<Var> {
     let rows = x.tensor().len() / cin.max(1);
     let x2 = x.tensor().reshape(&[rows, cin])?;
     let y = matmul_forward(&x2, w.tensor(), Some(b.tensor()), false, false)?;
+    if x.requires_grad() || w.requires_grad() {
+        // dx = dy·wᵀ and dw = xᵀ·dy
+        prefetch_products(y.gpu(), &[(rows, cout, cin, false, true), (cin, rows, cout, true, false)]);
+    }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a last dim") = cout;
     let y = y.reshape(&shape)?;

@@ -36,7 +36,8 @@ struct Params {
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad: u32,
+    // 1: add the bias
+    has_bias: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,7 +54,6 @@ override TRANS_B: bool = false;
 override A_VEC4: bool = true;
 override B_VEC4: bool = true;
 override C_VEC4: bool = true;
-override HAS_BIAS: bool = false;
 // K is not a multiple of 4: compile the masked last step.
 override TAIL: bool = false;
 override RB: u32 = 4u;
@@ -260,7 +260,7 @@ fn step(row0: u32, col0: u32, k0: u32, tail: bool) {
 
 // Bias for columns cl..cl+3 (zero without bias).
 fn bias4(cl: u32) -> vec4<f32> {
-    if (!HAS_BIAS) {
+    if (p.has_bias == 0u) {
         return vec4<f32>(0.0);
     }
     if (C_VEC4) {

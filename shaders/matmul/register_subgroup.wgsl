@@ -28,7 +28,8 @@ struct Params {
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad: u32,
+    // 1: add the bias
+    has_bias: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,7 +41,6 @@ struct Params {
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override C_VEC4: bool = true;
-override HAS_BIAS: bool = false;
 // K is not a multiple of 4: compile the masked last step.
 override TAIL: bool = false;
 // Row blocks of 4 per thread: 2, 4 or 8. Column blocks of 4: 1, 2, 4 or 8.
@@ -233,7 +233,7 @@ fn step(row0: u32, col0: u32, k0: u32, lane: u32, tail: bool) {
 
 // Bias for columns cl..cl+3 (zero without bias).
 fn bias4(cl: u32) -> vec4<f32> {
-    if (!HAS_BIAS) {
+    if (p.has_bias == 0u) {
         return vec4<f32>(0.0);
     }
     if (C_VEC4) {

@@ -1,7 +1,8 @@
 //! Activations of the transformer MLPs, elementwise, each with its backward: GELU in the tanh
 //! form (GPT-2) and the exact erf form, SiLU, and SwiGLU = silu(gate) * up (the Llama MLP).
 //! WGSL has no `erf`; the kernels use a Chebyshev fit of erfc with fractional error below
-//! 1.2e-7 (see `shaders/activation/gelu.wgsl`).
+//! 1.2e-7 (see `shaders/activation/gelu.wgsl`). On CPU adapters GELU of large tensors reads its
+//! inputs from texture copies (see `gpu::texture`).
 
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;

@@ -1,6 +1,8 @@
 //! Elementwise linear ops: fill, scale, add, axpby (a·x + b·y), in-place accumulate, multiply.
 //! Tensor-level `*_forward`-style functions record dispatches; the Var-level functions at the
 //! bottom add the tape entries. CPU references sit beside them for the gradient-check table.
+//! On CPU adapters axpby (add, sub) and in-place accumulation of large tensors read their inputs
+//! from texture copies (see `gpu::texture`).
 
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;

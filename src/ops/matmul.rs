@@ -51,7 +51,8 @@ struct Params {
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    _pad: u32,
+    /// Register kernels: 1 to add the bias (the tiled ones take it as a constant).
+    has_bias: u32,
 }
 
 /// One product after shape checks: `batch` products of (m, k)·(k, n).
@@ -155,7 +156,7 @@ fn params(p: &Problem) -> Params {
         a_stride: if p.shared_a { 0 } else { m * k },
         b_stride: if p.shared_b { 0 } else { k * n },
         c_stride: m * n,
-        _pad: 0,
+        has_bias: 0,
     }
 }
 
@@ -268,7 +269,7 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
     // in a fraction of the time.
     let small = batch * m * n * k < (1 << 22);
     let candidates: &[(usize, usize)] = match (feed, small) {
-        (Feed::Subgroup, false) => &[(8, 2), (8, 1), (4, 2), (4, 1), (2, 2), (2, 1)],
+        (Feed::Subgroup, false) => &[(8, 2), (4, 2), (2, 2)],
         (Feed::Subgroup, true) => &[(2, 2), (2, 1)],
         (Feed::Buffer, false) if cheap_loads => &[(4, 8), (4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
         (_, false) => &[(4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
@@ -299,53 +300,122 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
 }
 
 /// The register-tiled kernels (CPU adapters).
+/// What a register kernel call needs besides its tensors: the operand feed, the tile and the
+/// pipeline constants (the kernel is `REGISTER_SUBGROUP` for [`Feed::Subgroup`], else
+/// `REGISTER`), and the texture width.
+struct RegisterPlan {
+    feed: Feed,
+    tile: Tile,
+    consts: Vec<(&'static str, f64)>,
+    width: usize,
+    a_vecs: usize,
+    b_vecs: usize,
+}
+
+impl RegisterPlan {
+    fn new(gpu: &Gpu, p: &Problem) -> RegisterPlan {
+        // Stored layouts: rows of `pitch` elements; vec4 counts of the whole operands.
+        let a_pitch = if p.trans_a { p.m } else { p.k };
+        let b_pitch = if p.trans_b { p.k } else { p.n };
+        let a_vecs = if p.shared_a { 1 } else { p.batch } * p.m * p.k / 4;
+        let b_vecs = if p.shared_b { 1 } else { p.batch } * p.k * p.n / 4;
+        let width = texture_width(gpu, a_vecs, b_vecs);
+        let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
+        let info = &gpu.adapter().info;
+        let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
+        let cheap_loads = cheap_buffer_loads();
+        let want_textures = match register_feed() {
+            RegisterFeed::Auto => !cheap_loads,
+            RegisterFeed::Buffer => false,
+            RegisterFeed::Texture => true,
+        };
+        let feed = match (textures && want_textures, gpu.has_subgroups() && eight_lanes) {
+            (false, _) => Feed::Buffer,
+            (true, false) => Feed::Texture,
+            (true, true) => Feed::Subgroup,
+        };
+        let tile = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
+        let mut consts = vec![
+            ("TRANS_A", flag(p.trans_a)),
+            ("TRANS_B", flag(p.trans_b)),
+            ("C_VEC4", flag(p.n.is_multiple_of(4))),
+            ("TAIL", flag(!p.k.is_multiple_of(4))),
+            ("RB", tile.rb as f64),
+            ("CB", tile.cb as f64),
+            ("WG_X", tile.wg_x as f64),
+            ("WG_Y", tile.wg_y as f64),
+        ];
+        if feed != Feed::Subgroup {
+            consts.extend([
+                ("FROM_TEXTURE", flag(feed == Feed::Texture)),
+                ("A_VEC4", flag(a_pitch % 4 == 0)),
+                ("B_VEC4", flag(b_pitch % 4 == 0)),
+            ]);
+        }
+        RegisterPlan { feed, tile, consts, width: width.unwrap_or(16), a_vecs, b_vecs }
+    }
+
+    fn shader(&self) -> &'static ShaderSource {
+        if self.feed == Feed::Subgroup {
+            &REGISTER_SUBGROUP
+        } else {
+            &REGISTER
+        }
+    }
+}
+
+/// Start compiling, in the background, the kernels of 2-D f32 products `(m, k, n, trans_a,
+/// trans_b)` that will be recorded soon: a layer's forward names its backward's products, so
+/// on a cold start those compile while the forward records (see `gpu::kernels`). Only the
+/// register kernels of CPU adapters take long enough to compile for this to matter.
+pub fn prefetch_products(gpu: &Gpu, products: &[(usize, usize, usize, bool, bool)]) {
+    if gpu.variant() != KernelVariant::Register {
+        return;
+    }
+    for &(m, k, n, trans_a, trans_b) in products {
+        if m == 0 || k == 0 || n == 0 {
+            continue;
+        }
+        let p = Problem { batch: 1, m, k, n, trans_a, trans_b, shared_a: false, shared_b: false };
+        let plan = RegisterPlan::new(gpu, &p);
+        gpu.prefetch_pipeline(plan.shader(), "matmul", plan.consts);
+    }
+}
+
+/// The products [`grad_a`] and [`grad_b`] record for a 2-D `op(A)·op(B)` of (m, k)·(k, n).
+fn backward_products(m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> [(usize, usize, usize, bool, bool); 2] {
+    let da = match (trans_a, trans_b) {
+        (false, false) => (m, n, k, false, true),
+        (false, true) => (m, n, k, false, false),
+        (true, false) => (k, n, m, false, true),
+        (true, true) => (k, n, m, true, true),
+    };
+    let db = match (trans_a, trans_b) {
+        (false, false) => (k, m, n, true, false),
+        (true, false) => (k, m, n, false, false),
+        (false, true) => (n, m, k, true, false),
+        (true, true) => (n, m, k, true, true),
+    };
+    [da, db]
+}
+
+/// The register-tiled kernels (CPU adapters).
 fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor, p: &Problem) -> Result<()> {
     let gpu = a.gpu();
     // The register kernels read f32: widen f16 operands first.
     if a.dtype() == DType::F16 {
         return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
     }
-    // Stored layouts: rows of `pitch` elements; vec4 counts of the whole operands.
-    let a_pitch = if p.trans_a { p.m } else { p.k };
-    let b_pitch = if p.trans_b { p.k } else { p.n };
-    let a_vecs = if p.shared_a { 1 } else { p.batch } * p.m * p.k / 4;
-    let b_vecs = if p.shared_b { 1 } else { p.batch } * p.k * p.n / 4;
-    let width = texture_width(gpu, a_vecs, b_vecs);
-    let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
-    let info = &gpu.adapter().info;
-    let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
-    let cheap_loads = cheap_buffer_loads();
-    let want_textures = match register_feed() {
-        RegisterFeed::Auto => !cheap_loads,
-        RegisterFeed::Buffer => false,
-        RegisterFeed::Texture => true,
-    };
-    let feed = match (textures && want_textures, gpu.has_subgroups() && eight_lanes) {
-        (false, _) => Feed::Buffer,
-        (true, false) => Feed::Texture,
-        (true, true) => Feed::Subgroup,
-    };
-    let tile = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
-    let mut consts = vec![
-        ("TRANS_A", flag(p.trans_a)),
-        ("TRANS_B", flag(p.trans_b)),
-        ("C_VEC4", flag(p.n.is_multiple_of(4))),
-        ("HAS_BIAS", flag(bias.is_some())),
-        ("TAIL", flag(!p.k.is_multiple_of(4))),
-        ("RB", tile.rb as f64),
-        ("CB", tile.cb as f64),
-        ("WG_X", tile.wg_x as f64),
-        ("WG_Y", tile.wg_y as f64),
-    ];
+    let RegisterPlan { feed, tile, consts, width, a_vecs, b_vecs } = RegisterPlan::new(gpu, p);
     let groups = [
         p.n.div_ceil(4 * tile.cb * tile.wg_x) as u32,
         p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
         batch_groups(gpu, p)?,
     ];
     let mut params = params(p);
+    params.has_bias = bias.is_some() as u32;
     // Without a bias, bind something read-only that is not C (the kernel never reads it).
     let bias_bind = bias.unwrap_or(a).binding_vec4();
-    let width = width.unwrap_or(16);
     if feed != Feed::Buffer {
         params.tex_shift = width.trailing_zeros();
     }
@@ -364,11 +434,6 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     } else {
         (dummy_texture(gpu), dummy_texture(gpu))
     };
-    consts.extend([
-        ("FROM_TEXTURE", flag(feed == Feed::Texture)),
-        ("A_VEC4", flag(a_pitch % 4 == 0)),
-        ("B_VEC4", flag(b_pitch % 4 == 0)),
-    ]);
     gpu.dispatch_with_textures(
         &Kernel::new(&REGISTER, "matmul").with(&consts),
         bytemuck::bytes_of(&params),
@@ -523,6 +588,10 @@ fn grad_b(a: &Tensor, b: &Tensor, dc: &Tensor, trans_a: bool, trans_b: bool) -> 
 /// gradients that are needed.
 pub fn matmul(a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
     let out = matmul_forward(a.tensor(), b.tensor(), None, trans_a, trans_b)?;
+    if (a.requires_grad() || b.requires_grad()) && a.shape().len() == 2 && b.shape().len() == 2 {
+        let (p, _) = problem(a.tensor(), b.tensor(), trans_a, trans_b)?;
+        prefetch_products(out.gpu(), &backward_products(p.m, p.k, p.n, trans_a, trans_b));
+    }
     let (at, bt) = (a.tensor().clone(), b.tensor().clone());
     let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
     Ok(Var::from_op(out, &[a, b], move |g| {
@@ -544,6 +613,10 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let rows = x.tensor().len() / inp.max(1);
     let x2 = x.tensor().reshape(&[rows, inp])?;
     let y = matmul_forward(&x2, w.tensor(), b.map(|b| b.tensor()), false, true)?;
+    if x.requires_grad() || w.requires_grad() {
+        // dx = dy·w and dw = dyᵀ·x
+        prefetch_products(y.gpu(), &[(rows, outp, inp, false, false), (outp, rows, inp, true, false)]);
+    }
     let mut ys = xs.clone();
     if let Some(last) = ys.last_mut() {
         *last = outp;
