@@ -45,6 +45,8 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
         return Err(Error::config("generate", format!("prompt {p} + {} new tokens exceeds the model's {} positions", cfg.max_new_tokens, model.max_len())));
     }
     let gpu = model.params().values().gpu().clone();
+    // The weights do not change while generating: CPU adapters keep their texture copies.
+    let _frozen = gpu.freeze_textures(model.params().values());
     let mut ids = Vec::with_capacity(b * p);
     let mut mask = Vec::with_capacity(b * total);
     for pr in prompts {

@@ -20,7 +20,7 @@ pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use gpu::{format_profile, Gpu, GpuOptions, KernelVariant, ProfileRow};
+pub use gpu::{format_profile, FrozenTextures, Gpu, GpuOptions, KernelVariant, ProfileRow};
 pub use params::{ParamSpec, ParamStore};
 pub use tape::{Grads, Tape, Var};
 pub use tensor::{DType, Tensor};

@@ -16,6 +16,7 @@ pub use kernels::{all_shaders, Kernel, ShaderSource};
 pub(crate) use pool::{alloc as pool_alloc_inner, PoolBuffer};
 pub use profile::{format_profile, ProfileRow};
 pub use recorder::Binding;
+pub use texture::FrozenTextures;
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -8,20 +8,33 @@
 //! is recorded: a later copy into the same texture is ordered after that dispatch by wgpu's
 //! barriers, so a step needs one texture per size in flight, not one per product (this keeps
 //! the peak memory of a W2 step ~120 MiB lower on lavapipe, and skips the allocations).
+//!
+//! A copy ends the open compute pass, so small operands are packed by a kernel instead
+//! (`texture_pack.wgsl`), and while a [`FrozenTextures`] guard lives the texture copies of one
+//! buffer (a model's weights during generation) are kept and reused: a decode step then records
+//! no copies at all.
 
-use super::Gpu;
+use super::{Gpu, Kernel};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
+/// Operands of at most this many vec4s are packed by a kernel inside the pass rather than
+/// copied: on lavapipe a copy and the pass it ends cost ~60 us, about what packing 2,048
+/// texels takes.
+const PACK_MAX_VECS: usize = 2048;
+
 /// Most bytes of idle textures the pool keeps; past this, returned textures are freed.
 const POOL_MAX_BYTES: u64 = 64 << 20;
 
-/// Idle operand textures by (width, height).
+/// Idle operand textures by (width, height), and the kept copies of a frozen buffer.
 #[derive(Default)]
 pub(crate) struct TexturePool {
     free: HashMap<(u32, u32), Vec<wgpu::Texture>>,
     bytes: u64,
+    /// The buffer frozen by a [`FrozenTextures`] guard, and its copies by (offset, vec4s, width).
+    frozen: Option<wgpu::Buffer>,
+    kept: HashMap<(u64, usize, usize), wgpu::TextureView>,
 }
 
 impl TexturePool {
@@ -56,6 +69,34 @@ fn texture_bytes(t: &wgpu::Texture) -> u64 {
     t.width() as u64 * t.height() as u64 * 16
 }
 
+/// While this lives, texture copies of ranges of one buffer are made once and reused (see
+/// [`Gpu::freeze_textures`]); dropping it frees them.
+pub struct FrozenTextures {
+    gpu: Gpu,
+}
+
+impl Drop for FrozenTextures {
+    fn drop(&mut self) {
+        let mut pool = self.gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+        pool.frozen = None;
+        pool.kept.clear();
+    }
+}
+
+impl Gpu {
+    /// Promise that `t`'s buffer (e.g. a model's flat weight store) is not written until the
+    /// returned guard is dropped, so that the operand textures of CPU adapters made from it
+    /// can be kept and reused instead of copied at every call. Generation does this for the
+    /// model's weights; elsewhere it changes nothing but memory. One buffer at a time: a second
+    /// guard replaces the first's buffer.
+    pub fn freeze_textures(&self, t: &Tensor) -> FrozenTextures {
+        let mut pool = self.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+        pool.kept.clear();
+        pool.frozen = Some(t.binding().buffer.clone());
+        FrozenTextures { gpu: self.clone() }
+    }
+}
+
 /// An rgba32float texture of `width` x `height` from the pool, or a new one.
 fn pooled_texture(gpu: &Gpu, width: u32, height: u32) -> wgpu::Texture {
     {
@@ -72,7 +113,7 @@ fn pooled_texture(gpu: &Gpu, width: u32, height: u32) -> wgpu::Texture {
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
         format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::STORAGE_BINDING,
         view_formats: &[],
     })
 }
@@ -104,8 +145,38 @@ pub(crate) fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<u
 /// with the step's dispatches.
 pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<OperandTexture> {
     let gpu = t.gpu();
-    let (full_rows, rest) = (vecs / width, vecs % width);
+    let b = t.binding();
+    let key = (b.offset, vecs, width);
+    let frozen = {
+        let pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(view) = pool.kept.get(&key).filter(|_| pool.frozen.as_ref() == Some(b.buffer)) {
+            return Ok(OperandTexture { view: view.clone(), pooled: None });
+        }
+        pool.frozen.as_ref() == Some(b.buffer)
+    };
     let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32);
+    let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
+    if vecs <= PACK_MAX_VECS && !frozen {
+        // In the pass: vec4 i of the tensor to texel (i mod width, i / width).
+        let p = [vecs as u32, width.trailing_zeros(), 0, 0];
+        let k = Kernel::new(&crate::ops::elementwise::TEXTURE_PACK, "pack");
+        gpu.dispatch_with_textures(&k, bytemuck::cast_slice(&p), &[&view], &[t.binding_vec4()], gpu.groups_1d(vecs, 64))?;
+        return Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) });
+    }
+    copy_to_texture(&tex, t, vecs, width);
+    if frozen {
+        // Kept until the guard is dropped; never returned to the pool.
+        let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+        pool.kept.insert(key, view.clone());
+        return Ok(OperandTexture { view, pooled: None });
+    }
+    Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) })
+}
+
+/// Record the copy of the first `vecs` vec4s of `t` into `tex`, `width` texels wide.
+fn copy_to_texture(tex: &wgpu::Texture, t: &Tensor, vecs: usize, width: usize) {
+    let gpu = t.gpu();
+    let (full_rows, rest) = (vecs / width, vecs % width);
     let b = t.binding();
     let row_bytes = (width * 16) as u64;
     gpu.with_encoder(|enc| {
@@ -135,7 +206,7 @@ pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<Op
                     },
                 },
                 wgpu::TexelCopyTextureInfo {
-                    texture: &tex,
+                    texture: tex,
                     mip_level: 0,
                     origin: wgpu::Origin3d { x: 0, y: full_rows as u32, z: 0 },
                     aspect: wgpu::TextureAspect::All,
@@ -144,8 +215,6 @@ pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<Op
             );
         }
     });
-    let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
-    Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) })
 }
 
 /// A 1x1 texture for the texture bindings of the buffer-fed path (never read).

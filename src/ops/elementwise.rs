@@ -13,8 +13,10 @@ use crate::tensor::{DType, Tensor};
 
 static LINEAR: ShaderSource = shader!("elementwise/linear.wgsl");
 static SLICE: ShaderSource = shader!("elementwise/slice.wgsl");
+/// Fills an operand texture from a buffer inside the compute pass (used by `gpu::texture`).
+pub(crate) static TEXTURE_PACK: ShaderSource = shader!("elementwise/texture_pack.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&LINEAR, &SLICE];
+pub static SHADERS: &[&ShaderSource] = &[&LINEAR, &SLICE, &TEXTURE_PACK];
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
