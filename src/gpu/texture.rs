@@ -140,37 +140,60 @@ pub(crate) fn texture_width(gpu: &Gpu, a_vecs: usize, b_vecs: usize) -> Option<u
     Some(w)
 }
 
-/// Copy the first `vecs` vec4s of `t` into an rgba32float texture `width` texels wide (from
-/// the pool): vec4 number i is texel (i mod width, i / width). The copies are recorded in order
-/// with the step's dispatches.
-pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<OperandTexture> {
-    let gpu = t.gpu();
-    let b = t.binding();
-    let key = (b.offset, vecs, width);
-    let frozen = {
+/// Texture copies of the first `vecs` vec4s of each tensor, `width` texels wide (from the
+/// pool): vec4 number i is texel (i mod width, i / width), recorded in order with the step's
+/// dispatches. Copies of a frozen buffer are reused (see [`Gpu::freeze_textures`]). If every
+/// operand left to upload is small they are packed inside the pass; otherwise all are copied,
+/// since one copy ends the pass anyway.
+pub(crate) fn upload_textures(operands: &[(&Tensor, usize)], width: usize) -> Result<Vec<OperandTexture>> {
+    let Some((first, _)) = operands.first() else { return Ok(vec![]) };
+    let gpu = first.gpu();
+    // (kept view, frozen) per operand
+    let found: Vec<(Option<wgpu::TextureView>, bool)> = {
         let pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(view) = pool.kept.get(&key).filter(|_| pool.frozen.as_ref() == Some(b.buffer)) {
-            return Ok(OperandTexture { view: view.clone(), pooled: None });
-        }
-        pool.frozen.as_ref() == Some(b.buffer)
+        operands
+            .iter()
+            .map(|(t, vecs)| {
+                let b = t.binding();
+                let frozen = pool.frozen.as_ref() == Some(b.buffer);
+                (pool.kept.get(&(b.offset, *vecs, width)).filter(|_| frozen).cloned(), frozen)
+            })
+            .collect()
     };
-    let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32);
-    let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
-    if vecs <= PACK_MAX_VECS && !frozen {
-        // In the pass: vec4 i of the tensor to texel (i mod width, i / width).
-        let p = [vecs as u32, width.trailing_zeros(), 0, 0];
-        let k = Kernel::new(&crate::ops::elementwise::TEXTURE_PACK, "pack");
-        gpu.dispatch_with_textures(&k, bytemuck::cast_slice(&p), &[&view], &[t.binding_vec4()], gpu.groups_1d(vecs, 64))?;
-        return Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) });
+    let pack = operands.iter().zip(&found).all(|((_, vecs), (kept, frozen))| kept.is_some() || (*vecs <= PACK_MAX_VECS && !frozen));
+    let mut out = Vec::with_capacity(operands.len());
+    for ((t, vecs), (kept, frozen)) in operands.iter().zip(found) {
+        if let Some(view) = kept {
+            out.push(OperandTexture { view, pooled: None });
+            continue;
+        }
+        let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32);
+        let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
+        if pack {
+            // In the pass: vec4 i of the tensor to texel (i mod width, i / width).
+            let p = [*vecs as u32, width.trailing_zeros(), 0, 0];
+            let k = Kernel::new(&crate::ops::elementwise::TEXTURE_PACK, "pack");
+            gpu.dispatch_with_textures(&k, bytemuck::cast_slice(&p), &[&view], &[t.binding_vec4()], gpu.groups_1d(*vecs, 64))?;
+        } else {
+            copy_to_texture(&tex, t, *vecs, width);
+        }
+        if frozen {
+            // Kept until the guard is dropped; never returned to the pool.
+            let b = t.binding();
+            let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+            pool.kept.insert((b.offset, *vecs, width), view.clone());
+            out.push(OperandTexture { view, pooled: None });
+        } else {
+            out.push(OperandTexture { view, pooled: Some((gpu.clone(), tex)) });
+        }
     }
-    copy_to_texture(&tex, t, vecs, width);
-    if frozen {
-        // Kept until the guard is dropped; never returned to the pool.
-        let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
-        pool.kept.insert(key, view.clone());
-        return Ok(OperandTexture { view, pooled: None });
-    }
-    Ok(OperandTexture { view, pooled: Some((gpu.clone(), tex)) })
+    Ok(out)
+}
+
+/// [`upload_textures`] for one operand.
+pub(crate) fn upload_texture(t: &Tensor, vecs: usize, width: usize) -> Result<OperandTexture> {
+    let mut v = upload_textures(&[(t, vecs)], width)?;
+    Ok(v.remove(0))
 }
 
 /// Record the copy of the first `vecs` vec4s of `t` into `tex`, `width` texels wide.
@@ -256,6 +279,7 @@ pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<Operand
     }
     let largest = tensors.iter().map(|t| t.len() / 4).max().unwrap_or(0);
     let Some(width) = texture_width(first.gpu(), largest, largest) else { return Ok(None) };
-    let views = tensors.iter().map(|t| upload_texture(t, t.len() / 4, width)).collect::<Result<Vec<_>>>()?;
+    let operands: Vec<(&Tensor, usize)> = tensors.iter().map(|t| (*t, t.len() / 4)).collect();
+    let views = upload_textures(&operands, width)?;
     Ok(Some((views, width.trailing_zeros())))
 }

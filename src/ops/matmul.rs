@@ -21,7 +21,7 @@
 //!   memory.
 
 use crate::error::{Error, Result};
-use crate::gpu::texture::{dummy_texture, texture_width, upload_texture};
+use crate::gpu::texture::{dummy_texture, texture_width, upload_texture, upload_textures, OperandTexture};
 use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
@@ -300,6 +300,14 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
 }
 
 /// The register-tiled kernels (CPU adapters).
+/// Texture copies of A's and B's first `a_vecs` and `b_vecs` vec4s.
+fn operand_textures(a: &Tensor, a_vecs: usize, b: &Tensor, b_vecs: usize, width: usize) -> Result<[OperandTexture; 2]> {
+    let mut t = upload_textures(&[(a, a_vecs), (b, b_vecs)], width)?;
+    let tb = t.pop().ok_or_else(|| Error::shape("matmul", "operand textures"))?;
+    let ta = t.pop().ok_or_else(|| Error::shape("matmul", "operand textures"))?;
+    Ok([ta, tb])
+}
+
 /// What a register kernel call needs besides its tensors: the operand feed, the tile and the
 /// pipeline constants (the kernel is `REGISTER_SUBGROUP` for [`Feed::Subgroup`], else
 /// `REGISTER`), and the texture width.
@@ -420,7 +428,7 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         params.tex_shift = width.trailing_zeros();
     }
     if feed == Feed::Subgroup {
-        let (ta, tb) = (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?);
+        let [ta, tb] = operand_textures(a, a_vecs, b, b_vecs, width)?;
         return gpu.dispatch_with_textures(
             &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
             bytemuck::bytes_of(&params),
@@ -430,7 +438,8 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
         );
     }
     let (ta, tb) = if feed == Feed::Texture {
-        (upload_texture(a, a_vecs, width)?, upload_texture(b, b_vecs, width)?)
+        let [ta, tb] = operand_textures(a, a_vecs, b, b_vecs, width)?;
+        (ta, tb)
     } else {
         (dummy_texture(gpu), dummy_texture(gpu))
     };
