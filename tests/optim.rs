@@ -19,6 +19,13 @@ fn specs() -> Vec<ParamSpec> {
     ]
 }
 
+/// Past 8192 elements: CPU adapters run the texture-fed AdamW.
+fn large_specs() -> Vec<ParamSpec> {
+    let mut s = specs();
+    s.push(ParamSpec::new("big", &[70, 130], true));
+    s
+}
+
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&a| a as f64).collect()
 }
@@ -87,6 +94,14 @@ fn zero_grad_and_gradient_accumulation() {
     store.grads().write_f32(&vec![1.5; store.padded_len()]).unwrap();
     store.zero_grad().unwrap();
     assert!(store.grads().to_f32_vec().unwrap().iter().all(|&g| g == 0.0));
+    // A store past 65,536 elements (the driver's memset on CPU adapters), with values after it
+    // that must survive.
+    let big = ParamStore::new(&gpu, &[ParamSpec::new("huge", &[300, 256], true)]).unwrap();
+    let after = Tensor::from_f32(&gpu, &[7.0; 64], &[64]).unwrap();
+    big.grads().write_f32(&vec![2.5; big.padded_len()]).unwrap();
+    big.zero_grad().unwrap();
+    assert!(big.grads().to_f32_vec().unwrap().iter().all(|&g| g == 0.0));
+    assert_eq!(after.to_f32_vec().unwrap(), vec![7.0; 64]);
     // Two micro-batches add into the flat gradient buffer; other tensors stay untouched.
     for _ in 0..2 {
         let tape = Tape::new();
@@ -119,8 +134,8 @@ fn grad_norm_matches_reference_and_is_deterministic() {
 
 /// Run `steps` AdamW steps on the GPU and in f64 with the same gradients; compare every step.
 /// Returns the final reference parameters.
-fn adamw_against_reference(gpu: &Gpu, cfg: AdamWConfig, grad_scales: &[f32]) -> Vec<f64> {
-    let store = ParamStore::new(gpu, &specs()).unwrap();
+fn adamw_against_reference(gpu: &Gpu, specs: &[ParamSpec], cfg: AdamWConfig, grad_scales: &[f32]) -> Vec<f64> {
+    let store = ParamStore::new(gpu, specs).unwrap();
     let mut p = vec![0.0f64; store.padded_len()];
     for (i, e) in store.entries().iter().enumerate() {
         let data = rand_vec(e.numel(), 10 + i as u64, -1.0, 1.0);
@@ -160,14 +175,16 @@ fn adamw_matches_reference() {
     // Gradient norms per step: about 10, 0.1, 30, 2, 10.
     let scales = [1.0, 0.01, 3.0, 0.2, 1.0];
     let base = AdamWConfig { beta2: 0.95, ..Default::default() };
-    adamw_against_reference(&gpu, AdamWConfig { weight_decay: 0.0, ..base }, &scales);
-    let decayed = adamw_against_reference(&gpu, AdamWConfig { weight_decay: 0.1, ..base }, &scales);
-    let loose = adamw_against_reference(&gpu, AdamWConfig { weight_decay: 0.1, max_grad_norm: Some(1e4), ..base }, &scales);
-    let clipped = adamw_against_reference(&gpu, AdamWConfig { weight_decay: 0.1, max_grad_norm: Some(0.5), ..base }, &scales);
-    // A clip that never engages changes nothing; one that engages changes the trajectory.
-    assert_eq!(loose, decayed);
-    let moved = clipped.iter().zip(&decayed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(moved > 1e-3, "clipping had no effect ({moved})");
+    for specs in [specs(), large_specs()] {
+        adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.0, ..base }, &scales);
+        let decayed = adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.1, ..base }, &scales);
+        let loose = adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.1, max_grad_norm: Some(1e4), ..base }, &scales);
+        let clipped = adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.1, max_grad_norm: Some(0.5), ..base }, &scales);
+        // A clip that never engages changes nothing; one that engages changes the trajectory.
+        assert_eq!(loose, decayed);
+        let moved = clipped.iter().zip(&decayed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(moved > 1e-3, "clipping had no effect ({moved})");
+    }
 }
 
 #[test]

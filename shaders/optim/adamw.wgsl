@@ -5,6 +5,9 @@
 //   m  = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
 //   p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
 // The gradient buffer is only read. Padding between tensors is zero in p, g, m, v and stays so.
+// For CPU adapters the `*_texture` entries read p, g, m and v from texture copies (see
+// gpu/texture.rs: there a buffer load costs a loop over the SIMD lanes, a texel fetch a gather)
+// and store p, m and v to the buffers: three costly accesses per vec4 instead of seven.
 
 struct Params {
     n: u32,          // elements (a multiple of 4)
@@ -17,7 +20,8 @@ struct Params {
     bias_correction1: f32,       // 1 - beta1^step
     bias_correction2_sqrt: f32,  // sqrt(1 - beta2^step)
     max_norm: f32,
-    _pad0: u32,
+    // texture-fed entries: log2 of the textures' width in texels
+    shift: u32,
     _pad1: u32,
 }
 
@@ -27,20 +31,36 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> norm: array<f32>;
+// vec4 number i of p, g, m, v at texel (i mod W, i / W), W = 2^shift (texture-fed entries)
+@group(0) @binding(6) var p_tex: texture_2d<f32>;
+@group(0) @binding(7) var g_tex: texture_2d<f32>;
+@group(0) @binding(8) var m_tex: texture_2d<f32>;
+@group(0) @binding(9) var v_tex: texture_2d<f32>;
 
 const WG: u32 = 256u;
 
 fn update(i: u32, grad_scale: f32) {
-    // load
-    let g = grads[i] * grad_scale;
-    var w = params[i];
+    store(i, params[i], grads[i] * grad_scale, m[i], v[i]);
+}
+
+fn texel(t: texture_2d<f32>, i: u32) -> vec4<f32> {
+    return textureLoad(t, vec2<u32>(i & ((1u << p.shift) - 1u), i >> p.shift), 0);
+}
+
+fn update_texture(i: u32, grad_scale: f32) {
+    store(i, texel(p_tex, i), texel(g_tex, i) * grad_scale, texel(m_tex, i), texel(v_tex, i));
+}
+
+// The update of vec4 i from its parameters w, scaled gradient g and moments m0, v0.
+fn store(i: u32, w0: vec4<f32>, g: vec4<f32>, m0: vec4<f32>, v0: vec4<f32>) {
+    var w = w0;
     // decoupled weight decay
     if (i < p.decay_end / 4u) {
         w = w * (1.0 - p.lr * p.weight_decay);
     }
     // moments
-    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
-    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    let mi = p.beta1 * m0 + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v0 + (1.0 - p.beta2) * g * g;
     // store
     m[i] = mi;
     v[i] = vi;
@@ -64,4 +84,18 @@ fn adamw_clip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let i = index(gid, nwg);
     if (i >= p.n / 4u) { return; }
     update(i, min(1.0, p.max_norm / (norm[0] + 1e-6)));
+}
+
+@compute @workgroup_size(WG)
+fn adamw_texture(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n / 4u) { return; }
+    update_texture(i, 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn adamw_clip_texture(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n / 4u) { return; }
+    update_texture(i, min(1.0, p.max_norm / (norm[0] + 1e-6)));
 }

@@ -137,6 +137,21 @@ impl Gpu {
         (buf_at, bufs): (u32, &[Binding]),
         groups: [u32; 3],
     ) -> Result<()> {
+        let textures: Vec<(u32, &wgpu::TextureView)> = textures.iter().enumerate().map(|(i, t)| (tex_at + i as u32, *t)).collect();
+        let bufs: Vec<(u32, Binding)> = bufs.iter().enumerate().map(|(i, b)| (buf_at + i as u32, *b)).collect();
+        self.dispatch_bound(k, params, &textures, &bufs, groups)
+    }
+
+    /// The general dispatch: `params` at binding 0, each texture and buffer at the binding
+    /// given with it.
+    pub fn dispatch_bound(
+        &self,
+        k: &Kernel,
+        params: &[u8],
+        textures: &[(u32, &wgpu::TextureView)],
+        bufs: &[(u32, Binding)],
+        groups: [u32; 3],
+    ) -> Result<()> {
         let max = self.limits().max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::shape("dispatch", format!("{}: workgroups {groups:?} exceed the limit {max}", k.entry)));
@@ -157,13 +172,12 @@ impl Gpu {
                 size: wgpu::BufferSize::new(usize_),
             }),
         });
-        for (i, t) in textures.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: tex_at + i as u32, resource: wgpu::BindingResource::TextureView(t) });
+        for &(binding, t) in textures {
+            entries.push(wgpu::BindGroupEntry { binding, resource: wgpu::BindingResource::TextureView(t) });
         }
-        let first = buf_at;
-        for (i, b) in bufs.iter().enumerate() {
+        for &(binding, b) in bufs {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + first,
+                binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: b.buffer,
                     offset: b.offset,

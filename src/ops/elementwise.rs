@@ -46,6 +46,15 @@ fn run(entry: &'static str, out: &Tensor, inputs: &[&Tensor], a: f32, b: f32) ->
 
 /// `t[i] = value` for every element.
 pub fn fill(t: &Tensor, value: f32) -> Result<()> {
+    // Zeroing a large tensor on a CPU adapter: the driver's memset (a transfer command) instead
+    // of a kernel storing one lane at a time (a W2 gradient reset went from 3.5 ms to well
+    // under 1 ms on lavapipe).
+    let gpu = t.gpu();
+    if value == 0.0 && t.dtype() == DType::F32 && gpu.is_cpu() && t.len() >= 65536 {
+        let b = t.binding();
+        gpu.with_encoder(|enc| enc.clear_buffer(b.buffer, b.offset, Some(b.size)));
+        return Ok(());
+    }
     run("fill", t, &[], value, 0.0)
 }
 

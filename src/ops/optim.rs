@@ -4,7 +4,8 @@
 //! global norm read from a one-element GPU buffer: a step never reads anything back.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, ShaderSource};
+use crate::gpu::texture::tensor_textures;
+use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::params::ParamStore;
 use crate::shader;
 use crate::tensor::{DType, Tensor};
@@ -109,6 +110,7 @@ struct AdamWParams {
     bias_correction1: f32,
     bias_correction2_sqrt: f32,
     max_norm: f32,
+    /// `_pad[0]`: the textures' shift for the texture-fed entries.
     _pad: [u32; 2],
 }
 
@@ -193,6 +195,20 @@ impl AdamW {
             }
             None => "adamw",
         };
+        // CPU adapters: p, g, m and v from texture copies (only p, m and v are written).
+        let state = [store.values(), store.grads(), &self.m, &self.v];
+        let textures = if gpu.variant() == KernelVariant::Register { tensor_textures(&state)? } else { None };
+        if let Some((tex, shift)) = textures {
+            let p = AdamWParams { _pad: [shift, 0], ..p };
+            let mut bufs = vec![(1, binds[0]), (3, binds[2]), (4, binds[3])];
+            if let Some(nrm) = &norm {
+                bufs.push((5, nrm.binding()));
+            }
+            let views: Vec<(u32, &wgpu::TextureView)> = tex.iter().enumerate().map(|(i, t)| (6 + i as u32, &t.view)).collect();
+            let entry = if norm.is_some() { "adamw_clip_texture" } else { "adamw_texture" };
+            gpu.dispatch_bound(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &views, &bufs, groups)?;
+            return Ok(norm);
+        }
         gpu.dispatch(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &binds, groups)?;
         Ok(norm)
     }
