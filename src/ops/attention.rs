@@ -14,7 +14,7 @@
 //! key row (dk/dv), accumulators in private arrays, no workgroup memory, no barriers; sequences
 //! are read from texture copies (see `textures`), or from the buffers where a texture would not
 //! fit or would not pay (fewer than four query rows per kv head). Where subgroups are exactly
-//! 8 consecutive lanes (lavapipe), the texture-fed kernels take their `*_subgroup.wgsl` forms:
+//! 8 consecutive lanes (lavapipe), the texture-fed kernels take their forms in `subgroup.wgsl`:
 //! the 8 lanes are 8 neighbouring rows that need the same key (query) rows, so each lane fetches
 //! one of the next eight and `subgroupBroadcast` shares them, an eighth of the texel fetches (a
 //! W2 step's attention went from 226 to ~90 ms on lavapipe). `KernelVariant::Tiled` (real
@@ -40,9 +40,7 @@ static BACKWARD_STATS: ShaderSource = shader!("attention/backward_stats.wgsl");
 static BACKWARD_DQ: ShaderSource = shader!("attention/backward_dq.wgsl");
 static BACKWARD_DKV: ShaderSource = shader!("attention/backward_dkv.wgsl");
 static KV_CACHE: ShaderSource = shader!("attention/kv_cache.wgsl");
-static FORWARD_SUBGROUP: ShaderSource = shader!("attention/forward_subgroup.wgsl");
-static BACKWARD_DQ_SUBGROUP: ShaderSource = shader!("attention/backward_dq_subgroup.wgsl");
-static BACKWARD_DKV_SUBGROUP: ShaderSource = shader!("attention/backward_dkv_subgroup.wgsl");
+static SUBGROUP: ShaderSource = shader!("attention/subgroup.wgsl");
 /// Shaders of this family.
 pub static SHADERS: &[&ShaderSource] = &[
     &FORWARD,
@@ -52,15 +50,13 @@ pub static SHADERS: &[&ShaderSource] = &[
     &BACKWARD_DQ,
     &BACKWARD_DKV,
     &KV_CACHE,
-    &FORWARD_SUBGROUP,
-    &BACKWARD_DQ_SUBGROUP,
-    &BACKWARD_DKV_SUBGROUP,
+    &SUBGROUP,
 ];
 
 static SUBGROUP_KERNELS: AtomicBool = AtomicBool::new(true);
 
 /// Allow (the default) or forbid the subgroup variants of the texture-fed register kernels
-/// (`*_subgroup.wgsl`); tests and benches run both.
+/// (`subgroup.wgsl`); tests and benches run both.
 pub fn set_subgroup_kernels(on: bool) {
     SUBGROUP_KERNELS.store(on, Ordering::Relaxed);
 }
@@ -237,11 +233,11 @@ impl Call<'_> {
         };
         if let (Some([q, k, v]), true) = (&textures, subgroup_kernels(gpu)) {
             let groups = gpu.groups_1d(d.batch * d.n_head * d.q_len.next_multiple_of(8), 64);
-            return gpu.dispatch_with_textures(
-                &Kernel::new(&FORWARD_SUBGROUP, "forward").with(&[("HEAD_DIM", d.head_dim as f64)]),
+            return gpu.dispatch_bound(
+                &Kernel::new(&SUBGROUP, "forward").with(&[("HEAD_DIM", d.head_dim as f64)]),
                 bytemuck::bytes_of(&p),
-                &[&q.view, &k.view, &v.view],
-                &[self.mask_tensor().binding(), out.binding_vec4(), lse.binding()],
+                &[(1, &q.view), (2, &k.view), (3, &v.view)],
+                &[(6, self.mask_tensor().binding()), (7, out.binding_vec4()), (9, lse.binding())],
                 groups,
             );
         }
@@ -303,18 +299,19 @@ impl Call<'_> {
         if textures.is_some() && subgroup_kernels(gpu) {
             let consts = [("HEAD_DIM", d.head_dim as f64)];
             let mask = self.mask_tensor().binding();
-            gpu.dispatch_with_textures(
-                &Kernel::new(&BACKWARD_DQ_SUBGROUP, "backward_dq").with(&consts),
+            let views: Vec<(u32, &wgpu::TextureView)> = views.iter().enumerate().map(|(i, v)| (i as u32 + 1, *v)).collect();
+            gpu.dispatch_bound(
+                &Kernel::new(&SUBGROUP, "backward_dq").with(&consts),
                 params,
                 &views,
-                &[mask, dq.binding_vec4()],
+                &[(6, mask), (7, dq.binding_vec4())],
                 gpu.groups_1d(d.batch * d.n_head * d.q_len.next_multiple_of(8), 64),
             )?;
-            return gpu.dispatch_with_textures(
-                &Kernel::new(&BACKWARD_DKV_SUBGROUP, "backward_dkv").with(&consts),
+            return gpu.dispatch_bound(
+                &Kernel::new(&SUBGROUP, "backward_dkv").with(&consts),
                 params,
                 &views,
-                &[mask, dk.binding_vec4(), dv.binding_vec4()],
+                &[(6, mask), (7, dk.binding_vec4()), (8, dv.binding_vec4())],
                 gpu.groups_1d(d.batch * d.n_kv_head * d.kv_len.next_multiple_of(8), 64),
             );
         }

@@ -1,6 +1,6 @@
-// Attention backward dk and dv, subgroup variant of backward_dkv.wgsl for CPU adapters: per key
-// row, over every query row that sees it (all heads of its group), dv = sum P dout and
-// dk = scale * sum dS q, query rows taken eight at a time.
+// Fused attention for CPU adapters with 8-lane subgroups: the subgroup variants of
+// forward.wgsl (forward), backward_dq.wgsl (backward_dq) and backward_dkv.wgsl (backward_dkv),
+// with their inputs, outputs and math, keys (or query rows) taken eight at a time.
 //
 // Why: in the one-thread-per-row kernels every lane of an 8-lane SIMD vector fetches the same
 // key texels (its neighbours' rows need the same keys), so each texel is gathered eight times.
@@ -11,6 +11,8 @@
 // loop bound is the subgroup's, so all lanes reach every broadcast. The host runs these only
 // where subgroups are exactly 8 lanes of consecutive invocations (lavapipe) and q, k, v (and
 // dout, row stats) are in textures (see textures.rs).
+//
+// One binding table for the three entry points; each binds only what it uses.
 
 struct Params {
     batch: u32,
@@ -52,8 +54,12 @@ const NEG_BIG: f32 = -3.0e38;
 // (lse, D, -, -) of query row t of head h at texel (t, h) of layer b (backward_stats.wgsl).
 @group(0) @binding(5) var st_tex: texture_2d_array<f32>;
 @group(0) @binding(6) var<storage, read> key_mask: array<u32>;
-@group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;
+// forward: out; backward_dq: dq; backward_dkv: dk
+@group(0) @binding(7) var<storage, read_write> dst: array<vec4<f32>>;
+// backward_dkv: dv
 @group(0) @binding(8) var<storage, read_write> dv: array<vec4<f32>>;
+// forward: lse
+@group(0) @binding(9) var<storage, read_write> lse: array<f32>;
 
 // Texel x of row `row` of layer b (x counts vec4s from the start of the token's row).
 fn tex(t: texture_2d_array<f32>, b: u32, row: u32, x: u32) -> vec4<f32> {
@@ -86,6 +92,164 @@ fn bits_hi(bits: u32) -> vec4<bool> {
 // forward.wgsl).
 fn chunks() -> u32 {
     return select(p.head_chunks, HEAD_DIM / 4u, HEAD_DIM <= 32u);
+}
+
+@compute @workgroup_size(64)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    // rows of each head padded to a multiple of 8: a subgroup never spans two heads
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let padded = (p.q_len + 7u) & ~7u;
+    let bh = i / padded;
+    if (bh >= p.batch * p.n_head) {
+        return; // whole subgroups only
+    }
+    let row = i % padded;
+    let t = min(row, p.q_len - 1u);
+    let last = min((row & ~7u) + 7u, p.q_len - 1u);
+    let h = bh % p.n_head;
+    let b = bh / p.n_head;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let dc = chunks();
+    // this row's keys end at s_end; the subgroup's at s_hi
+    var s_end = p.kv_len;
+    var s_hi = p.kv_len;
+    if (p.causal != 0u) {
+        s_end = min(s_end, p.q_offset + t + 1u);
+        s_hi = min(s_hi, p.q_offset + last + 1u);
+    }
+
+    // load: the query row, pre-scaled; zero the accumulator
+    var qr: array<vec4<f32>, 32>;
+    var acc: array<vec4<f32>, 32>;
+    let qx = (p.q_off + h * HEAD_DIM) / 4u;
+    for (var c = 0u; c < dc; c++) {
+        qr[c] = tex(q_tex, b, t, qx + c) * p.scale;
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    let kx = (p.k_off + kvh * HEAD_DIM) / 4u;
+    let vx = (p.v_off + kvh * HEAD_DIM) / 4u;
+
+    for (var s0 = 0u; s0 < s_hi; s0 += 8u) {
+        // this lane fetches key s0 + lane (clamped; masked below)
+        let s = s0 + lane;
+        let sl = min(s, p.kv_len - 1u);
+        let ok = s < p.kv_len && (p.has_mask == 0u || key_mask[b * p.mask_stride + sl] != 0u);
+        let bits = subgroupBallot(ok).x;
+        // accumulate: scores of the eight keys
+        var lo = vec4<f32>(0.0);
+        var hi = vec4<f32>(0.0);
+        for (var c = 0u; c < dc; c++) {
+            let kv = tex(k_tex, b, sl, kx + c);
+            lo += dots_lo(qr[c], kv);
+            hi += dots_hi(qr[c], kv);
+        }
+        // online softmax: mask (padding, causality for this row), new max, rescale, probabilities
+        let first = vec4<u32>(s0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let vis_lo = bits_lo(bits) & (first < vec4<u32>(s_end));
+        let vis_hi = bits_hi(bits) & (first + vec4<u32>(4u) < vec4<u32>(s_end));
+        let sc_lo = select(vec4<f32>(NEG_BIG), lo, vis_lo);
+        let sc_hi = select(vec4<f32>(NEG_BIG), hi, vis_hi);
+        let mx = max(sc_lo, sc_hi);
+        let m_new = max(m, max(max(mx.x, mx.y), max(mx.z, mx.w)));
+        let cr = exp(m - m_new);
+        let p_lo = select(vec4<f32>(0.0), exp(sc_lo - m_new), vis_lo);
+        let p_hi = select(vec4<f32>(0.0), exp(sc_hi - m_new), vis_hi);
+        l = l * cr + dot(p_lo + p_hi, vec4<f32>(1.0));
+        m = m_new;
+        // accumulate: acc = acc * rescale + P V
+        for (var c = 0u; c < dc; c++) {
+            acc[c] = acc[c] * cr + mix8(p_lo, p_hi, tex(v_tex, b, sl, vx + c));
+        }
+    }
+
+    // store: normalise; a row that sees no key gets 0 output and lse = NEG_BIG
+    if (row >= p.q_len) {
+        return;
+    }
+    let ob = (p.o_off + b * p.o_bstride + t * p.o_tstride + h * HEAD_DIM) / 4u;
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var c = 0u; c < dc; c++) {
+        dst[ob + c] = acc[c] * inv;
+    }
+    lse[(b * p.n_head + h) * p.q_len + t] = select(NEG_BIG, m + log(l), l > 0.0);
+}
+
+@compute @workgroup_size(64)
+fn backward_dq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let padded = (p.q_len + 7u) & ~7u;
+    let bh = i / padded;
+    if (bh >= p.batch * p.n_head) {
+        return; // whole subgroups only
+    }
+    let row = i % padded;
+    let t = min(row, p.q_len - 1u);
+    let last = min((row & ~7u) + 7u, p.q_len - 1u);
+    let h = bh % p.n_head;
+    let b = bh / p.n_head;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let dc = chunks();
+    var s_end = p.kv_len;
+    var s_hi = p.kv_len;
+    if (p.causal != 0u) {
+        s_end = min(s_end, p.q_offset + t + 1u);
+        s_hi = min(s_hi, p.q_offset + last + 1u);
+    }
+
+    // load: scaled q row, dout row, (lse, D); zero dq
+    var qr: array<vec4<f32>, 32>;
+    var dor: array<vec4<f32>, 32>;
+    var kr: array<vec4<f32>, 32>;
+    var acc: array<vec4<f32>, 32>;
+    let qx = (p.q_off + h * HEAD_DIM) / 4u;
+    let ox = (p.o_off + h * HEAD_DIM) / 4u;
+    for (var c = 0u; c < dc; c++) {
+        qr[c] = tex(q_tex, b, t, qx + c) * p.scale;
+        dor[c] = tex(do_tex, b, t, ox + c);
+    }
+    let st = textureLoad(st_tex, vec2<u32>(t, h), b, 0).xy;
+    let kx = (p.k_off + kvh * HEAD_DIM) / 4u;
+    let vx = (p.v_off + kvh * HEAD_DIM) / 4u;
+
+    for (var s0 = 0u; s0 < s_hi; s0 += 8u) {
+        let s = s0 + lane;
+        let sl = min(s, p.kv_len - 1u);
+        let ok = s < p.kv_len && (p.has_mask == 0u || key_mask[b * p.mask_stride + sl] != 0u);
+        let bits = subgroupBallot(ok).x;
+        // accumulate: scores and dP of the eight keys (this lane's key texels kept for dq)
+        var sc_lo = vec4<f32>(0.0);
+        var sc_hi = vec4<f32>(0.0);
+        var dp_lo = vec4<f32>(0.0);
+        var dp_hi = vec4<f32>(0.0);
+        for (var c = 0u; c < dc; c++) {
+            kr[c] = tex(k_tex, b, sl, kx + c);
+            let vv = tex(v_tex, b, sl, vx + c);
+            sc_lo += dots_lo(qr[c], kr[c]);
+            sc_hi += dots_hi(qr[c], kr[c]);
+            dp_lo += dots_lo(dor[c], vv);
+            dp_hi += dots_hi(dor[c], vv);
+        }
+        // P from the saved lse (0 where masked), dS = P (dP - D)
+        let first = vec4<u32>(s0) + vec4<u32>(0u, 1u, 2u, 3u);
+        let vis_lo = bits_lo(bits) & (first < vec4<u32>(s_end));
+        let vis_hi = bits_hi(bits) & (first + vec4<u32>(4u) < vec4<u32>(s_end));
+        let ds_lo = select(vec4<f32>(0.0), exp(sc_lo - st.x), vis_lo) * (dp_lo - st.y);
+        let ds_hi = select(vec4<f32>(0.0), exp(sc_hi - st.x), vis_hi) * (dp_hi - st.y);
+        // accumulate: dq += dS k
+        for (var c = 0u; c < dc; c++) {
+            acc[c] += mix8(ds_lo, ds_hi, kr[c]);
+        }
+    }
+
+    // store: dq = scale * sum dS k, in q's layout
+    if (row >= p.q_len) {
+        return;
+    }
+    let gb = (p.q_off + b * p.q_bstride + t * p.q_tstride + h * HEAD_DIM) / 4u;
+    for (var c = 0u; c < dc; c++) {
+        dst[gb + c] = acc[c] * p.scale;
+    }
 }
 
 @compute @workgroup_size(64)
@@ -179,7 +343,7 @@ fn backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let gkb = (p.k_off + b * p.k_bstride + s * p.k_tstride + kvh * HEAD_DIM) / 4u;
     let gvb = (p.v_off + b * p.v_bstride + s * p.v_tstride + kvh * HEAD_DIM) / 4u;
     for (var c = 0u; c < dc; c++) {
-        dk[gkb + c] = gk[c] * p.scale;
+        dst[gkb + c] = gk[c] * p.scale;
         dv[gvb + c] = gv[c];
     }
 }
