@@ -94,29 +94,48 @@ fn chunks() -> u32 {
     return select(p.head_chunks, HEAD_DIM / 4u, HEAD_DIM <= 32u);
 }
 
-@compute @workgroup_size(64)
-fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    // rows of each head padded to a multiple of 8: a subgroup never spans two heads
-    let i = gid.x + gid.y * nwg.x * 64u;
+// The query row of invocation i (forward, backward_dq). Rows of each head are padded to a
+// multiple of 8, so a subgroup never spans two heads; b >= batch marks a subgroup past the end.
+struct QueryRow {
+    // the padded row index, and the row it computes (the last real one for padding lanes)
+    row: u32,
+    t: u32,
+    h: u32,
+    b: u32,
+    // this row's keys end at s_end, the subgroup's at s_hi
+    s_end: u32,
+    s_hi: u32,
+}
+
+fn query_row(i: u32) -> QueryRow {
     let padded = (p.q_len + 7u) & ~7u;
     let bh = i / padded;
-    if (bh >= p.batch * p.n_head) {
-        return; // whole subgroups only
-    }
     let row = i % padded;
     let t = min(row, p.q_len - 1u);
     let last = min((row & ~7u) + 7u, p.q_len - 1u);
-    let h = bh % p.n_head;
-    let b = bh / p.n_head;
-    let kvh = h / (p.n_head / p.n_kv_head);
-    let dc = chunks();
-    // this row's keys end at s_end; the subgroup's at s_hi
     var s_end = p.kv_len;
     var s_hi = p.kv_len;
     if (p.causal != 0u) {
         s_end = min(s_end, p.q_offset + t + 1u);
         s_hi = min(s_hi, p.q_offset + last + 1u);
     }
+    return QueryRow(row, t, bh % p.n_head, bh / p.n_head, s_end, s_hi);
+}
+
+@compute @workgroup_size(64)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let q = query_row(gid.x + gid.y * nwg.x * 64u);
+    if (q.b >= p.batch) {
+        return; // whole subgroups only
+    }
+    let row = q.row;
+    let t = q.t;
+    let h = q.h;
+    let b = q.b;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let dc = chunks();
+    let s_end = q.s_end;
+    let s_hi = q.s_hi;
 
     // load: the query row, pre-scaled; zero the accumulator
     var qr: array<vec4<f32>, 32>;
@@ -177,25 +196,18 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 
 @compute @workgroup_size(64)
 fn backward_dq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let i = gid.x + gid.y * nwg.x * 64u;
-    let padded = (p.q_len + 7u) & ~7u;
-    let bh = i / padded;
-    if (bh >= p.batch * p.n_head) {
+    let q = query_row(gid.x + gid.y * nwg.x * 64u);
+    if (q.b >= p.batch) {
         return; // whole subgroups only
     }
-    let row = i % padded;
-    let t = min(row, p.q_len - 1u);
-    let last = min((row & ~7u) + 7u, p.q_len - 1u);
-    let h = bh % p.n_head;
-    let b = bh / p.n_head;
+    let row = q.row;
+    let t = q.t;
+    let h = q.h;
+    let b = q.b;
     let kvh = h / (p.n_head / p.n_kv_head);
     let dc = chunks();
-    var s_end = p.kv_len;
-    var s_hi = p.kv_len;
-    if (p.causal != 0u) {
-        s_end = min(s_end, p.q_offset + t + 1u);
-        s_hi = min(s_hi, p.q_offset + last + 1u);
-    }
+    let s_end = q.s_end;
+    let s_hi = q.s_hi;
 
     // load: scaled q row, dout row, (lse, D); zero dq
     var qr: array<vec4<f32>, 32>;
