@@ -82,9 +82,9 @@ impl Default for DemoConfig {
             dpo_steps: 100,
             onpolicy_prompts: 256,
             onpolicy_steps: 100,
-            // 5e-5 until this session's kernels changed the float rounding; then PPO no longer
-            // beat SFT on the default seed on lavapipe (+0.005), and 1e-4 did (+0.147; on an
-            // H200 +0.175 with the Tiled kernels, +0.085 with the Register ones).
+            // 5e-5 until the faster lavapipe kernels of 2026-11-28 changed the float rounding;
+            // then PPO no longer beat SFT on the default seed on lavapipe (+0.005), and 1e-4 did
+            // (+0.147; on an H200 +0.175 with the Tiled kernels, +0.085 with the Register ones).
             ppo_lr: 1e-4,
             dpo_lr: 3e-4,
             kl_coef: 0.2,
