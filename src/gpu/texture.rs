@@ -266,12 +266,12 @@ pub(crate) fn dummy_texture(gpu: &Gpu) -> OperandTexture {
 pub(crate) const MIN_TEXTURE_ELEMENTS: usize = 8192;
 
 /// Texture copies of `tensors` (f32), all `width` texels wide so that one shift addresses them:
-/// the width fits the largest; None where the first has fewer than [`MIN_TEXTURE_ELEMENTS`], a
-/// length is not a multiple of 4 or a copy would pass the adapter's texture limits. Returns the
-/// views and log2 of the width.
+/// the width fits the largest; None on adapters that do not take the register kernels, where
+/// the first has fewer than [`MIN_TEXTURE_ELEMENTS`], a length is not a multiple of 4 or a copy
+/// would pass the adapter's texture limits. Returns the views and log2 of the width.
 pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
     let Some(first) = tensors.first() else { return Ok(None) };
-    if first.len() < MIN_TEXTURE_ELEMENTS {
+    if first.gpu().variant() != super::KernelVariant::Register || first.len() < MIN_TEXTURE_ELEMENTS {
         return Ok(None);
     }
     if tensors.iter().any(|t| t.dtype() != crate::tensor::DType::F32 || !t.len().is_multiple_of(4) || t.is_empty()) {
@@ -282,4 +282,20 @@ pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<Operand
     let operands: Vec<(&Tensor, usize)> = tensors.iter().map(|t| (*t, t.len() / 4)).collect();
     let views = upload_textures(&operands, width)?;
     Ok(Some((views, width.trailing_zeros())))
+}
+
+/// A texture-fed elementwise entry point: one thread per vec4 of `out`, texture copies of `ins`
+/// at bindings 4 and 5 and `out` at 6 (the layout of gelu.wgsl and linear.wgsl); `params` builds
+/// the uniform from (vec4s, textures' shift). False, with nothing recorded, where the texture
+/// form does not apply (see [`tensor_textures`]).
+pub(crate) fn texture_elementwise(k: &Kernel, out: &Tensor, ins: &[&Tensor], params: impl FnOnce(u32, u32) -> Vec<u8>) -> Result<bool> {
+    if out.dtype() != crate::tensor::DType::F32 || !out.len().is_multiple_of(4) || ins.iter().any(|t| t.len() != out.len()) {
+        return Ok(false);
+    }
+    let Some((tex, shift)) = tensor_textures(ins)? else { return Ok(false) };
+    let gpu = out.gpu();
+    let n4 = out.len() / 4;
+    let views: Vec<&wgpu::TextureView> = tex.iter().map(|t| &t.view).collect();
+    gpu.dispatch_at(k, &params(n4 as u32, shift), (4, &views), (6, &[out.binding_vec4()]), gpu.groups_1d(n4, 256))?;
+    Ok(true)
 }

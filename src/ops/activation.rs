@@ -5,8 +5,8 @@
 //! inputs from texture copies (see `gpu::texture`).
 
 use crate::error::{Error, Result};
-use crate::gpu::texture::tensor_textures;
-use crate::gpu::{Kernel, KernelVariant, ShaderSource};
+use crate::gpu::texture::texture_elementwise;
+use crate::gpu::{Kernel, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
@@ -51,28 +51,9 @@ fn run(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins
     gpu.dispatch(&Kernel::new(shader, entry), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(first.len(), 256))
 }
 
-/// On CPU adapters, `<entry>_texture`: one thread per vec4 writing `out` from texture copies of
-/// `ins` (at bindings 4 and 5; `out` at 6). False where that form does not apply (other
-/// adapters, a length that is not a multiple of 4, textures too large); nothing is recorded then.
-fn run_texture(shader: &'static ShaderSource, entry: &'static str, out: &Tensor, ins: &[&Tensor]) -> Result<bool> {
-    let gpu = out.gpu();
-    if gpu.variant() != KernelVariant::Register || !out.len().is_multiple_of(4) || ins.iter().any(|t| t.shape() != out.shape()) {
-        return Ok(false);
-    }
-    let Some((tex, shift)) = tensor_textures(ins)? else { return Ok(false) };
-    let entry = match entry {
-        "forward_tanh" => "forward_tanh_texture",
-        "backward_tanh" => "backward_tanh_texture",
-        "forward_erf" => "forward_erf_texture",
-        "backward_erf" => "backward_erf_texture",
-        _ => return Ok(false),
-    };
-    let n4 = out.len() / 4;
-    let p = Params { n: n4 as u32, _pad: [shift, 0, 0] };
-    let views: Vec<&wgpu::TextureView> = tex.iter().map(|t| &t.view).collect();
-    let k = Kernel::new(shader, entry);
-    gpu.dispatch_at(&k, bytemuck::bytes_of(&p), (4, &views), (6, &[out.binding_vec4()]), gpu.groups_1d(n4, 256))?;
-    Ok(true)
+/// The uniform of the texture-fed GELU entries: vec4s, the textures' shift.
+fn texture_params(n4: u32, shift: u32) -> Vec<u8> {
+    bytemuck::bytes_of(&Params { n: n4, _pad: [shift, 0, 0] }).to_vec()
 }
 
 fn like(x: &Tensor, what: &str) -> Result<Tensor> {
@@ -82,11 +63,11 @@ fn like(x: &Tensor, what: &str) -> Result<Tensor> {
 /// GELU of every element.
 pub fn gelu_forward(x: &Tensor, kind: GeluKind) -> Result<Tensor> {
     let y = like(x, "gelu out")?;
-    let entry = match kind {
-        GeluKind::Tanh => "forward_tanh",
-        GeluKind::Erf => "forward_erf",
+    let (entry, texture_entry) = match kind {
+        GeluKind::Tanh => ("forward_tanh", "forward_tanh_texture"),
+        GeluKind::Erf => ("forward_erf", "forward_erf_texture"),
     };
-    if !run_texture(&GELU, entry, &y, &[x])? {
+    if !texture_elementwise(&Kernel::new(&GELU, texture_entry), &y, &[x], texture_params)? {
         run(&GELU, entry, &[&y], &[x])?;
     }
     Ok(y)
@@ -95,13 +76,15 @@ pub fn gelu_forward(x: &Tensor, kind: GeluKind) -> Result<Tensor> {
 /// GELU backward: `dx = dout * gelu'(x)`.
 pub fn gelu_backward(dout: &Tensor, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
     let dx = like(x, "gelu dx")?;
-    let entry = match kind {
-        GeluKind::Tanh => "backward_tanh",
-        GeluKind::Erf => "backward_erf",
+    let (entry, texture_entry) = match kind {
+        GeluKind::Tanh => ("backward_tanh", "backward_tanh_texture"),
+        GeluKind::Erf => ("backward_erf", "backward_erf_texture"),
     };
-    if !run_texture(&GELU, entry, &dx, &[x, dout])? {
-        run(&GELU, entry, &[&dx], &[x, dout])?;
+    // On CPU adapters (x and dout shaped alike, checked by `run` otherwise) from textures.
+    if dout.shape() == x.shape() && texture_elementwise(&Kernel::new(&GELU, texture_entry), &dx, &[x, dout], texture_params)? {
+        return Ok(dx);
     }
+    run(&GELU, entry, &[&dx], &[x, dout])?;
     Ok(dx)
 }
 

@@ -5,8 +5,8 @@
 //! from texture copies (see `gpu::texture`).
 
 use crate::error::{Error, Result};
-use crate::gpu::texture::tensor_textures;
-use crate::gpu::{Kernel, KernelVariant, ShaderSource};
+use crate::gpu::texture::texture_elementwise;
+use crate::gpu::{Kernel, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
@@ -60,27 +60,16 @@ pub fn fill(t: &Tensor, value: f32) -> Result<()> {
 
 /// `out[i] += a * x[i]` (gradient accumulation).
 pub fn add_assign(out: &Tensor, x: &Tensor, a: f32) -> Result<()> {
-    if x.len() == out.len() && run_texture("add_assign_texture", out, &[out, x], a, 0.0)? {
+    if run_texture("add_assign_texture", out, &[out, x], a, 0.0)? {
         return Ok(());
     }
     run("add_assign", out, &[x], a, 0.0)
 }
 
-/// On CPU adapters, a texture-fed entry: one thread per vec4 writing `out` from texture copies
-/// of `ins` (bindings 4 and 5; `out` at 6). False where that form does not apply (other
-/// adapters, a length that is not a multiple of 4, textures too large); nothing is recorded then.
+/// On CPU adapters, a texture-fed entry of linear.wgsl (see
+/// [`texture_elementwise`]); false where it does not apply.
 fn run_texture(entry: &'static str, out: &Tensor, ins: &[&Tensor], a: f32, b: f32) -> Result<bool> {
-    let gpu = out.gpu();
-    if gpu.variant() != KernelVariant::Register || out.dtype() != DType::F32 || !out.len().is_multiple_of(4) {
-        return Ok(false);
-    }
-    let Some((tex, shift)) = tensor_textures(ins)? else { return Ok(false) };
-    let n4 = out.len() / 4;
-    let p = Params { n: n4 as u32, a, b, _pad: shift };
-    let views: Vec<&wgpu::TextureView> = tex.iter().map(|t| &t.view).collect();
-    let k = Kernel::new(&LINEAR, entry);
-    gpu.dispatch_at(&k, bytemuck::bytes_of(&p), (4, &views), (6, &[out.binding_vec4()]), gpu.groups_1d(n4, 256))?;
-    Ok(true)
+    texture_elementwise(&Kernel::new(&LINEAR, entry), out, ins, |n, shift| bytemuck::bytes_of(&Params { n, a, b, _pad: shift }).to_vec())
 }
 
 /// A new tensor `a * x`.
@@ -93,7 +82,7 @@ pub fn scale_forward(x: &Tensor, a: f32) -> Result<Tensor> {
 /// A new tensor `a * x + b * y` (x and y of equal size; the result takes x's shape).
 pub fn axpby(x: &Tensor, y: &Tensor, a: f32, b: f32) -> Result<Tensor> {
     let out = Tensor::empty(x.gpu(), x.shape(), DType::F32, "axpby")?;
-    if x.len() == y.len() && run_texture("axpby_texture", &out, &[x, y], a, b)? {
+    if run_texture("axpby_texture", &out, &[x, y], a, b)? {
         return Ok(out);
     }
     run("axpby", &out, &[x, y], a, b)?;

@@ -114,6 +114,7 @@ pub fn layer_norm_forward(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) 
 /// Texture copies of `tensors` for the texture-fed row kernels of CPU adapters (one thread per
 /// row, C a multiple of 4), or None where those do not apply.
 fn row_textures(gpu: &Gpu, cols: usize, tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
+    // (tensor_textures itself declines on adapters that do not take the register kernels)
     if gpu.variant() != KernelVariant::Register || !cols.is_multiple_of(4) || cols > reduce::THREAD_ROW_MAX {
         return Ok(None);
     }

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;
-use crate::gpu::{Kernel, KernelVariant, ShaderSource};
+use crate::gpu::{Kernel, ShaderSource};
 use crate::params::ParamStore;
 use crate::shader;
 use crate::tensor::{DType, Tensor};
@@ -197,8 +197,7 @@ impl AdamW {
         };
         // CPU adapters: p, g, m and v from texture copies (only p, m and v are written).
         let state = [store.values(), store.grads(), &self.m, &self.v];
-        let textures = if gpu.variant() == KernelVariant::Register { tensor_textures(&state)? } else { None };
-        if let Some((tex, shift)) = textures {
+        if let Some((tex, shift)) = tensor_textures(&state)? {
             let p = AdamWParams { _pad: [shift, 0], ..p };
             let mut bufs = vec![(1, binds[0]), (3, binds[2]), (4, binds[3])];
             if let Some(nrm) = &norm {
