@@ -1,11 +1,12 @@
 //! Gradient-check rows for the neural-network op families: norm, activation, softmax, rope,
-//! embedding and reduce. Row families run in both kernel variants (thread per row and
+//! embedding and reduce, and GPT-2's Conv1D layers (plain, and after a recomputed GELU). Row families run in both kernel variants (thread per row and
 //! workgroup per row); odd shapes throughout (1, 7, 33, 130 and rows past the 64-row blocks of
 //! the parameter-gradient sums).
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::activation::{self as act, GeluKind};
-use plumb::ops::{embedding as emb, norm, reduce, rope, softmax};
+use plumb::ops::{embedding as emb, matmul as mm, norm, reduce, rope, softmax};
+use plumb::nn;
 use plumb::{DType, Gpu, KernelVariant, Tape, Tensor, Var};
 
 const VARIANTS: [KernelVariant; 2] = [KernelVariant::Register, KernelVariant::Tiled];
@@ -126,6 +127,27 @@ fn activation_table() {
         ));
     }
     run_table(&gpu, "activation", &cases);
+}
+
+#[test]
+fn conv1d_table() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    // (rows, in, out): ragged shapes, and one whose GELU input (1024 x 16) takes the texture path.
+    for (rows, cin, cout) in [(5usize, 7usize, 3usize), (33, 16, 12), (1024, 16, 8)] {
+        let product = move |x: &[f64], w: &[f64], b: &[f64]| mm::reference::matmul(x, w, Some(b), 1, (rows, cin, cout), (false, false), (false, false));
+        let inputs = || vec![Input::range(&[rows, cin], -3.0, 3.0), Input::range(&[cin, cout], -1.0, 1.0), Input::range(&[cout], -1.0, 1.0)];
+        cases.push(Case::new(format!("conv1d {rows}x{cin}->{cout}"), inputs(), |v| nn::conv1d(&v[0], &v[1], &v[2]), move |d| product(&d[0], &d[1], &d[2])));
+        for kind in [GeluKind::Tanh, GeluKind::Erf] {
+            cases.push(Case::new(
+                format!("gelu_conv1d {kind:?} {rows}x{cin}->{cout}"),
+                inputs(),
+                move |v| nn::gelu_conv1d(&v[0], kind, &v[1], &v[2]),
+                move |d| product(&act::reference::gelu(&d[0], kind), &d[1], &d[2]),
+            ));
+        }
+    }
+    run_both(&gpu, "conv1d", &cases);
 }
 
 #[test]

@@ -17,7 +17,7 @@
 // kernel near 4 GFLOP/s; its texel fetches are vector gathers, several times cheaper. So with
 // FROM_TEXTURE the vec4 loads read rgba32float textures holding the same data (the host copies
 // the buffers in): vec4 number i of a tensor is texel (i mod W, i / W), W = 2^tex_shift. (With
-// AVX-512 the per-lane loads are cheap and the buffers are read directly, 16x32 tiles.)
+// AVX-512 the per-lane loads are cheap and the buffers are read directly, 16x16 tiles.)
 //
 // Overrides pick the layout (TRANS_A, TRANS_B), the load width (A_VEC4, B_VEC4, C_VEC4: vec4
 // loads need the contiguous dimension to be a multiple of 4, else scalar loads), the bias, the

@@ -103,7 +103,7 @@ impl std::fmt::Display for AdapterSummary {
             writeln!(f, "  driver:                 {} {}", i.driver, i.driver_info)?;
         }
         writeln!(f, "  max buffer size:        {} MiB", l.max_buffer_size >> 20)?;
-        writeln!(f, "  max storage binding:    {} MiB", l.max_storage_buffer_binding_size as u64 >> 20)?;
+        writeln!(f, "  max storage binding:    {} MiB", l.max_storage_buffer_binding_size >> 20)?;
         writeln!(f, "  storage buffers/stage:  {}", l.max_storage_buffers_per_shader_stage)?;
         writeln!(f, "  workgroup storage:      {} KiB", l.max_compute_workgroup_storage_size >> 10)?;
         writeln!(f, "  invocations/workgroup:  {}", l.max_compute_invocations_per_workgroup)?;

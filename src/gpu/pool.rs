@@ -74,7 +74,7 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
     if bytes > max_buf {
         return Err(Error::TooLarge { what: what.into(), bytes, limit: max_buf, kind: "buffer" });
     }
-    let max_bind = limits.max_storage_buffer_binding_size as u64;
+    let max_bind = limits.max_storage_buffer_binding_size;
     if bytes > max_bind {
         return Err(Error::TooLarge { what: what.into(), bytes, limit: max_bind, kind: "storage binding" });
     }
@@ -82,15 +82,23 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
     let size = if size > max_buf.min(max_bind) { bytes.div_ceil(256) * 256 } else { size };
     let reused = {
         let mut p = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let b = p.free.get_mut(&size).and_then(|v| v.pop());
-        if b.is_some() {
-            p.cached_bytes -= size;
-            p.in_use_bytes += size;
+        // The same class, else the smallest idle buffer of a larger one up to twice the size:
+        // bindings carry their own sizes, and taking it beats holding both (on lavapipe every
+        // byte the pool ever held stays resident).
+        let class = if p.free.get(&size).is_some_and(|v| !v.is_empty()) {
+            Some(size)
+        } else {
+            p.free.iter().filter(|(&c, v)| c > size && c <= 2 * size && !v.is_empty()).map(|(&c, _)| c).min()
+        };
+        let b = class.and_then(|c| p.free.get_mut(&c).and_then(|v| v.pop()).map(|b| (b, c)));
+        if let Some((_, c)) = &b {
+            p.cached_bytes -= c;
+            p.in_use_bytes += c;
             p.peak_bytes = p.peak_bytes.max(p.in_use_bytes + p.cached_bytes);
         }
         b
     };
-    let buffer = match reused {
+    let (buffer, size) = match reused {
         Some(b) => b,
         None => {
             // On failure give cached memory back to the driver and try once more.
@@ -105,7 +113,7 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
             p.in_use_bytes += size;
             p.peak_bytes = p.peak_bytes.max(p.in_use_bytes + p.cached_bytes);
             drop(p);
-            b
+            (b, size)
         }
     };
     Ok(Arc::new(PoolBuffer { buffer: Some(buffer), size, gpu: gpu.clone() }))

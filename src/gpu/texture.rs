@@ -4,10 +4,11 @@
 //! rgba32float copies: vec4 number i of a tensor is texel (i mod W, i / W), W a power of two.
 //! The buffer-to-texture copy is a memcpy there and is recorded in order with the step.
 //!
-//! Textures are pooled by size and go back to the pool as soon as the dispatch that reads them
-//! is recorded: a later copy into the same texture is ordered after that dispatch by wgpu's
-//! barriers, so a step needs one texture per size in flight, not one per product (this keeps
-//! the peak memory of a W2 step ~120 MiB lower on lavapipe, and skips the allocations).
+//! Textures (these operand copies, and attention's sequence textures) are pooled by size and go
+//! back to the pool as soon as the dispatch that reads them is recorded: a later copy into the
+//! same texture is ordered after that dispatch by wgpu's barriers, so a step needs one texture
+//! per size in flight, not one per product (this keeps the peak memory of a W2 step ~130 MiB
+//! lower on lavapipe, and skips the allocations).
 //!
 //! A copy ends the open compute pass, so small operands are packed by a kernel instead
 //! (`texture_pack.wgsl`), and while a [`FrozenTextures`] guard lives the texture copies of one
@@ -27,10 +28,10 @@ const PACK_MAX_VECS: usize = 2048;
 /// Most bytes of idle textures the pool keeps; past this, returned textures are freed.
 const POOL_MAX_BYTES: u64 = 64 << 20;
 
-/// Idle operand textures by (width, height), and the kept copies of a frozen buffer.
+/// Idle textures by (width, height, layers), and the kept copies of a frozen buffer.
 #[derive(Default)]
 pub(crate) struct TexturePool {
-    free: HashMap<(u32, u32), Vec<wgpu::Texture>>,
+    free: HashMap<(u32, u32, u32), Vec<wgpu::Texture>>,
     bytes: u64,
     /// The buffer frozen by a [`FrozenTextures`] guard, and its copies by (offset, vec4s, width).
     frozen: Option<wgpu::Buffer>,
@@ -45,28 +46,47 @@ impl TexturePool {
     }
 }
 
-/// A texture copy of an operand; its texture returns to the pool when this is dropped, so keep
-/// it until the dispatch that reads it is recorded.
-pub(crate) struct OperandTexture {
-    pub(crate) view: wgpu::TextureView,
-    pooled: Option<(Gpu, wgpu::Texture)>,
+/// An rgba32float texture from the pool; it goes back to the pool when dropped, so keep it (or
+/// a view's owner) until the dispatches that use it are recorded. A later user of the same
+/// texture in the step is ordered after them by wgpu's barriers.
+pub(crate) struct PooledTexture {
+    texture: Option<wgpu::Texture>,
+    gpu: Gpu,
 }
 
-impl Drop for OperandTexture {
+impl PooledTexture {
+    pub(crate) fn texture(&self) -> &wgpu::Texture {
+        self.texture.as_ref().expect("pooled texture used after drop")
+    }
+
+    /// Keep the texture out of the pool for good (dropping the returned one frees it).
+    fn unpooled(mut self) -> wgpu::Texture {
+        self.texture.take().expect("pooled texture used after drop")
+    }
+}
+
+impl Drop for PooledTexture {
     fn drop(&mut self) {
-        if let Some((gpu, tex)) = self.pooled.take() {
+        if let Some(tex) = self.texture.take() {
             let bytes = texture_bytes(&tex);
-            let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = self.gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
             if pool.bytes + bytes <= POOL_MAX_BYTES {
                 pool.bytes += bytes;
-                pool.free.entry((tex.width(), tex.height())).or_default().push(tex);
+                pool.free.entry((tex.width(), tex.height(), tex.depth_or_array_layers())).or_default().push(tex);
             }
         }
     }
 }
 
+/// A texture copy of an operand; a pooled texture returns to the pool when this is dropped, so
+/// keep it until the dispatch that reads it is recorded.
+pub(crate) struct OperandTexture {
+    pub(crate) view: wgpu::TextureView,
+    _pooled: Option<PooledTexture>,
+}
+
 fn texture_bytes(t: &wgpu::Texture) -> u64 {
-    t.width() as u64 * t.height() as u64 * 16
+    t.width() as u64 * t.height() as u64 * t.depth_or_array_layers() as u64 * 16
 }
 
 /// While this lives, texture copies of ranges of one buffer are made once and reused (see
@@ -97,25 +117,30 @@ impl Gpu {
     }
 }
 
-/// An rgba32float texture of `width` x `height` from the pool, or a new one.
-fn pooled_texture(gpu: &Gpu, width: u32, height: u32) -> wgpu::Texture {
-    {
+/// An rgba32float texture of `width` x `height` texels and `layers` layers from the pool, or a
+/// new one; sampled, written as a storage texture or copied into.
+pub(crate) fn pooled_texture(gpu: &Gpu, width: u32, height: u32, layers: u32) -> PooledTexture {
+    let reused = {
         let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = pool.free.get_mut(&(width, height)).and_then(|v| v.pop()) {
-            pool.bytes -= texture_bytes(&t);
-            return t;
+        let t = pool.free.get_mut(&(width, height, layers)).and_then(|v| v.pop());
+        if let Some(t) = &t {
+            pool.bytes -= texture_bytes(t);
         }
-    }
-    gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some("operand texture"),
-        size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::STORAGE_BINDING,
-        view_formats: &[],
-    })
+        t
+    };
+    let texture = reused.unwrap_or_else(|| {
+        gpu.device().create_texture(&wgpu::TextureDescriptor {
+            label: Some("pooled texture"),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: layers },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST | wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        })
+    });
+    PooledTexture { texture: Some(texture), gpu: gpu.clone() }
 }
 
 /// The width (a power of two, in texels) of textures holding `a_vecs` and `b_vecs` vec4s, or
@@ -164,27 +189,28 @@ pub(crate) fn upload_textures(operands: &[(&Tensor, usize)], width: usize) -> Re
     let mut out = Vec::with_capacity(operands.len());
     for ((t, vecs), (kept, frozen)) in operands.iter().zip(found) {
         if let Some(view) = kept {
-            out.push(OperandTexture { view, pooled: None });
+            out.push(OperandTexture { view, _pooled: None });
             continue;
         }
-        let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32);
-        let view = tex.create_view(&wgpu::TextureViewDescriptor::default());
+        let tex = pooled_texture(gpu, width as u32, vecs.div_ceil(width) as u32, 1);
+        let view = tex.texture().create_view(&wgpu::TextureViewDescriptor::default());
         if pack {
             // In the pass: vec4 i of the tensor to texel (i mod width, i / width).
             let p = [*vecs as u32, width.trailing_zeros(), 0, 0];
             let k = Kernel::new(&crate::ops::elementwise::TEXTURE_PACK, "pack");
             gpu.dispatch_with_textures(&k, bytemuck::cast_slice(&p), &[&view], &[t.binding_vec4()], gpu.groups_1d(*vecs, 64))?;
         } else {
-            copy_to_texture(&tex, t, *vecs, width);
+            copy_to_texture(tex.texture(), t, *vecs, width);
         }
         if frozen {
-            // Kept until the guard is dropped; never returned to the pool.
+            // Kept until the guard is dropped (the view holds the texture); never pooled again.
+            drop(tex.unpooled());
             let b = t.binding();
             let mut pool = gpu.0.textures.lock().unwrap_or_else(|e| e.into_inner());
             pool.kept.insert((b.offset, *vecs, width), view.clone());
-            out.push(OperandTexture { view, pooled: None });
+            out.push(OperandTexture { view, _pooled: None });
         } else {
-            out.push(OperandTexture { view, pooled: Some((gpu.clone(), tex)) });
+            out.push(OperandTexture { view, _pooled: Some(tex) });
         }
     }
     Ok(out)
@@ -255,9 +281,22 @@ pub(crate) fn dummy_texture(gpu: &Gpu) -> OperandTexture {
             view_formats: &[],
         })
         .create_view(&wgpu::TextureViewDescriptor::default());
-    OperandTexture { view, pooled: None }
+    OperandTexture { view, _pooled: None }
 }
 
+
+/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
+/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
+pub(crate) fn cheap_buffer_loads() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Below this many elements the texture-fed elementwise and row kernels do not pay: a copy ends
 /// the open compute pass, and on lavapipe an axpby of 1,024 elements took 82 us through
@@ -271,7 +310,7 @@ pub(crate) const MIN_TEXTURE_ELEMENTS: usize = 8192;
 /// would pass the adapter's texture limits. Returns the views and log2 of the width.
 pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
     let Some(first) = tensors.first() else { return Ok(None) };
-    if first.gpu().variant() != super::KernelVariant::Register || first.len() < MIN_TEXTURE_ELEMENTS {
+    if std::env::var("NOTEX").is_ok() || first.gpu().variant() != super::KernelVariant::Register || first.len() < MIN_TEXTURE_ELEMENTS {
         return Ok(None);
     }
     if tensors.iter().any(|t| t.dtype() != crate::tensor::DType::F32 || !t.len().is_multiple_of(4) || t.is_empty()) {

@@ -8,7 +8,7 @@
 use super::config::GptConfig;
 use crate::error::{Error, Result};
 use crate::lora::{Lora, LoraModule};
-use crate::nn::{conv1d, normal};
+use crate::nn::{conv1d, gelu_conv1d, normal};
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
@@ -138,6 +138,16 @@ impl Gpt {
         }
     }
 
+    /// The MLP's output projection of layer `i` on gelu(h), h (B, T, 4C): without an adapter
+    /// on it, one op that recomputes gelu(h) in the backward instead of holding it.
+    fn mlp_proj(&self, tape: Option<&Tape>, h: &Var, i: usize) -> Result<Var> {
+        let name = layer(i, "mlp.c_proj");
+        if self.adapter.as_ref().is_some_and(|a| a.targets(&name)) {
+            return self.conv(tape, &gelu(h, self.gelu_kind())?, i, "mlp.c_proj");
+        }
+        gelu_conv1d(h, self.gelu_kind(), &self.p(tape, &format!("{name}.weight"))?, &self.p(tape, &format!("{name}.bias"))?)
+    }
+
     /// The final hidden states ln_f(x), (B, T, C), for token ids (B, T). With a tape, every
     /// op is recorded for backward; without one nothing is. `key_mask` (B, T) u32 marks
     /// padding keys with 0.
@@ -158,8 +168,8 @@ impl Gpt {
             let a = attention_fused_qkv(&qkv, h, h, key_mask, &attn_cfg)?; // (B, T, C)
             x = add(&x, &self.conv(tape, &a, i, "attn.c_proj")?)?;
             let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
-            let m = gelu(&self.conv(tape, &hn, i, "mlp.c_fc")?, self.gelu_kind())?; // (B, T, 4C)
-            x = add(&x, &self.conv(tape, &m, i, "mlp.c_proj")?)?;
+            let h = self.conv(tape, &hn, i, "mlp.c_fc")?; // (B, T, 4C)
+            x = add(&x, &self.mlp_proj(tape, &h, i)?)?;
         }
         let x = layer_norm(&x, &self.p(tape, "transformer.ln_f.weight")?, &self.p(tape, "transformer.ln_f.bias")?, eps)?;
         debug_assert_eq!(x.shape(), &[b, t, c]);

@@ -274,7 +274,7 @@ impl Call<'_> {
             if let (Some(qkv), Some(dout_tex), Some(stats_tex)) = (
                 self.pack_qkv()?,
                 pack_sequence(dout, self.o, d.batch, d.q_len)?,
-                new_texture(gpu, d.q_len, d.n_head, d.batch, "attention row stats")?,
+                new_texture(gpu, d.q_len, d.n_head, d.batch)?,
             ) {
                 textures = Some((qkv, dout_tex, stats_tex));
             }

@@ -15,13 +15,13 @@
 //!   thread tile and workgroup shape are chosen per shape by a small cost model, so decode-time
 //!   products with a handful of rows stay fast too. On x86 CPUs with AVX-512, LLVM builds
 //!   lavapipe's per-lane loads with masked broadcasts instead of stack round trips, buffer loads
-//!   are cheap, and the buffer-fed kernel with 16x32 tiles is used throughout (see
+//!   are cheap, and the buffer-fed kernel with 16x16 tiles is used throughout (see
 //!   [`RegisterFeed`]; `PLUMB_MATMUL_FEED=buffer|texture` overrides the choice in the bench).
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
 use crate::error::{Error, Result};
-use crate::gpu::texture::{dummy_texture, texture_width, upload_texture, upload_textures, OperandTexture};
+use crate::gpu::texture::{cheap_buffer_loads, dummy_texture, texture_width, upload_texture, upload_textures, OperandTexture};
 use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
@@ -201,8 +201,8 @@ struct Tile {
     wg_y: usize,
 }
 
-/// How the register kernels (CPU adapters) read their operands; process-wide, since it depends
-/// on the CPU.
+/// How the register kernels (CPU adapters) read their operands: matmul's, and AdamW's state;
+/// process-wide, since it depends on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegisterFeed {
     /// Buffers where the CPU has AVX-512 (lavapipe's buffer loads are cheap there), else
@@ -230,16 +230,13 @@ pub fn register_feed() -> RegisterFeed {
     }
 }
 
-/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
-/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
-fn cheap_buffer_loads() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// Whether register kernels read large operands from texture copies (matmul, and AdamW's state):
+/// the [`RegisterFeed`] set, which on `Auto` is where buffer loads are costly.
+pub(crate) fn feed_textures() -> bool {
+    match register_feed() {
+        RegisterFeed::Auto => !cheap_buffer_loads(),
+        RegisterFeed::Buffer => false,
+        RegisterFeed::Texture => true,
     }
 }
 
@@ -263,6 +260,13 @@ enum Feed {
 /// five times a fetch on AVX2 and about half of one with AVX-512 (1024³ at 19, 28 and 32
 /// GFLOP/s for 8x8, 16x16 and 16x32 tiles there). Texture-fed tiles stop at 32x8 and 16x16
 /// outputs a thread: bigger ones were no faster here and take many seconds to compile.
+///
+/// Few tiles, because every pipeline costs resident memory: lavapipe keeps ~6.5 MiB per 16x16
+/// variant (and ~9.5 per 16x32) even when its code comes from Mesa's shader cache, and a
+/// training step needs one per transpose pair and tile. So large products take 16x16 tiles,
+/// or 4x4 where there are only a few rows: a W2 step went from seven register pipelines
+/// (51 MiB) to three at about the same speed on lavapipe with AVX-512. (Its 128x128 weight
+/// gradients over 1,024 rows took 2.8 ms as one 16x16-tile workgroup, 3.2 ms as four 8x8.)
 fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_loads: bool) -> Tile {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
     // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
@@ -271,8 +275,7 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
     let candidates: &[(usize, usize)] = match (feed, small) {
         (Feed::Subgroup, false) => &[(8, 2), (4, 2), (2, 2)],
         (Feed::Subgroup, true) => &[(2, 2), (2, 1)],
-        (Feed::Buffer, false) if cheap_loads => &[(4, 8), (4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
-        (_, false) => &[(4, 4), (4, 2), (2, 4), (2, 2), (1, 4), (1, 2), (1, 1)],
+        (_, false) => &[(4, 4), (1, 1)],
         (_, true) => &[(2, 2), (1, 2), (1, 1)],
     };
     let buffer_alpha = if cheap_loads { 0.45 } else { 5.0 };
@@ -332,12 +335,7 @@ impl RegisterPlan {
         let info = &gpu.adapter().info;
         let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
         let cheap_loads = cheap_buffer_loads();
-        let want_textures = match register_feed() {
-            RegisterFeed::Auto => !cheap_loads,
-            RegisterFeed::Buffer => false,
-            RegisterFeed::Texture => true,
-        };
-        let feed = match (textures && want_textures, gpu.has_subgroups() && eight_lanes) {
+        let feed = match (textures && feed_textures(), gpu.has_subgroups() && eight_lanes) {
             (false, _) => Feed::Buffer,
             (true, false) => Feed::Texture,
             (true, true) => Feed::Subgroup,

@@ -43,8 +43,8 @@ impl KvCache {
         if gpu.variant() == KernelVariant::Register {
             let width = n_kv_head * head_dim / 4;
             if let (Some(kt), Some(vt)) = (
-                new_texture(gpu, width, max_len, batch, "kv cache key texture")?,
-                new_texture(gpu, width, max_len, batch, "kv cache value texture")?,
+                new_texture(gpu, width, max_len, batch)?,
+                new_texture(gpu, width, max_len, batch)?,
             ) {
                 tex = Some([kt, vt]);
             }

@@ -8,7 +8,9 @@
 
 use super::{u32_of, Layout, PACK};
 use crate::error::Result;
+use crate::gpu::texture::{pooled_texture, PooledTexture};
 use crate::gpu::{Gpu, Kernel};
+use std::sync::Arc;
 use crate::tensor::Tensor;
 
 /// The pack kernel's uniform (mirrors `struct Params` in pack.wgsl).
@@ -25,36 +27,31 @@ struct PackParams {
     src_off: u32,
 }
 
-/// An rgba32float array texture the kernels sample and the pack kernel or a copy fills.
+/// An rgba32float array texture the kernels sample and the pack kernel or a copy fills. It comes
+/// from the GPU's texture pool and goes back when the last clone is dropped, so the textures of
+/// one layer's attention serve the next layers' within a step.
 #[derive(Clone)]
 pub(super) struct SeqTexture {
-    texture: wgpu::Texture,
+    texture: Arc<PooledTexture>,
     pub(super) view: wgpu::TextureView,
 }
 
-/// A new texture of `width` x `height` texels and `layers` layers; None where it passes the
+/// A texture of `width` x `height` texels and `layers` layers; None where it passes the
 /// adapter's limits.
-pub(super) fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize, label: &str) -> Result<Option<SeqTexture>> {
+pub(super) fn new_texture(gpu: &Gpu, width: usize, height: usize, layers: usize) -> Result<Option<SeqTexture>> {
     let l = gpu.limits();
     let (max_2d, max_layers) = (l.max_texture_dimension_2d as usize, l.max_texture_array_layers as usize);
     // wgpu's GL backend treats a one-layer array texture as a plain 2-D one, so the
     // texture-fed kernels would read nothing there: GL takes the buffer-fed path.
     let gl = gpu.adapter().info.backend == wgpu::Backend::Gl;
-    if gl || width == 0 || width > max_2d || height > max_2d || layers > max_layers {
+    if gl || width == 0 || height == 0 || layers == 0 || width > max_2d || height > max_2d || layers > max_layers {
         return Ok(None);
     }
-    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some(label),
-        size: wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: layers as u32 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    let view = texture.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() });
-    Ok(Some(SeqTexture { texture, view }))
+    let texture = pooled_texture(gpu, width as u32, height as u32, layers as u32);
+    let view = texture
+        .texture()
+        .create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() });
+    Ok(Some(SeqTexture { texture: Arc::new(texture), view }))
 }
 
 /// A 1x1 texture for the texture bindings of the buffer-fed path (never read or written).
@@ -95,7 +92,7 @@ pub(super) fn pack_rows(dst: &SeqTexture, t: &Tensor, lay: Layout, width: usize,
                     },
                 },
                 wgpu::TexelCopyTextureInfo {
-                    texture: &dst.texture,
+                    texture: dst.texture.texture(),
                     mip_level: 0,
                     origin: wgpu::Origin3d { x: 0, y: dst_row0 as u32, z: 0 },
                     aspect: wgpu::TextureAspect::All,
@@ -123,7 +120,7 @@ pub(super) fn pack_rows(dst: &SeqTexture, t: &Tensor, lay: Layout, width: usize,
 /// Kernels find a head at texel (lay.off + h * D) / 4 of its token's row.
 pub(super) fn pack_sequence(t: &Tensor, lay: Layout, batch: usize, rows: usize) -> Result<Option<SeqTexture>> {
     let width = lay.tstride / 4;
-    let Some(tex) = new_texture(t.gpu(), width, rows, batch, "attention sequence")? else { return Ok(None) };
+    let Some(tex) = new_texture(t.gpu(), width, rows, batch)? else { return Ok(None) };
     pack_rows(&tex, t, Layout { off: 0, ..lay }, width, batch, rows, 0, 0)?;
     Ok(Some(tex))
 }
