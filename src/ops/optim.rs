@@ -5,8 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;
-use crate::ops::matmul::feed_textures;
 use crate::gpu::{Kernel, ShaderSource};
+use crate::ops::matmul::feed_textures;
 use crate::params::ParamStore;
 use crate::shader;
 use crate::tensor::{DType, Tensor};
