@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::ops::activation::{gelu_backward, gelu_forward, GeluKind};
 use crate::ops::matmul::{bias_grad, matmul_forward, prefetch_products};
 use crate::tape::Var;
+use crate::tensor::Tensor;
 
 /// `y = x·W + b` with `W` stored (in, out), Hugging Face GPT-2's `Conv1D` layout.
 /// x (..., in), w (in, out), b (out) -> y (..., out). Backward computes only the gradients that
@@ -29,7 +30,7 @@ fn conv1d_of(x: &Var, gelu: Option<GeluKind>, w: &Var, b: &Var) -> Result<Var> {
     let x2 = x.tensor().reshape(&[rows, cin])?;
     // The product's input: x, or gelu(x), which lives until the product is recorded (the pool
     // then hands its buffer on).
-    let input = move |x2: &crate::tensor::Tensor| match gelu {
+    let input = move |x2: &Tensor| match gelu {
         Some(kind) => gelu_forward(x2, kind),
         None => Ok(x2.clone()),
     };

@@ -1,12 +1,12 @@
 //! Gradient-check rows for the neural-network op families: norm, activation, softmax, rope,
-//! embedding and reduce, and GPT-2's Conv1D layers (plain, and after a recomputed GELU). Row families run in both kernel variants (thread per row and
-//! workgroup per row); odd shapes throughout (1, 7, 33, 130 and rows past the 64-row blocks of
-//! the parameter-gradient sums).
+//! embedding and reduce, and GPT-2's Conv1D layers (plain, and after a recomputed GELU). Row
+//! families run in both kernel variants (thread per row and workgroup per row); odd shapes
+//! throughout (1, 7, 33, 130 and rows past the 64-row blocks of the parameter-gradient sums).
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::activation::{self as act, GeluKind};
-use plumb::ops::{embedding as emb, matmul as mm, norm, reduce, rope, softmax};
 use plumb::nn;
+use plumb::ops::{embedding as emb, matmul as mm, norm, reduce, rope, softmax};
 use plumb::{DType, Gpu, KernelVariant, Tape, Tensor, Var};
 
 const VARIANTS: [KernelVariant; 2] = [KernelVariant::Register, KernelVariant::Tiled];

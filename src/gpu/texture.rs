@@ -285,19 +285,6 @@ pub(crate) fn dummy_texture(gpu: &Gpu) -> OperandTexture {
 }
 
 
-/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
-/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
-pub(crate) fn cheap_buffer_loads() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Below this many elements the texture-fed elementwise and row kernels do not pay: a copy ends
 /// the open compute pass, and on lavapipe an axpby of 1,024 elements took 82 us through
 /// textures against 43 us from the buffers, while at 16,384 it took 128 us against 219 us.

@@ -10,8 +10,8 @@ use super::{u32_of, Layout, PACK};
 use crate::error::Result;
 use crate::gpu::texture::{pooled_texture, PooledTexture};
 use crate::gpu::{Gpu, Kernel};
-use std::sync::Arc;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 /// The pack kernel's uniform (mirrors `struct Params` in pack.wgsl).
 #[repr(C)]
