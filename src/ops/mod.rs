@@ -12,6 +12,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod ppo;
+pub mod quant;
 pub mod reduce;
 pub mod reward;
 pub mod rope;
@@ -32,6 +33,7 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     norm::SHADERS,
     optim::SHADERS,
     ppo::SHADERS,
+    quant::SHADERS,
     reduce::SHADERS,
     reward::SHADERS,
     rope::SHADERS,
