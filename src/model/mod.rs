@@ -261,6 +261,11 @@ impl Model {
             };
             store.set(&s.name, &file.get_f32(&name, &s.shape)?)?;
         }
+        Self::from_config_and_params(cfg, store)
+    }
+
+    /// A model over an already filled store in Hugging Face names (checkpoint and GGUF loading).
+    pub fn from_config_and_params(cfg: ModelConfig, store: ParamStore) -> Result<Model> {
         Ok(match cfg {
             ModelConfig::Gpt(c) => Model::Gpt(Gpt::from_params(c, store)?),
             ModelConfig::Llama(c) => Model::Llama(Llama::from_params(c, store)?),
