@@ -3,10 +3,12 @@
 
 pub mod align;
 pub mod bench;
+pub mod chat_template;
 pub mod data;
 pub mod demo;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod lora;
 pub mod gpu;
 pub mod model;

@@ -199,6 +199,15 @@ impl Tokenizer {
         Ok(Tokenizer::from_hf(inner, "gpt2".into(), Some(&config)))
     }
 
+    /// A tokenizer from a tokenizer.json document built in memory (GGUF's `tokenizer.ggml.*`),
+    /// with special tokens and chat template named by `config` (tokenizer_config.json keys).
+    pub(crate) fn from_json_doc(doc: &Value, name: String, config: &Value, origin: &Path) -> Result<Tokenizer> {
+        let bytes = serde_json::to_vec(doc).map_err(|e| Error::format(origin, e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::format(origin, format!("could not build the tokenizer: {e}")))?;
+        Ok(Tokenizer::from_hf(inner, name, Some(config)))
+    }
+
     /// Wrap a Hugging Face tokenizer, naming its special tokens from `config` (a parsed
     /// tokenizer_config.json) or, failing that, from common token names.
     fn from_hf(inner: tokenizers::Tokenizer, name: String, config: Option<&Value>) -> Tokenizer {

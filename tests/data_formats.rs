@@ -690,14 +690,15 @@ fn special_tokens_go_on_the_first_part_of_each_row() {
         TokenStream::open(dir.join("docs.bin")).expect("open").document(0).expect("doc").to_vec(),
         vec![0, 3, 4]
     );
-    // This tokenizer carries a Jinja template plumb does not run: the summary says so.
+    // This tokenizer carries its own Jinja template: conversations are rendered with it.
     let chat = jsonl(
         &dir,
         "chat.jsonl",
         &[r#"{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]}"#],
     );
     let sum = prepare(&chat, &dir.join("chat.bin"), &tok, &PrepareOptions::default()).expect("prepare");
-    assert!(sum.notes.iter().any(|n| n.contains("chat template was not applied")), "{sum}");
+    assert!(sum.chat_template.contains("own chat_template"), "{sum}");
+    assert!(sum.notes.is_empty(), "{sum}");
 }
 
 #[test]

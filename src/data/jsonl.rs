@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use super::chat;
 use super::format::{DatasetKind, DatasetWriter};
 use super::rows::{parse_line, resolve_kind, Row};
+use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -122,6 +123,8 @@ pub struct PrepareSummary {
     pub dropped: BTreeMap<String, u64>,
     /// Conversational rows rendered with the chat template.
     pub conversational_rows: u64,
+    /// The template they were rendered with (the model's own, or the built-in ChatML).
+    pub chat_template: &'static str,
     /// Remarks worth showing (e.g. the tokenizer's own chat template was not used).
     pub notes: Vec<String>,
 }
@@ -145,7 +148,7 @@ impl std::fmt::Display for PrepareSummary {
             writeln!(f, "  {n:>8}  {why}")?;
         }
         if self.conversational_rows > 0 {
-            writeln!(f, "chat template: {} ({} conversational rows)", chat::TEMPLATE_NAME, self.conversational_rows)?;
+            writeln!(f, "chat template: {} ({} conversational rows)", self.chat_template, self.conversational_rows)?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
@@ -193,8 +196,11 @@ pub fn prepare_with_progress(
         truncated: 0,
         dropped: BTreeMap::new(),
         conversational_rows: 0,
+        chat_template: chat::TEMPLATE_NAME,
         notes: Vec::new(),
     };
+    let template = ChatTemplate::for_tokenizer(tokenizer)?;
+    sum.chat_template = template.name();
     let mut writer: Option<DatasetWriter> = None;
     let mut kind: Option<DatasetKind> = None;
     let (mut first_line, mut bytes_read) = (1u64, 0u64);
@@ -227,7 +233,7 @@ pub fn prepare_with_progress(
             writer = Some(w);
         }
         // Parse, render and tokenize on all cores; then write in file order.
-        let job = Job { kind: k, tokenizer, opts, eos };
+        let job = Job { kind: k, tokenizer, template: &template, opts, eos };
         let outcomes = batch.process(&job, threads);
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let line = first_line + i as u64;
@@ -265,11 +271,8 @@ pub fn prepare_with_progress(
         return Err(Error::format(input, format!("no rows written (dropped: {})", why.join(", "))));
     }
     writer.finish()?;
-    if sum.conversational_rows > 0 && tokenizer.chat_template().is_some() {
-        sum.notes.push(format!(
-            "the tokenizer's own chat template was not applied; conversations use {}",
-            chat::TEMPLATE_NAME
-        ));
+    if sum.conversational_rows > 0 && !template.is_model_template() {
+        sum.notes.push(format!("the tokenizer has no chat template; conversations use {}", chat::TEMPLATE_NAME));
     }
     Ok(sum)
 }
@@ -365,6 +368,7 @@ impl Batch {
 struct Job<'a> {
     kind: DatasetKind,
     tokenizer: &'a Tokenizer,
+    template: &'a ChatTemplate,
     opts: &'a PrepareOptions,
     eos: Option<u32>,
 }
@@ -382,7 +386,7 @@ impl Job<'_> {
         let Some(row) = parse_line(bytes)? else { return Ok(Outcome::Blank) };
         let conversational = row.is_conversational();
         let k = self.kind;
-        let segments = row.to_segments(k)?;
+        let segments = row.to_segments(k, self.template)?;
         let mut tokens = Vec::with_capacity(segments.len());
         for (i, s) in segments.iter().enumerate() {
             let ids = if i == 0 && self.opts.add_special_tokens {

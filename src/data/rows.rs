@@ -5,7 +5,8 @@
 
 use serde_json::{Map, Value};
 
-use super::chat::{self, Message};
+use super::chat::Message;
+use crate::chat_template::ChatTemplate;
 use super::format::DatasetKind;
 use super::jsonl::OutputFormat;
 
@@ -97,22 +98,22 @@ impl Row {
     }
 
     /// The text of each segment of `kind` (see [`DatasetKind::segment_names`]).
-    pub(super) fn to_segments(&self, kind: DatasetKind) -> std::result::Result<Vec<String>, String> {
+    pub(super) fn to_segments(&self, kind: DatasetKind, tmpl: &ChatTemplate) -> std::result::Result<Vec<String>, String> {
         let cannot = || format!("{} cannot become a {} row; choose another --format", self.shape(), kind.name());
         Ok(match (kind, self) {
             (DatasetKind::TokenStream, Row::Text(t)) => vec![t.clone()],
-            (DatasetKind::TokenStream, Row::Messages(m)) => vec![chat::render_chatml(m, false)],
+            (DatasetKind::TokenStream, Row::Messages(m)) => vec![tmpl.render(m, false).map_err(|e| e.to_string())?],
             (DatasetKind::TokenStream, Row::PromptCompletion(p, c)) => {
-                let (p, c) = split(p, c, "completion")?;
+                let (p, c) = split(p, c, "completion", tmpl)?;
                 vec![p + &c]
             }
             (DatasetKind::PromptCompletion, Row::PromptCompletion(p, c)) => {
-                let (p, c) = split(p, c, "completion")?;
+                let (p, c) = split(p, c, "completion", tmpl)?;
                 vec![p, c]
             }
             (DatasetKind::PromptCompletion, Row::Messages(m)) => {
                 let (p, c) = split_last_assistant(m)?;
-                let (p, c) = split(&Content::Chat(p.to_vec()), &Content::Chat(c.to_vec()), "messages")?;
+                let (p, c) = split(&Content::Chat(p.to_vec()), &Content::Chat(c.to_vec()), "messages", tmpl)?;
                 vec![p, c]
             }
             (DatasetKind::Preference, Row::Preference(p, c, r)) => {
@@ -120,17 +121,17 @@ impl Row {
                     Some(p) => (p.clone(), c.clone(), r.clone()),
                     None => extract_prompt(c, r),
                 };
-                let (pc, c) = split(&p, &c, "chosen")?;
-                let (_, r) = split(&p, &r, "rejected")?;
+                let (pc, c) = split(&p, &c, "chosen", tmpl)?;
+                let (_, r) = split(&p, &r, "rejected", tmpl)?;
                 vec![pc, c, r]
             }
             (DatasetKind::Prompts, Row::PromptOnly(p) | Row::PromptCompletion(p, _) | Row::Preference(Some(p), ..)) => {
-                vec![prompt_text(p)]
+                vec![prompt_text(p, tmpl)?]
             }
-            (DatasetKind::Prompts, Row::Preference(None, c, r)) => vec![prompt_text(&extract_prompt(c, r).0)],
+            (DatasetKind::Prompts, Row::Preference(None, c, r)) => vec![prompt_text(&extract_prompt(c, r).0, tmpl)?],
             (DatasetKind::Prompts, Row::Messages(m)) => {
                 let prompt = split_last_assistant(m).map(|(p, _)| p).unwrap_or(m);
-                vec![chat::render_chatml(prompt, true)]
+                vec![tmpl.render(prompt, true).map_err(|e| e.to_string())?]
             }
             _ => return Err(cannot()),
         })
@@ -199,10 +200,12 @@ fn same_variant(a: &Content, b: &Content, b_name: &str, a_name: &str) -> std::re
 
 /// Prompt and completion texts. Conversations are rendered so prompt + completion equals the
 /// rendering of the whole, the prompt ending with the assistant generation prompt.
-fn split(p: &Content, c: &Content, field: &str) -> std::result::Result<(String, String), String> {
+fn split(p: &Content, c: &Content, field: &str, tmpl: &ChatTemplate) -> std::result::Result<(String, String), String> {
     match (p, c) {
         (Content::Text(p), Content::Text(c)) => Ok((p.clone(), c.clone())),
-        (Content::Chat(p), Content::Chat(c)) => chat::render_prompt_completion(p, c)
+        (Content::Chat(p), Content::Chat(c)) => tmpl
+            .render_prompt_completion(p, c)
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("field `{field}`: the completion must start with an `assistant` message")),
         _ => Err(format!("field `{field}`: mixes a string and a list of messages")),
     }
@@ -216,10 +219,10 @@ fn split_last_assistant(m: &[Message]) -> std::result::Result<(&[Message], &[Mes
     }
 }
 
-fn prompt_text(p: &Content) -> String {
+fn prompt_text(p: &Content, tmpl: &ChatTemplate) -> std::result::Result<String, String> {
     match p {
-        Content::Text(t) => t.clone(),
-        Content::Chat(m) => chat::render_chatml(m, true),
+        Content::Text(t) => Ok(t.clone()),
+        Content::Chat(m) => tmpl.render(m, true).map_err(|e| e.to_string()),
     }
 }
 

@@ -246,9 +246,12 @@ impl Model {
         save_f32(dir.join("model.safetensors"), &self.params().read_all()?, meta)
     }
 
-    /// Load a Hugging Face directory (config.json + model.safetensors). Names are checked one by
-    /// one; GPT-2 files without the `transformer.` prefix (the original hub layout) load too.
+    /// Load a Hugging Face directory (config.json + model.safetensors), or a `.gguf` file
+    /// (dequantized to f32). Names are checked one by one; GPT-2 files without the `transformer.` prefix (the original hub layout) load too.
     pub fn load(gpu: &Gpu, dir: &Path) -> Result<Model> {
+        if dir.is_file() && dir.extension().is_some_and(|e| e == "gguf") {
+            return crate::gguf::model::load_model(gpu, dir); // llama.cpp's file (src/gguf/)
+        }
         let cfg = ModelConfig::load(dir)?;
         let file = WeightFile::open(dir.join("model.safetensors"))?;
         let specs = Self::param_specs(&cfg);
@@ -261,6 +264,11 @@ impl Model {
             };
             store.set(&s.name, &file.get_f32(&name, &s.shape)?)?;
         }
+        Self::from_config_and_params(cfg, store)
+    }
+
+    /// A model over an already filled store in Hugging Face names (checkpoint and GGUF loading).
+    pub fn from_config_and_params(cfg: ModelConfig, store: ParamStore) -> Result<Model> {
         Ok(match cfg {
             ModelConfig::Gpt(c) => Model::Gpt(Gpt::from_params(c, store)?),
             ModelConfig::Llama(c) => Model::Llama(Llama::from_params(c, store)?),

@@ -30,7 +30,7 @@ pub struct CommonArgs {
 
 /// The checkpoint `dir` names: itself when it holds config.json, else the run's newest.
 pub fn resolve_init(dir: &Path) -> Result<PathBuf> {
-    if dir.join("config.json").is_file() {
+    if dir.join("config.json").is_file() || (dir.is_file() && dir.extension().is_some_and(|e| e == "gguf")) {
         return Ok(dir.to_path_buf());
     }
     checkpoint::latest(dir).ok_or_else(|| {
@@ -165,6 +165,7 @@ pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
     match spec {
         "byte" => Ok(Tokenizer::byte_level()),
         "gpt2" => Tokenizer::gpt2_builtin(),
+        path if path.ends_with(".gguf") => plumb::gguf::tokenizer::tokenizer_from_gguf(&plumb::gguf::GgufFile::open(path)?),
         path => Tokenizer::from_file(path),
     }
 }

@@ -11,13 +11,21 @@ use std::path::PathBuf;
 #[command(after_help = "Examples:
   plumb generate runs/sft/checkpoint-300 --prompt 'This movie' --prompt 'The acting'
   plumb generate DIR --prompt 'Once' --temperature 0     # greedy
-  plumb generate DIR --prompt 'Hello' --tokenizer gpt2 --top-p 0.9 --seed 3")]
+  plumb generate DIR --prompt 'Hello' --tokenizer gpt2 --top-p 0.9 --seed 3
+  plumb generate SmolLM2-135M-Instruct.Q4_1.gguf --chat 'Write one sentence about a good movie.' --temperature 0")]
 pub struct GenerateArgs {
     /// A checkpoint or Hugging Face directory (config.json + model.safetensors).
     model: PathBuf,
     /// Prompt text; repeat for a batch.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "chat")]
     prompt: Vec<String>,
+    /// A user message, rendered with the model's own chat template (built-in ChatML when it has
+    /// none) and the assistant's generation prompt; repeat for a batch.
+    #[arg(long)]
+    chat: Vec<String>,
+    /// A PEFT adapter directory to apply (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// byte, gpt2, or a tokenizer.json; default: the directory's tokenizer.json, else byte.
     #[arg(long)]
     tokenizer: Option<String>,
@@ -39,16 +47,27 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let tok = match a.tokenizer.as_deref() {
         Some("byte") => Tokenizer::byte_level(),
         Some("gpt2") => Tokenizer::gpt2_builtin()?,
-        Some(p) => Tokenizer::from_file(p)?,
+        Some(p) => crate::common::load_tokenizer(p)?,
+        None if a.model.extension().is_some_and(|e| e == "gguf") => {
+            plumb::gguf::tokenizer::tokenizer_from_gguf(&plumb::gguf::GgufFile::open(&a.model)?)?
+        }
         None if a.model.join("tokenizer.json").exists() => Tokenizer::from_file(a.model.join("tokenizer.json"))?,
         None => Tokenizer::byte_level(),
     };
     let gpu = Gpu::new()?;
-    let model = Model::load(&gpu, &a.model)?;
+    let mut model = Model::load(&gpu, &a.model)?;
+    if let Some(dir) = &a.adapter {
+        model.load_lora(dir)?;
+    }
     if tok.vocab_size() > model.vocab_size() {
         return Err(Error::config("--tokenizer", format!("{} tokens, the model has {}", tok.vocab_size(), model.vocab_size())));
     }
-    let prompts = a.prompt.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>>>()?;
+    let template = plumb::chat_template::ChatTemplate::for_tokenizer(&tok)?;
+    let mut texts = a.prompt.clone();
+    for c in &a.chat {
+        texts.push(template.render(&[plumb::data::chat::Message::new("user", c.as_str())], true)?);
+    }
+    let prompts = texts.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>>>()?;
     // Byte-level models trained on plumb's corpus end sentences with a newline.
     let stop: Vec<u32> = match tok.eos_id() {
         Some(e) => vec![e],
@@ -62,7 +81,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         pad_id: tok.pad_id().or(tok.eos_id()).unwrap_or(0),
     };
-    for (p, out) in a.prompt.iter().zip(generate(&model, &prompts, &cfg)?) {
+    for (p, out) in texts.iter().zip(generate(&model, &prompts, &cfg)?) {
         let body: Vec<u32> = out.into_iter().filter(|t| !stop.contains(t)).collect();
         println!("{p}{}", tok.decode(&body)?);
     }

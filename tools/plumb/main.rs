@@ -5,6 +5,7 @@ mod common;
 mod data;
 mod demo;
 mod dpo;
+mod export;
 mod generate;
 mod grpo;
 mod info;
@@ -54,6 +55,8 @@ enum Command {
     ///   plumb demo
     ///   plumb demo --seed 1 --out runs/demo-1
     Demo(demo::DemoArgs),
+    /// Merge an adapter and write safetensors (HF layout) or GGUF; or the adapter as a llama.cpp GGUF LoRA.
+    Export(export::ExportArgs),
     /// Measure the standard workloads W1-W4 (matmul, training step, DPO step, generation).
     Bench(bench::BenchArgs),
 }
@@ -69,6 +72,7 @@ fn main() {
         Command::Ppo(a) => ppo::run(a),
         Command::Grpo(a) => grpo::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Export(a) => export::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run_cli(a),
     };
