@@ -391,3 +391,79 @@ fn grpo_table_and_metrics() {
     assert!(ppo::grpo_loss(&lp, &up(&old), None, &advt, &up(&mask), 0.2, 0.1).is_err());
     assert!(ppo::grpo_loss(&lp, &up(&old), None, &up(&old), &up(&mask), 0.2, 0.0).is_err());
 }
+
+/// Labels 1, 0, 1, 1, 0, ... (both kinds present from n = 2).
+fn kto_labels(n: usize) -> Vec<f32> {
+    (0..n).map(|i| f32::from(u8::from(i % 3 != 1))).collect()
+}
+
+#[test]
+fn kto_table_and_metrics() {
+    use plumb::ops::kto::{self, reference as kref, KtoConfig, KtoLoss};
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    // kl_ref below kl_policy: z0 > 0; above: the clamp makes z0 = 0.
+    for (loss_type, kl_shift) in [(KtoLoss::Kto, -3.0f32), (KtoLoss::Kto, 3.0), (KtoLoss::ApoZeroUnpaired, 0.0)] {
+        for n in [1usize, 7, 70] {
+            for (wd, wu) in [(1.0f32, 1.0f32), (1.33, 0.5)] {
+                let cfg = KtoConfig { beta: 0.1, loss_type, desirable_weight: wd, undesirable_weight: wu };
+                let cpu_cfg = cfg.clone();
+                let m = n + 2; // mismatched rows need not be as many as rows
+                let inputs = vec![
+                    grad(&[n], -40.0, -5.0),
+                    constant(&[n], -40.0, -5.0),
+                    Input::Fixed { shape: vec![n], data: kto_labels(n) },
+                    constant(&[m], -30.0, -10.0),
+                    constant(&[m], -30.0 + kl_shift, -10.0 + kl_shift),
+                ];
+                cases.push(
+                    Case::new(
+                        format!("kto {loss_type} n={n} kl_shift={kl_shift} w=({wd},{wu})"),
+                        inputs,
+                        move |v| Ok(kto::kto_loss(&v[0], v[1].tensor(), v[2].tensor(), Some((v[3].tensor(), v[4].tensor())), &cfg)?.0),
+                        move |d| vec![kref::kto_loss(&d[0], &d[1], &d[2], &d[3], &d[4], &cpu_cfg)],
+                    )
+                    .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+                );
+            }
+        }
+    }
+    run_table(&gpu, "kto", &cases);
+
+    // Metrics and the gradient of the loss itself, over more rows than threads.
+    let n = 150;
+    let (lp, rp, lab) = (rand_vec(n, 61, -40.0, -5.0), rand_vec(n, 62, -40.0, -5.0), kto_labels(n));
+    let (kp, kr) = (rand_vec(n, 63, -30.0, -10.0), rand_vec(n, 64, -33.0, -13.0));
+    let t = |x: &[f32]| Tensor::from_f32(&gpu, x, &[x.len()]).unwrap();
+    for loss_type in KtoLoss::ALL {
+        let cfg = KtoConfig { beta: 0.2, loss_type, desirable_weight: 1.5, undesirable_weight: 0.7 };
+        let tape = Tape::new();
+        let v = tape.var(t(&lp));
+        let (loss, metrics) = kto::kto_loss(&v, &t(&rp), &t(&lab), Some((&t(&kp), &t(&kr))), &cfg).unwrap();
+        let (lp64, rp64, lab64, kp64, kr64) = (f64s(&lp), f64s(&rp), f64s(&lab), f64s(&kp), f64s(&kr));
+        let want = kref::kto_stats(&lp64, &rp64, &lab64, &kp64, &kr64, &cfg);
+        assert_close("kto stats", &metrics.tensor().to_f32_vec().unwrap(), &want, 1e-4, 1e-5);
+        let s = metrics.read().unwrap();
+        assert_eq!((s.count_chosen, s.count_rejected), (100.0, 50.0));
+        assert_eq!(s.kl > 0.0, loss_type == KtoLoss::Kto, "kl {}", s.kl);
+        let grads = tape.backward(&loss).unwrap();
+        let d = grads.get(&v).unwrap().to_f32_vec().unwrap();
+        let z0 = kref::kl_estimate(&kp64, &kr64) * f64::from(u8::from(loss_type == KtoLoss::Kto));
+        let want_d: Vec<f64> = (0..n)
+            .map(|i| {
+                let h = 1e-6;
+                let f = |x: f64| kref::row_loss(x, rp64[i], lab64[i] > 0.5, z0, &cfg);
+                (f(lp64[i] + h) - f(lp64[i] - h)) / (2.0 * h) / n as f64
+            })
+            .collect();
+        assert_close("kto d logp", &d, &want_d, 1e-7, 1e-3);
+    }
+    // Bad settings and shapes: errors, not panics.
+    let v = Var::constant(t(&lp));
+    let kl = Some((&t(&kp), &t(&kr)));
+    assert!(kto::kto_loss(&v, &t(&rp), &t(&lab), None, &KtoConfig::default()).is_err(), "kto without KL rows");
+    assert!(kto::kto_loss(&v, &t(&rp[..3]), &t(&lab), kl, &KtoConfig::default()).is_err());
+    assert!(kto::kto_loss(&v, &t(&rp), &t(&lab), kl, &KtoConfig { beta: 0.0, ..Default::default() }).is_err());
+    assert!(kto::kto_loss(&v, &t(&rp), &t(&lab), kl, &KtoConfig { desirable_weight: -1.0, ..Default::default() }).is_err());
+    assert!("kto".parse::<KtoLoss>().is_ok() && "apo_zero_unpaired".parse::<KtoLoss>().is_ok() && "sigmoid".parse::<KtoLoss>().is_err());
+}

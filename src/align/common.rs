@@ -85,6 +85,30 @@ impl Reference<'_> {
     }
 }
 
+/// Run `f` with the policy's LoRA adapters switched off: the base model is the reference.
+pub(crate) fn with_adapters_off<T>(policy: &Model, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if policy.lora().is_none() {
+        return Err(Error::config("reference", "`Reference::Adapters` needs a policy with LoRA adapters attached (Model::add_lora)"));
+    }
+    policy.set_adapters_enabled(false);
+    let r = f();
+    policy.set_adapters_enabled(true);
+    r
+}
+
+/// The reference's sequence log-probs (B) of the rows of `s`, from a live reference (a frozen
+/// model or the policy with its adapters off), zeros for `Reference::None`; `what` names the
+/// method in the error for `Reference::Precomputed`, which only DPO's preference files hold.
+pub(crate) fn live_reference_logps(policy: &Model, reference: &Reference, s: &crate::align::SeqTensors, what: &str) -> Result<crate::tensor::Tensor> {
+    use crate::align::sequence_logps;
+    match reference {
+        Reference::Model(m) => Ok(sequence_logps(m, None, s)?.tensor().clone()),
+        Reference::Adapters => with_adapters_off(policy, || Ok(sequence_logps(policy, None, s)?.tensor().clone())),
+        Reference::None => crate::tensor::Tensor::zeros(s.ids.gpu(), &[s.rows], crate::tensor::DType::F32, "no reference"),
+        Reference::Precomputed => Err(Error::config(what, "precomputed reference log-probs exist for DPO's preference files only; use a reference model or LoRA adapters")),
+    }
+}
+
 /// One preference pair in tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pair {

@@ -66,16 +66,7 @@ pub(crate) fn reference_logps(policy: &Model, reference: &Reference, s: &SeqTens
     }
 }
 
-/// Run `f` with the policy's LoRA adapters switched off: the base model is the reference.
-pub(crate) fn with_adapters_off<T>(policy: &Model, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    if policy.lora().is_none() {
-        return Err(Error::config("reference", "`Reference::Adapters` needs a policy with LoRA adapters attached (Model::add_lora)"));
-    }
-    policy.set_adapters_enabled(false);
-    let r = f();
-    policy.set_adapters_enabled(true);
-    r
-}
+pub(crate) use super::common::with_adapters_off;
 
 impl Dpo {
     pub fn new(cfg: DpoTrainConfig) -> Dpo {

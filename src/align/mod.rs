@@ -1,4 +1,4 @@
-//! Alignment: reward models, DPO and its family, PPO (RLHF) and GRPO, as small trainers over the
+//! Alignment: reward models, DPO and its family, KTO (unpaired thumbs up/down), PPO (RLHF) and GRPO, as small trainers over the
 //! fused loss kernels of [`crate::ops::reward`], [`crate::ops::dpo`] and [`crate::ops::ppo`].
 //! Each reads like the method:
 //!
@@ -19,6 +19,7 @@
 mod common;
 pub mod dpo;
 pub mod grpo;
+pub mod kto;
 pub mod ppo;
 pub mod reward;
 pub mod rollout;
@@ -31,3 +32,4 @@ pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
 pub use ppo::{Ppo, PpoConfig, ValueHead};
 pub use rollout::{Rewards, RolloutConfig};
 pub use grpo::{Grpo, GrpoConfig};
+pub use kto::{Completion, Completions, Kto, KtoMetrics, KtoTrainConfig};

@@ -308,6 +308,51 @@ impl PreferenceDataset {
     }
 }
 
+/// One unpaired feedback row (KTO).
+#[derive(Clone, Copy, Debug)]
+pub struct UnpairedRow<'a> {
+    /// Prompt.
+    pub prompt: Tokens<'a>,
+    /// Completion.
+    pub completion: Tokens<'a>,
+    /// True when the completion is desirable (thumbs up).
+    pub label: bool,
+}
+
+/// Unpaired feedback: (prompt, completion, label) rows, TRL's unpaired preference format.
+#[derive(Debug)]
+pub struct UnpairedDataset(Dataset);
+
+impl UnpairedDataset {
+    /// Open an unpaired file; every label must be 0 or 1.
+    pub fn open(path: impl AsRef<Path>) -> Result<UnpairedDataset> {
+        let d = Dataset::open(path)?.expect_kind(DatasetKind::Unpaired)?;
+        for i in 0..d.n_rows() {
+            let ok = d.segment(i, 2).is_some_and(|l| l.len() == 1 && l.get(0).is_some_and(|v| v <= 1));
+            if !ok {
+                return Err(Error::format(d.path(), format!("row {i}: the label segment must be one value, 0 or 1")));
+            }
+        }
+        Ok(UnpairedDataset(d))
+    }
+    /// The underlying file.
+    pub fn dataset(&self) -> &Dataset {
+        &self.0
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.0.n_rows()
+    }
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Row `i`.
+    pub fn get(&self, i: usize) -> Option<UnpairedRow<'_>> {
+        Some(UnpairedRow { prompt: self.0.segment(i, 0)?, completion: self.0.segment(i, 1)?, label: self.0.segment(i, 2)?.get(0)? == 1 })
+    }
+}
+
 /// RL data: prompts only.
 #[derive(Debug)]
 pub struct PromptDataset(Dataset);

@@ -58,6 +58,9 @@ pub enum DatasetKind {
     Preference,
     /// RL (PPO, GRPO): prompts to generate from.
     Prompts,
+    /// KTO-style unpaired feedback: prompt, completion, and a one-token label segment holding
+    /// 1 (desirable, thumbs up) or 0 (undesirable).
+    Unpaired,
 }
 
 impl DatasetKind {
@@ -68,11 +71,12 @@ impl DatasetKind {
             DatasetKind::PromptCompletion => 2,
             DatasetKind::Preference => 3,
             DatasetKind::Prompts => 4,
+            DatasetKind::Unpaired => 5,
         }
     }
     /// The kind for a header number.
     pub fn from_code(code: u32) -> Option<DatasetKind> {
-        [DatasetKind::TokenStream, DatasetKind::PromptCompletion, DatasetKind::Preference, DatasetKind::Prompts]
+        [DatasetKind::TokenStream, DatasetKind::PromptCompletion, DatasetKind::Preference, DatasetKind::Prompts, DatasetKind::Unpaired]
             .into_iter()
             .find(|k| k.code() == code)
     }
@@ -83,6 +87,7 @@ impl DatasetKind {
             DatasetKind::PromptCompletion => &["prompt", "completion"],
             DatasetKind::Preference => &["prompt", "chosen", "rejected"],
             DatasetKind::Prompts => &["prompt"],
+            DatasetKind::Unpaired => &["prompt", "completion", "label"],
         }
     }
     /// Segments per row.
@@ -96,6 +101,7 @@ impl DatasetKind {
             DatasetKind::PromptCompletion => "prompt/completion",
             DatasetKind::Preference => "preference",
             DatasetKind::Prompts => "prompts",
+            DatasetKind::Unpaired => "unpaired",
         }
     }
 }

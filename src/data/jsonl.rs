@@ -7,6 +7,7 @@
 //! - `{"prompt", "chosen", "rejected"}` preference with explicit prompt, `{"chosen", "rejected"}`
 //!   with implicit prompt (the longest common prefix, TRL's `extract_prompt` rule: a space just
 //!   before the split goes with the completions);
+//! - `{"prompt", "completion", "label"}` unpaired feedback (KTO; `label` true = desirable);
 //! - `{"prompt"}` prompt only.
 //!
 //! Output kinds ([`OutputFormat`]): `text` (token stream: text, messages, prompt+completion
@@ -44,6 +45,8 @@ pub enum OutputFormat {
     Preference,
     /// Prompts only (PPO, GRPO).
     Prompts,
+    /// Prompt, completion, label (KTO).
+    Unpaired,
 }
 
 impl std::str::FromStr for OutputFormat {
@@ -55,7 +58,8 @@ impl std::str::FromStr for OutputFormat {
             "sft" => Ok(OutputFormat::Sft),
             "preference" => Ok(OutputFormat::Preference),
             "prompts" => Ok(OutputFormat::Prompts),
-            _ => Err(Error::config("format", format!("`{s}`; expected auto, text, sft, preference or prompts"))),
+            "unpaired" => Ok(OutputFormat::Unpaired),
+            _ => Err(Error::config("format", format!("`{s}`; expected auto, text, sft, preference, prompts or unpaired"))),
         }
     }
 }
@@ -411,6 +415,11 @@ impl Job<'_> {
             Fit::Truncated => true,
             Fit::Drop(why) => return Ok(Outcome::Dropped { why, conversational }),
         };
+        if k == DatasetKind::Unpaired {
+            // the label segment: one value, 1 desirable, 0 undesirable
+            let label = row.label().ok_or("an unpaired row needs a `label`")?;
+            tokens.push(vec![u32::from(label)]);
+        }
         Ok(Outcome::Row { tokens, conversational, truncated })
     }
 }
@@ -464,7 +473,7 @@ fn empty_reason(kind: DatasetKind, texts: &[String], t: &[Vec<u32>]) -> Option<&
     match kind {
         DatasetKind::TokenStream if empty(0) => Some("empty text"),
         DatasetKind::Prompts if empty(0) => Some("empty prompt"),
-        DatasetKind::PromptCompletion if empty(1) => Some("empty completion"),
+        DatasetKind::PromptCompletion | DatasetKind::Unpaired if empty(1) => Some("empty completion"),
         DatasetKind::Preference if empty(1) || empty(2) => Some("empty chosen or rejected"),
         DatasetKind::Preference if t[1] == t[2] => Some("chosen equals rejected"),
         _ => None,

@@ -10,7 +10,7 @@ pub mod inspect;
 pub mod jsonl;
 mod rows;
 
-pub use dataset::{Dataset, PreferenceDataset, PreferenceRow, PromptDataset, SftDataset, SftRow, TokenStream, Tokens};
+pub use dataset::{Dataset, PreferenceDataset, PreferenceRow, PromptDataset, SftDataset, SftRow, TokenStream, Tokens, UnpairedDataset, UnpairedRow};
 pub use format::{write_reference_logps, DatasetKind, DatasetWriter, TokenDType};
 pub use inspect::{inspect, InspectReport};
 pub use jsonl::{prepare, prepare_with_progress, OutputFormat, Overflow, PrepareOptions, PrepareSummary};

@@ -36,6 +36,8 @@ pub(super) enum Row {
     Messages(Vec<Message>),
     PromptCompletion(Content, Content),
     Preference(Option<Content>, Content, Content),
+    /// Prompt, completion, label (true: desirable).
+    Unpaired(Content, Content, bool),
     PromptOnly(Content),
 }
 
@@ -52,6 +54,16 @@ impl Row {
                 same_variant(p, &c, "chosen", "prompt")?;
             }
             return Ok(Row::Preference(prompt, c, r));
+        }
+        if has("label") {
+            let (p, c) = (field("prompt")?, field("completion")?);
+            same_variant(&p, &c, "completion", "prompt")?;
+            let label = match obj.get("label") {
+                Some(Value::Bool(b)) => *b,
+                Some(other) => return Err(format!("field `label`: expected true or false, found {}", kind_of(other))),
+                None => return Err("missing field `label`".into()),
+            };
+            return Ok(Row::Unpaired(p, c, label));
         }
         if has("completion") {
             let (p, c) = (field("prompt")?, field("completion")?);
@@ -81,7 +93,7 @@ impl Row {
         match self {
             Row::Text(_) => false,
             Row::Messages(_) => true,
-            Row::PromptCompletion(c, _) | Row::Preference(_, c, _) | Row::PromptOnly(c) => {
+            Row::PromptCompletion(c, _) | Row::Preference(_, c, _) | Row::Unpaired(c, ..) | Row::PromptOnly(c) => {
                 matches!(c, Content::Chat(_))
             }
         }
@@ -93,7 +105,16 @@ impl Row {
             Row::Messages(_) => "a `messages` row",
             Row::PromptCompletion(..) => "a prompt/completion row",
             Row::Preference(..) => "a preference row",
+            Row::Unpaired(..) => "an unpaired (prompt, completion, label) row",
             Row::PromptOnly(_) => "a prompt-only row",
+        }
+    }
+
+    /// The label of an unpaired row.
+    pub(super) fn label(&self) -> Option<bool> {
+        match self {
+            Row::Unpaired(_, _, l) => Some(*l),
+            _ => None,
         }
     }
 
@@ -106,6 +127,10 @@ impl Row {
             (DatasetKind::TokenStream, Row::PromptCompletion(p, c)) => {
                 let (p, c) = split(p, c, "completion", tmpl)?;
                 vec![p + &c]
+            }
+            (DatasetKind::Unpaired, Row::Unpaired(p, c, _)) => {
+                let (p, c) = split(p, c, "completion", tmpl)?;
+                vec![p, c] // the label segment is added after tokenizing
             }
             (DatasetKind::PromptCompletion, Row::PromptCompletion(p, c)) => {
                 let (p, c) = split(p, c, "completion", tmpl)?;
@@ -125,7 +150,7 @@ impl Row {
                 let (_, r) = split(&p, &r, "rejected", tmpl)?;
                 vec![pc, c, r]
             }
-            (DatasetKind::Prompts, Row::PromptOnly(p) | Row::PromptCompletion(p, _) | Row::Preference(Some(p), ..)) => {
+            (DatasetKind::Prompts, Row::PromptOnly(p) | Row::PromptCompletion(p, _) | Row::Unpaired(p, ..) | Row::Preference(Some(p), ..)) => {
                 vec![prompt_text(p, tmpl)?]
             }
             (DatasetKind::Prompts, Row::Preference(None, c, r)) => vec![prompt_text(&extract_prompt(c, r).0, tmpl)?],
@@ -145,10 +170,12 @@ pub(super) fn resolve_kind(format: OutputFormat, first: &Row) -> DatasetKind {
         OutputFormat::Sft => DatasetKind::PromptCompletion,
         OutputFormat::Preference => DatasetKind::Preference,
         OutputFormat::Prompts => DatasetKind::Prompts,
+        OutputFormat::Unpaired => DatasetKind::Unpaired,
         OutputFormat::Auto => match first {
             Row::Text(_) => DatasetKind::TokenStream,
             Row::Messages(_) | Row::PromptCompletion(..) => DatasetKind::PromptCompletion,
             Row::Preference(..) => DatasetKind::Preference,
+            Row::Unpaired(..) => DatasetKind::Unpaired,
             Row::PromptOnly(_) => DatasetKind::Prompts,
         },
     }

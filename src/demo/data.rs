@@ -98,6 +98,26 @@ pub fn preference_pairs(tok: &Tokenizer, split: Split, gap: f32, max_chars: usiz
     Ok(out)
 }
 
+/// Thumbs-up / thumbs-down feedback (KTO's unpaired data): sentences of `split` at most
+/// `max_chars` long whose mean human rating is at least `threshold` (clearly positive) are
+/// desirable completions, those at most `-threshold` undesirable; at most `max_each` of each,
+/// in corpus order. The prompt is the start token; completions end with '\n'.
+pub fn thumbs(tok: &Tokenizer, split: Split, threshold: f32, max_chars: usize, max_each: usize) -> Result<Vec<crate::align::Completion>> {
+    let nl = newline(tok)?;
+    let (mut out, mut ups, mut downs) = (vec![], 0, 0);
+    for s in sentences(split)? {
+        let (up, down) = (s.mean >= threshold, s.mean <= -threshold);
+        let room = (up && ups < max_each) || (down && downs < max_each);
+        if room && s.text.len() <= max_chars {
+            let completion = tok.encode(&s.text)?.into_iter().chain([nl]).collect();
+            out.push(crate::align::Completion { prompt: vec![nl], completion, label: up });
+            ups += usize::from(up);
+            downs += usize::from(down);
+        }
+    }
+    Ok(out)
+}
+
 /// Openings of `split`: the start token and the first `words` words of each sentence, e.g.
 /// "\nThe film" (byte-level tokenizers also get the following space, so that the model starts
 /// a word). Sentences shorter than `words + 3` words are skipped.

@@ -19,7 +19,7 @@ pub struct DataArgs {
 #[derive(Subcommand, Debug)]
 enum DataCommand {
     /// Tokenize a JSONL file (TRL formats: text, messages, prompt/completion, chosen/rejected,
-    /// prompt) into a plumb dataset file.
+    /// prompt/completion/label (unpaired, for KTO), prompt) into a plumb dataset file.
     Prepare {
         /// Input JSONL file, one JSON object per line.
         input: PathBuf,
@@ -68,6 +68,7 @@ enum FormatArg {
     Sft,
     Preference,
     Prompts,
+    Unpaired,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -98,6 +99,7 @@ pub fn run(args: DataArgs) -> plumb::Result<()> {
                     FormatArg::Sft => OutputFormat::Sft,
                     FormatArg::Preference => OutputFormat::Preference,
                     FormatArg::Prompts => OutputFormat::Prompts,
+                    FormatArg::Unpaired => OutputFormat::Unpaired,
                 },
                 max_len,
                 overflow: match overflow {

@@ -9,6 +9,7 @@ mod export;
 mod generate;
 mod grpo;
 mod info;
+mod kto;
 mod ppo;
 mod reward;
 mod sft;
@@ -43,6 +44,8 @@ enum Command {
     Reward(reward::RewardArgs),
     /// Direct Preference Optimization (sigmoid, hinge, ipo, robust, ..., sft, and mixtures).
     Dpo(dpo::DpoArgs),
+    /// KTO: thumbs up / down on single answers (kto, apo_zero_unpaired), no pairs needed.
+    Kto(kto::KtoArgs),
     /// RLHF with PPO: sample, score with a reward model minus a KL penalty, clipped update.
     Ppo(ppo::PpoArgs),
     /// GRPO: groups of samples per prompt, group-normalised rewards (VADER or a reward model).
@@ -69,6 +72,7 @@ fn main() {
         Command::Sft(a) => sft::run(a),
         Command::Reward(a) => reward::run(a),
         Command::Dpo(a) => dpo::run(a),
+        Command::Kto(a) => kto::run(a),
         Command::Ppo(a) => ppo::run(a),
         Command::Grpo(a) => grpo::run(a),
         Command::Generate(a) => generate::run(a),
