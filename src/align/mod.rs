@@ -20,6 +20,7 @@ mod common;
 pub mod dpo;
 pub mod grpo;
 pub mod ppo;
+pub mod provenance;
 pub mod reward;
 pub mod rollout;
 pub mod seqs;
