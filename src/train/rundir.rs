@@ -179,6 +179,8 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
                 flatten(&key, x, out);
             }
         }
+        // Settings are f32: compare at f32 precision (a JSON round trip may change the 17th digit).
+        serde_json::Value::Number(n) if n.is_f64() => out.push((prefix.to_string(), (n.as_f64().unwrap_or(f64::NAN) as f32).to_string())),
         other => out.push((prefix.to_string(), other.to_string())),
     }
 }
