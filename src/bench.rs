@@ -168,10 +168,22 @@ impl W2 {
     }
 }
 
+/// A benchmark whose loss turned NaN or infinite measured nothing worth printing.
+fn finite(loss: f32, what: &str, step: usize) -> Result<()> {
+    if !loss.is_finite() {
+        return Err(crate::error::Error::NonFinite { what: format!("{what} (tensor `loss`) at benchmark step {step}"), value: loss as f64 });
+    }
+    Ok(())
+}
+
 /// W2 timed by the harness rule; tokens/s.
 pub fn w2(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
     let mut w = W2::new(gpu)?;
-    let tm = timeit(gpu, 3, iters, || w.step().map(|_| ()))?;
+    let mut step = 0;
+    let tm = timeit(gpu, 3, iters, || {
+        step += 1;
+        finite(w.step()?, "W2 training loss", step)
+    })?;
     Ok(result("W2 train step 8x128".into(), tm, W2::TOKENS as f64, "tokens_per_s"))
 }
 
@@ -245,7 +257,11 @@ impl W3 {
 /// W3 timed by the harness rule; pairs/s.
 pub fn w3(gpu: &Gpu, iters: usize) -> Result<BenchResult> {
     let mut w = W3::new(gpu)?;
-    let tm = timeit(gpu, 3, iters, || w.step().map(|_| ()))?;
+    let mut step = 0;
+    let tm = timeit(gpu, 3, iters, || {
+        step += 1;
+        finite(w.step()?, "W3 DPO loss", step)
+    })?;
     Ok(result("W3 DPO step 8 pairs".into(), tm, W3::PAIRS as f64, "pairs_per_s"))
 }
 

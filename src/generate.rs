@@ -68,7 +68,17 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
             logits = model.forward_cached(&next, &mut caches, key_mask.as_ref())?;
         }
     }
-    let toks = out.to_u32_vec()?; // the generation's one readback
+    let toks = out.to_u32_vec()?; // the generation's one readback of tokens
+    // NaN and Inf propagate through the KV cache, so the last step's logits show any non-finite
+    // value met on the way (e.g. NaN weights), which would otherwise sample token 0 silently.
+    let last = logits.to_f32_vec()?;
+    if let Some(i) = last.iter().position(|x| !x.is_finite()) {
+        let v = model.vocab_size();
+        return Err(Error::NonFinite {
+            what: format!("generation logits (tensor `logits` (B, V) of step {}, row {}, token id {})", cfg.max_new_tokens - 1, i / v, i % v),
+            value: last[i] as f64,
+        });
+    }
     Ok(toks
         .chunks(cfg.max_new_tokens)
         .map(|row| {

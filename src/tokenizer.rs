@@ -17,6 +17,13 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 
+/// Run a call into the tokenizers crate, turning a panic inside it (it panics on some
+/// inconsistent tokenizer.json files) into an error.
+fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| Error::shape("tokenizer", format!("{name}: the tokenizers crate failed internally (inconsistent special tokens or post-processor?)")))
+}
+
 /// OpenAI's GPT-2 vocabulary (token -> id), embedded from `models/gpt2-tokenizer/encoder.json`.
 static GPT2_ENCODER_JSON: &[u8] = include_bytes!("../models/gpt2-tokenizer/encoder.json");
 /// OpenAI's GPT-2 merges, embedded from `models/gpt2-tokenizer/vocab.bpe`.
@@ -91,6 +98,13 @@ impl Tokenizer {
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let config = read_tokenizer_config(&dir.join("tokenizer_config.json"))?;
         let mut tok = Tokenizer::from_hf(inner, file.display().to_string(), config.as_ref());
+        // An inconsistent file (a template naming special tokens it does not define) makes the
+        // tokenizers crate panic on encode: find out now, and say which file.
+        if let Err(e) = tok.encode_with_special_tokens("a") {
+            if matches!(e, Error::Shape { .. }) {
+                return Err(Error::format(&file, format!("not a usable tokenizer.json: {e}")));
+            }
+        }
         if tok.chat_template.is_none() {
             let jinja = dir.join("chat_template.jinja");
             if jinja.is_file() {
@@ -247,8 +261,7 @@ impl Tokenizer {
     fn encode_inner(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match &self.model {
             Model::Bytes => Ok(text.bytes().map(u32::from).collect()),
-            Model::Hf(t) => t
-                .encode_fast(text, special)
+            Model::Hf(t) => guarded(&self.name, || t.encode_fast(text, special))?
                 .map(|enc| enc.get_ids().to_vec())
                 .map_err(|e| Error::config("text to tokenize", format!("{}: {e}", self.name))),
         }
@@ -267,7 +280,8 @@ impl Tokenizer {
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
             Model::Hf(t) => {
-                t.decode(ids, false).map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name)))
+                guarded(&self.name, || t.decode(ids, false))?
+                    .map_err(|e| Error::config("token ids to decode", format!("{}: {e}", self.name)))
             }
         }
     }
@@ -298,6 +312,22 @@ impl Tokenizer {
             Model::Bytes => (id < 256).then(|| format!("<0x{id:02X}>")),
             Model::Hf(t) => t.id_to_token(id),
         }
+    }
+
+    /// A fingerprint of what the ids mean: FNV-1a over every (id, token string) and the special
+    /// token ids. Two tokenizers with the same vocabulary have the same identity whatever file
+    /// they came from (GPT-2 built in or a `tokenizer.json` of it). Datasets record it.
+    pub fn identity(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(self.vocab * 8);
+        for id in 0..self.vocab as u32 {
+            bytes.extend_from_slice(&id.to_le_bytes());
+            bytes.extend_from_slice(self.id_to_token(id).unwrap_or_default().as_bytes());
+            bytes.push(0);
+        }
+        for special in [self.eos, self.bos, self.pad] {
+            bytes.extend_from_slice(&special.unwrap_or(u32::MAX).to_le_bytes());
+        }
+        crate::data::format::checksum(&bytes)
     }
 
     /// The id of a token string, if it is one token of the vocabulary.

@@ -8,6 +8,7 @@ use crate::model::Model;
 use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::metrics::MetricsLog;
+use crate::train::rundir::{RunDir, RunOptions};
 use crate::train::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// What may happen to an `out_dir` that already holds a run (see [`RunDir`]).
+    #[serde(skip, default)]
+    pub run: RunOptions,
 }
 
 impl Default for TrainConfig {
@@ -49,6 +53,7 @@ impl Default for TrainConfig {
             seed: 0,
             out_dir: None,
             progress: false,
+            run: RunOptions::default(),
         }
     }
 }
@@ -192,13 +197,9 @@ pub(crate) fn run_steps(
         schedule.total = cfg.steps;
     }
     let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
-    let mut log = match &cfg.out_dir {
-        Some(out) => {
-            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-            Some(MetricsLog::open(&out.join("metrics.jsonl"))?)
-        }
-        None => None,
-    };
+    // Alignment runs do not resume yet: the directory must be new, or --overwrite given.
+    let run = cfg.out_dir.as_ref().map(|out| RunDir::open(out, false, &cfg.run)).transpose()?;
+    let mut log = run.as_ref().map(|r| MetricsLog::open(&r.path().join("metrics.jsonl"))).transpose()?;
     let bar = crate::train::progress_bar(cfg.progress, cfg.steps as u64, name);
     let t0 = Instant::now();
     let mut all = Vec::with_capacity(cfg.steps);

@@ -151,8 +151,9 @@ fn logps_and_logit_sums(model: &Model, tape: &Tape, s: &SeqTensors) -> Result<(c
 /// one model in memory. Returns the number of pairs.
 pub fn precompute_reference(reference: &Model, path: &Path, cfg: &DpoTrainConfig) -> Result<usize> {
     let gpu = reference.params().values().gpu().clone();
-    let values = {
+    let (values, provenance) = {
         let data = PreferenceDataset::open(path)?;
+        let provenance = super::provenance::ReferenceProvenance::of(reference, data.dataset(), cfg)?;
         let mut values = Vec::with_capacity(data.len());
         let all: Vec<Pair> = (0..data.len()).map(|i| data.pair(i)).collect::<Result<_>>()?;
         let bar = crate::train::progress_bar(cfg.train.progress, all.len() as u64, "ref");
@@ -163,8 +164,10 @@ pub fn precompute_reference(reference: &Model, path: &Path, cfg: &DpoTrainConfig
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        values
+        (values, provenance)
     }; // the dataset's mmap is closed before the file is rewritten
+    super::provenance::remove_reference_provenance(path)?;
     crate::data::write_reference_logps(path, &values)?;
+    super::provenance::write_reference_provenance(path, &provenance)?;
     Ok(values.len())
 }

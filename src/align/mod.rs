@@ -21,6 +21,7 @@ pub mod dpo;
 pub mod grpo;
 pub mod kto;
 pub mod ppo;
+pub mod provenance;
 pub mod reward;
 pub mod rollout;
 pub mod seqs;

@@ -84,6 +84,9 @@ impl RewardModel {
             let s = SeqBatch::right_padded(chunk, max_len, max_len - 1, pad)?.upload(gpu)?;
             out.extend(self.scores(None, &s)?.to_f32_vec()?);
         }
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite { what: format!("reward score (tensor `scores`) of row {i}"), value: out[i] as f64 });
+        }
         Ok(out)
     }
 

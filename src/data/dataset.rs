@@ -183,6 +183,17 @@ impl Dataset {
         Some([f(0), f(4)])
     }
 
+    /// Check the token ids against the checksum in the header (a full read). Ok(false): the file
+    /// was written before plumb recorded token checksums, so nothing could be checked.
+    pub fn verify_tokens(&self) -> Result<bool> {
+        format::verify_tokens(&self.path, &self.map, &self.header)
+    }
+
+    /// Identity of the tokenizer that wrote the ids, when the file records it.
+    pub fn tokenizer_id(&self) -> Option<u64> {
+        self.header.tokenizer_id
+    }
+
     /// The largest token id stored (a full scan), to check a dataset against a tokenizer or model.
     pub fn max_token_id(&self) -> Option<u32> {
         self.tokens().iter().max()

@@ -15,7 +15,8 @@
 //!     64     8  tokens section start      72  8  tokens section length (bytes)
 //!     80     8  reference section start   88  8  reference section length (0: none)
 //!     96     8  FNV-1a checksum of the offsets table
-//!    104    16  reserved (zero)
+//!    104     8  FNV-1a checksum of the tokens section (flag bit 1; files before it: 0)
+//!    112     8  identity of the tokenizer that wrote the ids (flag bit 2; see Tokenizer::identity)
 //!    120     8  FNV-1a checksum of bytes 0..120
 //!    128        tokens (u16 or u32 each), padded to 8 bytes
 //!               offsets: rows * segments + 1 u64 token indices; segment s of row r is
@@ -44,6 +45,10 @@ pub const VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 128;
 /// Header flag: the reference log-prob section has been filled in.
 pub const FLAG_REFERENCE_FILLED: u32 = 1;
+/// Header flag: bytes 104..112 hold the checksum of the tokens section.
+pub const FLAG_TOKENS_CHECKSUM: u32 = 2;
+/// Header flag: bytes 112..120 hold the tokenizer's identity.
+pub const FLAG_TOKENIZER_ID: u32 = 4;
 /// Stored in the EOS field when the tokenizer has no EOS token.
 const NO_EOS: u32 = u32::MAX;
 
@@ -158,6 +163,10 @@ pub struct Header {
     pub reference: (u64, u64),
     /// FNV-1a checksum of the offsets table.
     pub offsets_checksum: u64,
+    /// FNV-1a checksum of the tokens section (None: a file written before plumb recorded it).
+    pub tokens_checksum: Option<u64>,
+    /// Identity of the tokenizer that wrote the ids (None: unknown, e.g. an older file).
+    pub tokenizer_id: Option<u64>,
 }
 
 impl Header {
@@ -171,7 +180,9 @@ impl Header {
             self.dtype.bytes() as u32,
             self.vocab_size,
             self.eos_id.unwrap_or(NO_EOS),
-            self.flags,
+            (self.flags & !(FLAG_TOKENS_CHECKSUM | FLAG_TOKENIZER_ID))
+                | if self.tokens_checksum.is_some() { FLAG_TOKENS_CHECKSUM } else { 0 }
+                | if self.tokenizer_id.is_some() { FLAG_TOKENIZER_ID } else { 0 },
         ];
         for (i, v) in u32s.iter().enumerate() {
             b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
@@ -186,6 +197,8 @@ impl Header {
             self.reference.0,
             self.reference.1,
             self.offsets_checksum,
+            self.tokens_checksum.unwrap_or(0),
+            self.tokenizer_id.unwrap_or(0),
         ];
         for (i, v) in u64s.iter().enumerate() {
             b[32 + 8 * i..40 + 8 * i].copy_from_slice(&v.to_le_bytes());
@@ -232,18 +245,21 @@ impl Header {
             return Err(bad(format!("vocabulary size {vocab_size} does not fit {}-byte token ids", dtype.bytes())));
         }
         let eos = u32_at(24);
+        let flags = u32_at(28);
         Ok(Header {
             kind,
             dtype,
             vocab_size,
             eos_id: (eos != NO_EOS).then_some(eos),
-            flags: u32_at(28),
+            flags,
             n_rows: u64_at(32),
             n_tokens: u64_at(40),
             offsets: (u64_at(48), u64_at(56)),
             tokens: (u64_at(64), u64_at(72)),
             reference: (u64_at(80), u64_at(88)),
             offsets_checksum: u64_at(96),
+            tokens_checksum: (flags & FLAG_TOKENS_CHECKSUM != 0).then(|| u64_at(104)),
+            tokenizer_id: (flags & FLAG_TOKENIZER_ID != 0).then(|| u64_at(112)),
         })
     }
 
@@ -337,6 +353,22 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     fnv1a(FNV_OFFSET, bytes)
 }
 
+/// Check the tokens section of a validated file against the checksum in its header. Ok(false):
+/// the file predates token checksums (nothing to check).
+pub fn verify_tokens(path: &Path, file: &[u8], h: &Header) -> Result<bool> {
+    let Some(want) = h.tokens_checksum else { return Ok(false) };
+    let tokens = file
+        .get(h.tokens.0 as usize..(h.tokens.0 + h.tokens.1) as usize)
+        .ok_or_else(|| Error::format(path, "tokens section outside the file"))?;
+    if fnv1a(FNV_OFFSET, tokens) != want {
+        return Err(Error::format(
+            path,
+            "corrupted token ids (checksum of the tokens section does not match the header); re-run `plumb data prepare`",
+        ));
+    }
+    Ok(true)
+}
+
 /// 64-bit FNV-1a, continuing from `hash`.
 fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
@@ -361,6 +393,8 @@ pub struct DatasetWriter {
     n_tokens: u64,
     reserve_reference: bool,
     scratch: Vec<u8>,
+    tokens_checksum: u64,
+    tokenizer_id: Option<u64>,
 }
 
 impl DatasetWriter {
@@ -391,7 +425,15 @@ impl DatasetWriter {
             n_tokens: 0,
             reserve_reference: false,
             scratch: Vec::new(),
+            tokens_checksum: FNV_OFFSET,
+            tokenizer_id: None,
         })
+    }
+
+    /// Record the identity of the tokenizer that produced the ids ([`crate::tokenizer::Tokenizer::identity`]),
+    /// so trainers can check the file against a model's tokenizer.
+    pub fn set_tokenizer_id(&mut self, id: Option<u64>) {
+        self.tokenizer_id = id;
     }
 
     /// Reserve the reference log-prob section (preference datasets only), to be filled in place
@@ -430,6 +472,7 @@ impl DatasetWriter {
             self.n_tokens += seg.len() as u64;
             self.offsets.push(self.n_tokens);
         }
+        self.tokens_checksum = fnv1a(self.tokens_checksum, &self.scratch);
         let out = self.out.as_mut().ok_or_else(|| Error::config("dataset writer", "already finished"))?;
         out.write_all(&self.scratch).map_err(|e| Error::io(&self.tmp, e))
     }
@@ -475,6 +518,8 @@ impl DatasetWriter {
             tokens,
             reference,
             offsets_checksum: fnv1a(FNV_OFFSET, &table),
+            tokens_checksum: Some(self.tokens_checksum),
+            tokenizer_id: self.tokenizer_id,
         };
         out.seek(SeekFrom::Start(0)).map_err(io)?;
         out.write_all(&header.to_bytes()).map_err(io)?;
@@ -517,6 +562,7 @@ pub fn write_reference_logps(path: impl AsRef<Path>, values: &[[f32; 2]]) -> Res
     }
     if h.reference.1 == 0 {
         let mut w = DatasetWriter::create(path, h.kind, h.vocab_size, h.eos_id)?;
+        w.set_tokenizer_id(h.tokenizer_id);
         w.reserve_reference_logps()?;
         for r in 0..ds.n_rows() {
             let segs: Vec<Vec<u32>> =

@@ -100,13 +100,19 @@ pub fn inspect(path: &Path, tokenizer: Option<&Tokenizer>, n_rows: usize) -> Res
         let lens = (0..ds.n_rows()).map(|r| ds.row(r).map_or(0, |t| t.len())).collect();
         lengths.push(LengthStats::from_lengths("row", lens));
     }
-    let max_token_id = ds.max_token_id();
     let mut warnings = Vec::new();
+    if !ds.verify_tokens()? {
+        warnings.push("no checksum of the token ids (file written before plumb recorded one); re-run `plumb data prepare` to add it".into());
+    }
+    let max_token_id = ds.max_token_id();
     if let Some(m) = max_token_id.filter(|&m| m >= ds.vocab_size()) {
         warnings
             .push(format!("token id {m} is outside the recorded vocabulary of {} (corrupted tokens)", ds.vocab_size()));
     }
     if let Some(t) = tokenizer {
+        if ds.tokenizer_id().is_some_and(|id| id != t.identity()) {
+            warnings.push(format!("tokenizer `{}` is not the one the file was prepared with (different vocabulary)", t.name()));
+        }
         if t.vocab_size() != ds.vocab_size() as usize {
             warnings.push(format!(
                 "tokenizer `{}` has {} ids but the file was prepared with a vocabulary of {}",

@@ -184,6 +184,7 @@ pub fn prepare_with_progress(
     if opts.max_len == Some(0) {
         return Err(Error::config("max length", "must be at least 1"));
     }
+    crate::train::rundir::check_output_not_input(output, &[input])?;
     let file = File::open(input).map_err(|e| Error::io(input, e))?;
     let size = file.metadata().map_err(|e| Error::io(input, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -231,6 +232,7 @@ pub fn prepare_with_progress(
         };
         if writer.is_none() {
             let mut w = DatasetWriter::create(output, k, vocab, tokenizer.eos_id())?;
+            w.set_tokenizer_id(Some(tokenizer.identity()));
             if opts.reserve_reference_logps {
                 w.reserve_reference_logps()?;
             }

@@ -133,8 +133,14 @@ fn train_cfg(cfg: &DemoConfig, max_len: usize, steps: usize, batch: usize, lr: f
         seed: cfg.seed,
         out_dir: Some(cfg.out_dir.join(stage)),
         progress: cfg.progress,
+        run: overwrite(),
         ..TrainConfig::default()
     }
+}
+
+/// The demo owns its output directory: a rerun replaces the previous demo's stages.
+fn overwrite() -> crate::train::rundir::RunOptions {
+    crate::train::rundir::RunOptions { overwrite: true, ..Default::default() }
 }
 
 fn say(cfg: &DemoConfig, msg: impl AsRef<str>) {
@@ -172,6 +178,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Report> {
         out_dir: Some(cfg.out_dir.join("sft")),
         seed: cfg.seed,
         progress: cfg.progress,
+        run: overwrite(),
         ..SftConfig::default()
     };
     let max_len = sft_model.max_len().min(if cfg.vocab_size == 0 { 96 } else { 64 }); // tokens per row from here on

@@ -106,6 +106,82 @@ fn unsupported_llama_fields(v: &serde_json::Value, origin: &Path) -> Result<()> 
     Ok(())
 }
 
+/// Largest vocabulary plumb accepts (token ids stay exact in f32 and u32 buffers stay small).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest sequence length plumb accepts.
+pub const MAX_POSITIONS: usize = 1 << 20;
+/// Largest width, MLP width, layer or head count plumb accepts.
+const MAX_DIM: usize = 1 << 16;
+
+/// `field` must lie in `lo..=hi`; the error names the file and the field.
+fn field_in(origin: &Path, field: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
+    if value < lo || value > hi {
+        return Err(Error::format(origin, format!("field `{field}`: {value} is outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// A positive, finite epsilon.
+fn eps_ok(origin: &Path, field: &str, value: f32) -> Result<()> {
+    if !(value.is_finite() && value > 0.0 && value < 1.0) {
+        return Err(Error::format(origin, format!("field `{field}`: {value} must be a small positive number (example: 1e-5)")));
+    }
+    Ok(())
+}
+
+/// `a` must be a multiple of `b`.
+fn divides(origin: &Path, a: (&str, usize), b: (&str, usize)) -> Result<()> {
+    if b.1 == 0 || a.1 % b.1 != 0 {
+        return Err(Error::format(origin, format!("field `{}`: {} is not a multiple of `{}` ({})", a.0, a.1, b.0, b.1)));
+    }
+    Ok(())
+}
+
+impl GptConfig {
+    /// Check every field's range and how they fit together; errors name `origin` and the field.
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        field_in(origin, "vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
+        field_in(origin, "n_positions", self.n_positions, 1, MAX_POSITIONS)?;
+        field_in(origin, "n_embd", self.n_embd, 1, MAX_DIM)?;
+        field_in(origin, "n_layer", self.n_layer, 1, MAX_DIM)?;
+        field_in(origin, "n_head", self.n_head, 1, MAX_DIM)?;
+        divides(origin, ("n_embd", self.n_embd), ("n_head", self.n_head))?;
+        eps_ok(origin, "layer_norm_epsilon", self.layer_norm_epsilon)?;
+        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu") {
+            return Err(Error::format(origin, format!("field `activation_function`: `{}`; plumb implements gelu_new and gelu", self.activation_function)));
+        }
+        if !self.tie_word_embeddings {
+            return Err(Error::format(origin, "field `tie_word_embeddings`: false; plumb's GPT-2 ties the LM head to the token embedding"));
+        }
+        Ok(())
+    }
+}
+
+impl LlamaConfig {
+    /// Check every field's range and how they fit together; errors name `origin` and the field.
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        field_in(origin, "vocab_size", self.vocab_size, 1, MAX_VOCAB)?;
+        field_in(origin, "hidden_size", self.hidden_size, 1, MAX_DIM)?;
+        field_in(origin, "intermediate_size", self.intermediate_size, 1, 4 * MAX_DIM)?;
+        field_in(origin, "num_hidden_layers", self.num_hidden_layers, 1, MAX_DIM)?;
+        field_in(origin, "num_attention_heads", self.num_attention_heads, 1, MAX_DIM)?;
+        field_in(origin, "max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
+        divides(origin, ("hidden_size", self.hidden_size), ("num_attention_heads", self.num_attention_heads))?;
+        if (self.hidden_size / self.num_attention_heads) % 2 != 0 {
+            return Err(Error::format(origin, format!("field `hidden_size`: head size {} is odd; RoPE needs an even head size", self.hidden_size / self.num_attention_heads)));
+        }
+        if let Some(kv) = self.num_key_value_heads {
+            field_in(origin, "num_key_value_heads", kv, 1, self.num_attention_heads)?;
+            divides(origin, ("num_attention_heads", self.num_attention_heads), ("num_key_value_heads", kv))?;
+        }
+        eps_ok(origin, "rms_norm_eps", self.rms_norm_eps)?;
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(Error::format(origin, format!("field `rope_theta`: {} must be a finite number above 1 (example: 10000)", self.rope_theta)));
+        }
+        Ok(())
+    }
+}
+
 /// A configuration of either architecture.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
@@ -122,7 +198,11 @@ impl ModelConfig {
         let mt = mt.as_str();
         let bad = |e: serde_json::Error| Error::format(origin, format!("{mt} config: {e}"));
         match mt {
-            "gpt2" => Ok(ModelConfig::Gpt(serde_json::from_value(v).map_err(bad)?)),
+            "gpt2" => {
+                let c: GptConfig = serde_json::from_value(v).map_err(bad)?;
+                c.validate(origin)?;
+                Ok(ModelConfig::Gpt(c))
+            }
             "llama" | "qwen2" | "mistral" => {
                 unsupported_llama_fields(&v, origin)?;
                 let mut c: LlamaConfig = serde_json::from_value(v).map_err(bad)?;
@@ -132,6 +212,7 @@ impl ModelConfig {
                 if c.hidden_act != "silu" {
                     return Err(Error::format(origin, format!("hidden_act `{}`: plumb implements silu", c.hidden_act)));
                 }
+                c.validate(origin)?;
                 Ok(ModelConfig::Llama(c))
             }
             other => Err(Error::format(

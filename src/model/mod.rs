@@ -253,16 +253,20 @@ impl Model {
             return crate::gguf::model::load_model(gpu, dir); // llama.cpp's file (src/gguf/)
         }
         let cfg = ModelConfig::load(dir)?;
+        crate::train::checkpoint::verify_manifest(dir)?;
         let file = WeightFile::open(dir.join("model.safetensors"))?;
         let specs = Self::param_specs(&cfg);
+        let names: Vec<String> = specs
+            .iter()
+            .map(|s| match file.contains(&s.name) {
+                true => s.name.clone(),
+                false => s.name.strip_prefix("transformer.").map(String::from).unwrap_or_else(|| s.name.clone()),
+            })
+            .collect();
+        check_tensor_names(&file, &names)?;
         let store = ParamStore::new(gpu, &specs)?;
-        for s in &specs {
-            let name = if file.contains(&s.name) {
-                s.name.clone()
-            } else {
-                s.name.strip_prefix("transformer.").map(String::from).unwrap_or_else(|| s.name.clone())
-            };
-            store.set(&s.name, &file.get_f32(&name, &s.shape)?)?;
+        for (s, name) in specs.iter().zip(&names) {
+            store.set(&s.name, &file.get_f32(name, &s.shape)?)?;
         }
         Self::from_config_and_params(cfg, store)
     }
@@ -274,6 +278,31 @@ impl Model {
             ModelConfig::Llama(c) => Model::Llama(Llama::from_params(c, store)?),
         })
     }
+}
+
+/// The config and the weight file must name the same tensors: a config with fewer layers than
+/// the file (which would drop layers silently) or more (missing tensors) is an error listing them.
+/// Buffers Hugging Face files carry that are not weights (GPT-2's causal-mask `attn.bias`,
+/// `rotary_emb.inv_freq`, a tied `lm_head.weight`) are ignored.
+fn check_tensor_names(file: &WeightFile, expected: &[String]) -> Result<()> {
+    let ignorable = |n: &str| {
+        n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias") || n.ends_with("rotary_emb.inv_freq") || n == "lm_head.weight"
+    };
+    let missing: Vec<&str> = expected.iter().filter(|n| !file.contains(n)).map(String::as_str).collect();
+    let present = file.names();
+    let unexpected: Vec<&str> = present.iter().map(String::as_str).filter(|n| !expected.iter().any(|e| e == n) && !ignorable(n)).collect();
+    if missing.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let list = |v: &[&str]| if v.len() > 8 { format!("{} and {} more", v[..8].join(", "), v.len() - 8) } else { v.join(", ") };
+    let mut msg = String::from("does not match its config.json:");
+    if !missing.is_empty() {
+        msg += &format!(" missing tensors: {};", list(&missing));
+    }
+    if !unexpected.is_empty() {
+        msg += &format!(" unexpected tensors: {};", list(&unexpected));
+    }
+    Err(Error::format(file.path(), msg.trim_end_matches(';').to_string()))
 }
 
 /// The last time step of (B, T, C) as (B, 1, C): viewing (B, T·C) and slicing the last C

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod metrics;
+pub mod rundir;
 pub mod schedule;
 pub mod sft;
 

@@ -6,6 +6,7 @@
 use super::batch::{BatchSource, LmBatch};
 use super::checkpoint::{self, TrainerState};
 use super::metrics::MetricsLog;
+use super::rundir::{check_settings, RunDir, RunOptions};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -42,8 +43,11 @@ pub struct SftConfig {
     pub save_every: usize,
     /// Where checkpoints and `metrics.jsonl` go.
     pub out_dir: Option<PathBuf>,
-    /// Continue from `out_dir/latest` if it exists.
+    /// Continue from `out_dir/latest` (an error when there is no valid checkpoint there).
     pub resume: bool,
+    /// What may happen to a directory that already holds a run (see [`RunDir`]).
+    #[serde(skip, default)]
+    pub run: RunOptions,
     /// Seed of the data order.
     pub seed: u64,
     /// Show a progress bar.
@@ -64,6 +68,7 @@ impl Default for SftConfig {
             save_every: 0,
             out_dir: None,
             resume: false,
+            run: RunOptions::default(),
             seed: 0,
             progress: false,
         }
@@ -141,6 +146,9 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.seq_len > model.max_len() {
         return Err(Error::config("SFT", format!("batch {} x seq {} (the model takes up to {} tokens)", cfg.batch_size, cfg.seq_len, model.max_len())));
     }
+    if cfg.steps == 0 || cfg.grad_accum == 0 {
+        return Err(Error::config("SFT", format!("steps {} and grad_accum {} must be positive", cfg.steps, cfg.grad_accum)));
+    }
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;
@@ -148,16 +156,24 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
     let mut start = 0usize;
     let mut log = None;
-    if let Some(out) = &cfg.out_dir {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // What this run means: its settings, its data, its model; saved with every checkpoint.
+    let settings = serde_json::json!({"sft": cfg, "data": train.describe(), "model": model.config().to_json()});
+    let run = cfg.out_dir.as_ref().map(|out| RunDir::open(out, cfg.resume, &cfg.run)).transpose()?;
+    if let Some(run) = &run {
+        let out = run.path();
         if cfg.resume {
-            if let Some(dir) = checkpoint::latest(out) {
-                let st = checkpoint::read_state(&dir)?;
-                checkpoint::load_weights(&dir, model)?;
-                checkpoint::load_optimizer(&dir, &mut opt)?;
-                start = st.step as usize;
-                MetricsLog::truncate_after(&out.join("metrics.jsonl"), st.step)?;
+            let (dir, st) = run.resume_point("sft")?;
+            let changes = match st.config.get("sft") {
+                Some(_) => check_settings(&st.config, &settings, cfg.run.allow_changed_settings)?,
+                None => check_settings(&st.config, &settings["sft"], cfg.run.allow_changed_settings)?, // before data and model were recorded
+            };
+            for c in changes {
+                eprintln!("warning: resuming {} with a changed setting: {c}", dir.display());
             }
+            checkpoint::load_weights(&dir, model)?;
+            checkpoint::load_optimizer(&dir, &mut opt)?;
+            start = st.step as usize;
+            MetricsLog::truncate_after(&out.join("metrics.jsonl"), st.step)?;
         }
         log = Some(MetricsLog::open(&out.join("metrics.jsonl"))?);
     }
@@ -193,7 +209,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
                     seed: cfg.seed,
                     batches_seen: done as u64 * accum,
                     trainer: "sft".into(),
-                    config: serde_json::to_value(cfg).expect("config serialises"),
+                    config: settings.clone(),
                 };
                 checkpoint::save(out, model, &opt, &st, None)?;
             }
@@ -211,7 +227,11 @@ pub fn evaluate(model: &Model, src: &dyn BatchSource, cfg: &SftConfig) -> Result
     let n = cfg.eval_batches.max(1);
     let mut sum = 0.0;
     for i in 0..n {
-        sum += eval_loss(model, &src.batch(i as u64, cfg.batch_size, cfg.seq_len)?)?;
+        let l = eval_loss(model, &src.batch(i as u64, cfg.batch_size, cfg.seq_len)?)?;
+        if !l.is_finite() {
+            return Err(Error::NonFinite { what: format!("held-out loss of evaluation batch {i} ({})", src.describe()), value: l as f64 });
+        }
+        sum += l;
     }
     Ok(sum / n as f32)
 }

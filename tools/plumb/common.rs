@@ -2,7 +2,7 @@
 //! the starting checkpoint, the built-in byte-level data and its checks, tokenizers, samples.
 
 use plumb::align::{Pair, TrainConfig};
-use plumb::data::{DatasetKind, DatasetWriter, PreferenceDataset, PromptDataset};
+use plumb::data::{Dataset, DatasetKind, DatasetWriter, PreferenceDataset, PromptDataset};
 use plumb::demo::data::{self as demo, Split};
 use plumb::generate::{generate, GenerateConfig};
 use plumb::model::Model;
@@ -26,6 +26,12 @@ pub struct CommonArgs {
     pub max_prompt_len: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Replace a finished or killed run in --out (its checkpoints and metrics are deleted first).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Skip the checksum check of the data file's token ids (a full read) before training.
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 /// The checkpoint `dir` names: itself when it holds config.json, else the run's newest.
@@ -67,7 +73,8 @@ pub fn lengths(c: &CommonArgs, model: &Model) -> Result<(usize, usize)> {
 /// The trainers' shared settings; `warmup` steps of linear warmup, then cosine to lr/10.
 pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usize, schedule: Schedule, out: &Path) -> Result<TrainConfig> {
     let (max_len, max_prompt_len) = lengths(c, model)?;
-    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, ..Default::default() })
+    let run = plumb::train::rundir::RunOptions { overwrite: c.overwrite, ..Default::default() };
+    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, run, ..Default::default() })
 }
 
 /// Warmup over the first tenth of the run (at most 10 steps), cosine to lr/10.
@@ -86,15 +93,32 @@ pub fn check_byte_level(model: &Model) -> Result<()> {
     Ok(())
 }
 
-/// Every token id of the file at `path` must be below the model's vocabulary.
-pub fn check_ids(path: &Path, max_id: Option<u32>, model: &Model) -> Result<()> {
-    match max_id {
-        Some(m) if m as usize >= model.vocab_size() => Err(Error::config(
-            "--data",
-            format!("{} holds token id {m} but the model has {} token ids (another tokenizer?)", path.display(), model.vocab_size()),
-        )),
-        _ => Ok(()),
+/// A data file must fit the model before step 0: its token ids intact (checksum, unless
+/// `verify` is off), prepared with a vocabulary no larger than the model's, every id below the
+/// model's vocabulary, and the same tokenizer as the model's `tokenizer.json` when both are known.
+pub fn check_dataset(d: &Dataset, model: &Model, model_dir: Option<&Path>, verify: bool) -> Result<()> {
+    let path = d.path();
+    if verify && !d.verify_tokens()? {
+        eprintln!("warning: {}: no checksum of the token ids (prepared by an older plumb); re-run `plumb data prepare` to add one", path.display());
     }
+    let mismatch = |msg: String| Err(Error::config("--data", format!("{}: {msg}", path.display())));
+    if d.vocab_size() as usize > model.vocab_size() {
+        return mismatch(format!(
+            "prepared with a tokenizer of {} token ids but the model has {} (another tokenizer?); prepare the data with the model's tokenizer",
+            d.vocab_size(),
+            model.vocab_size()
+        ));
+    }
+    if let Some(m) = d.max_token_id().filter(|&m| m as usize >= model.vocab_size()) {
+        return mismatch(format!("holds token id {m} but the model has {} token ids (another tokenizer?)", model.vocab_size()));
+    }
+    let model_tok = model_dir.map(|dir| dir.join("tokenizer.json")).filter(|t| t.is_file());
+    if let (Some(id), Some(t)) = (d.tokenizer_id(), model_tok) {
+        if Tokenizer::from_file(&t)?.identity() != id {
+            return mismatch(format!("was prepared with another tokenizer than the model's {}", t.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Built-in human preference pairs of `split` (movie reviews whose mean ratings differ by at
@@ -104,12 +128,12 @@ pub fn builtin_pairs(split: Split, max_len: usize, max: usize) -> Result<Vec<Pai
 }
 
 /// Preference pairs from a prepared file, checked against the model.
-pub fn open_pairs(path: &Path, model: &Model) -> Result<PreferenceDataset> {
+pub fn open_pairs(path: &Path, model: &Model, c: &CommonArgs) -> Result<PreferenceDataset> {
     let d = PreferenceDataset::open(path)?;
     if d.is_empty() {
         return Err(Error::format(path, "no preference pairs"));
     }
-    check_ids(path, d.dataset().max_token_id(), model)?;
+    check_dataset(d.dataset(), model, Some(&resolve_init(&c.init)?), !c.no_verify)?;
     Ok(d)
 }
 
@@ -129,7 +153,7 @@ pub fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<()> {
 /// Prompts for PPO / GRPO and the token that ends a completion: the built-in review openings
 /// ("\nThe film ", stop at '\n') or a prompts file (stop at its EOS, if any). Prompts keep their
 /// last `max_prompt` tokens.
-pub fn prompts(data: Option<&Path>, model: &Model, max_prompt: usize) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+pub fn prompts(data: Option<&Path>, model: &Model, max_prompt: usize, c: &CommonArgs) -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
     let (all, stop) = match data {
         None => {
             check_byte_level(model)?;
@@ -139,7 +163,7 @@ pub fn prompts(data: Option<&Path>, model: &Model, max_prompt: usize) -> Result<
         }
         Some(path) => {
             let d = PromptDataset::open(path)?;
-            check_ids(path, d.dataset().max_token_id(), model)?;
+            check_dataset(d.dataset(), model, Some(&resolve_init(&c.init)?), !c.no_verify)?;
             let all: Vec<Vec<u32>> = (0..d.len()).filter_map(|i| d.get(i)).map(|t| t.to_vec()).filter(|p| !p.is_empty()).collect();
             if all.is_empty() {
                 return Err(Error::format(path, "no non-empty prompts"));

@@ -3,6 +3,7 @@
 //! of the model, precomputed into the data file (one model in memory), or none.
 
 use crate::common::{builtin_pairs, check_byte_level, cosine, final_checkpoint, load_init, open_pairs, print_first_last, train_config, write_pairs, CommonArgs};
+use plumb::align::provenance::{check_reference_provenance, ReferenceProvenance};
 use plumb::align::{precompute_reference, Dpo, DpoTrainConfig, Pairs, Reference};
 use plumb::demo::data::Split;
 use plumb::model::Model;
@@ -82,6 +83,9 @@ fn parse_losses(s: &str) -> Result<Vec<(DpoLoss, f32)>> {
         .map(|item| {
             let (name, w) = item.split_once(':').unwrap_or((item, "1"));
             let w: f32 = w.trim().parse().map_err(|_| Error::config("--loss", format!("`{w}` in `{item}` is not a weight")))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(Error::config("--loss", format!("weight {w} in `{item}` must be a finite number >= 0")));
+            }
             Ok((name.parse::<DpoLoss>()?, w))
         })
         .collect()
@@ -116,7 +120,12 @@ pub fn run(a: DpoArgs) -> Result<()> {
         let n = precompute_reference(&policy, path, &cfg)?;
         println!("reference log-probs of {n} pairs stored in {}", path.display());
     }
-    let data = file.as_ref().map(|p| open_pairs(p, &policy)).transpose()?;
+    let data = file.as_ref().map(|p| open_pairs(p, &policy, &a.common)).transpose()?;
+    if let (Some(d), RefArg::Precomputed) = (&data, reference) {
+        // the stored values must come from this init model, this data and these lengths
+        let now = ReferenceProvenance::of(&policy, d.dataset(), &cfg)?;
+        check_reference_provenance(d.dataset().path(), &now)?;
+    }
     if let Some(d) = &data {
         println!("data: {} preference pairs from {}", d.len(), d.dataset().path().display());
     }
@@ -159,5 +168,6 @@ mod tests {
         assert_eq!(super::parse_losses("sigmoid").unwrap(), vec![(Sigmoid, 1.0)]);
         assert_eq!(super::parse_losses("sigmoid:1,sft:0.5").unwrap(), vec![(Sigmoid, 1.0), (Sft, 0.5)]);
         assert!(super::parse_losses("sigmoid:x").is_err() && super::parse_losses("nope").is_err());
+        assert!(super::parse_losses("sigmoid:-1").is_err() && super::parse_losses("sigmoid:inf").is_err());
     }
 }

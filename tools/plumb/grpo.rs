@@ -68,7 +68,7 @@ enum RewardArg {
 pub fn run(a: GrpoArgs) -> Result<()> {
     let (gpu, init, policy) = load_init(&a.common.init)?;
     let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
-    let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len)?;
+    let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
     check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
     let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
     let rm = a.reward_model.as_ref().map(|d| load_reward_model(&gpu, d, &policy)).transpose()?;

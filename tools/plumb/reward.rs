@@ -61,8 +61,8 @@ pub fn run(a: RewardArgs) -> Result<()> {
             (Box::new(tr), held)
         }
         Some(path) => {
-            let d = open_pairs(path, &base)?;
-            let held = a.eval_data.as_ref().map(|e| first_pairs(&open_pairs(e, &base)?, a.eval_pairs)).transpose()?.unwrap_or_default();
+            let d = open_pairs(path, &base, &a.common)?;
+            let held = a.eval_data.as_ref().map(|e| first_pairs(&open_pairs(e, &base, &a.common)?, a.eval_pairs)).transpose()?.unwrap_or_default();
             println!("data: {} preference pairs from {}, {} held out", d.len(), path.display(), held.len());
             (Box::new(d), held)
         }

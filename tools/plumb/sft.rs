@@ -7,6 +7,7 @@ use plumb::generate::{generate, GenerateConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::sample::SamplingConfig;
 use plumb::train::batch::{BatchSource, SftSource, StreamSource};
+use plumb::train::rundir::RunOptions;
 use plumb::train::schedule::Schedule;
 use plumb::train::sft::{self, SftConfig};
 use plumb::{Error, Gpu, Result};
@@ -51,9 +52,18 @@ pub struct SftArgs {
     /// Output directory for checkpoints and metrics.jsonl.
     #[arg(long, default_value = "runs/sft")]
     out: PathBuf,
-    /// Continue from `<out>/latest`.
+    /// Continue from `<out>/latest` (an error when there is no valid checkpoint there).
     #[arg(long)]
     resume: bool,
+    /// Replace a finished or killed run in --out (its checkpoints and metrics are deleted first).
+    #[arg(long)]
+    overwrite: bool,
+    /// With --resume: accept settings (lr, batch, data, model, ...) other than the checkpoint's.
+    #[arg(long)]
+    allow_changed_settings: bool,
+    /// Skip the checksum check of the data files' token ids (a full read) before training.
+    #[arg(long)]
+    no_verify: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Samples to print at the end.
@@ -76,8 +86,12 @@ pub fn builtin_corpus() -> Result<(Vec<u32>, Vec<u32>, Vec<String>)> {
     Ok((train, held, held_text))
 }
 
-fn source(path: &PathBuf, seed: u64) -> Result<Box<dyn BatchSource>> {
-    let kind = Dataset::open(path)?.kind();
+/// A training source from a prepared file, checked against the model first (ids, vocabulary,
+/// tokenizer, token checksum unless `verify` is off).
+fn source(path: &PathBuf, seed: u64, model: &Model, model_dir: Option<&std::path::Path>, verify: bool) -> Result<Box<dyn BatchSource>> {
+    let ds = Dataset::open(path)?;
+    crate::common::check_dataset(&ds, model, model_dir, verify)?;
+    let kind = ds.kind();
     Ok(match kind {
         DatasetKind::TokenStream => Box::new(StreamSource::from_file(TokenStream::open(path)?, seed)),
         DatasetKind::PromptCompletion => Box::new(SftSource::new(SftDataset::open(path)?, seed, 0)?),
@@ -93,6 +107,8 @@ pub fn run(a: SftArgs) -> Result<()> {
         None => Model::new(&gpu, &cfg, a.seed)?,
     };
     println!("model: {} parameters on {}", model.params().numel(), gpu.adapter().info.name);
+    let model_dir = a.init.clone().or_else(|| Some(PathBuf::from(&a.model)).filter(|p| p.is_dir()));
+    let source = |p: &PathBuf, seed: u64| source(p, seed, &model, model_dir.as_deref(), !a.no_verify);
     let (train, eval, prompts): (Box<dyn BatchSource>, Option<Box<dyn BatchSource>>, Vec<String>) = match &a.data {
         Some(p) => (source(p, a.seed)?, a.eval_data.as_ref().map(|e| source(e, a.seed ^ 1)).transpose()?, vec![]),
         None => {
@@ -118,6 +134,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         save_every: a.save_every,
         out_dir: Some(a.out.clone()),
         resume: a.resume,
+        run: RunOptions { overwrite: a.overwrite, allow_changed_settings: a.allow_changed_settings },
         seed: a.seed,
         progress: true,
         ..SftConfig::default()
@@ -129,7 +146,7 @@ pub fn run(a: SftArgs) -> Result<()> {
     for (s, l) in &report.evals {
         println!("held-out loss at step {s}: {l:.3}");
     }
-    println!("checkpoint: {}", a.out.join(format!("checkpoint-{}", a.steps)).display());
+    println!("checkpoint: {}", crate::common::final_checkpoint(&a.out));
     if !prompts.is_empty() {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.bytes().map(u32::from).collect()).collect();
         let gen = GenerateConfig {
