@@ -9,6 +9,8 @@ use super::config::GptConfig;
 use crate::error::{Error, Result};
 use crate::lora::{Lora, LoraModule};
 use crate::nn::{conv1d, gelu_conv1d, normal};
+use crate::ops::quant::{quant_embedding, quant_linear, QuantTensor};
+use super::frozen::FrozenBase;
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
@@ -26,6 +28,9 @@ pub struct Gpt {
     pub cfg: GptConfig,
     pub params: ParamStore,
     pub adapter: Option<Lora>,
+    /// Weight matrices kept in stored form (`Model::freeze_base`, Conv1D weights transposed to
+    /// (out, in)); they are not in `params`.
+    pub frozen: Option<FrozenBase>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -105,13 +110,13 @@ impl Gpt {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Gpt { cfg, params, adapter: None })
+        Ok(Gpt { cfg, params, adapter: None, frozen: None })
     }
 
     /// A model whose parameters come from a store already filled (checkpoint loading).
     pub fn from_params(cfg: GptConfig, params: ParamStore) -> Result<Gpt> {
         Self::check(&cfg)?;
-        Ok(Gpt { cfg, params, adapter: None })
+        Ok(Gpt { cfg, params, adapter: None, frozen: None })
     }
 
     fn gelu_kind(&self) -> GeluKind {
@@ -127,11 +132,28 @@ impl Gpt {
         }
     }
 
+    /// The stored-form matrix `name`, when the base is frozen that way.
+    fn frozen(&self, name: &str) -> Option<&QuantTensor> {
+        self.frozen.as_ref().and_then(|f| f.get(name))
+    }
+
+    /// Token embeddings (B, T, C) for ids (B, T), from stored rows when frozen.
+    fn embed(&self, tape: Option<&Tape>, ids: &Tensor) -> Result<Var> {
+        match self.frozen("transformer.wte.weight") {
+            Some(q) => Ok(Var::constant(quant_embedding(ids, q)?)),
+            None => embedding(ids, &self.p(tape, "transformer.wte.weight")?),
+        }
+    }
+
     /// Conv1D `module` of layer `i` (e.g. "attn.c_attn") on x (..., in), plus the adapter's
     /// update when one is attached, enabled and targets it: (..., out).
     fn conv(&self, tape: Option<&Tape>, x: &Var, i: usize, module: &str) -> Result<Var> {
         let name = layer(i, module);
-        let y = conv1d(x, &self.p(tape, &format!("{name}.weight"))?, &self.p(tape, &format!("{name}.bias"))?)?;
+        let (wname, bias) = (format!("{name}.weight"), self.p(tape, &format!("{name}.bias"))?);
+        let y = match self.frozen(&wname) {
+            Some(q) => quant_linear(x, q, Some(&bias))?,
+            None => conv1d(x, &self.p(tape, &wname)?, &bias)?,
+        };
         match &self.adapter {
             Some(a) => a.apply(tape, &name, x, y),
             None => Ok(y),
@@ -142,7 +164,7 @@ impl Gpt {
     /// on it, one op that recomputes gelu(h) in the backward instead of holding it.
     fn mlp_proj(&self, tape: Option<&Tape>, h: &Var, i: usize) -> Result<Var> {
         let name = layer(i, "mlp.c_proj");
-        if self.adapter.as_ref().is_some_and(|a| a.targets(&name)) {
+        if self.adapter.as_ref().is_some_and(|a| a.targets(&name)) || self.frozen(&format!("{name}.weight")).is_some() {
             return self.conv(tape, &gelu(h, self.gelu_kind())?, i, "mlp.c_proj");
         }
         gelu_conv1d(h, self.gelu_kind(), &self.p(tape, &format!("{name}.weight"))?, &self.p(tape, &format!("{name}.bias"))?)
@@ -158,8 +180,7 @@ impl Gpt {
         }
         let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
         let attn_cfg = AttentionConfig::default();
-        let wte = self.p(tape, "transformer.wte.weight")?;
-        let mut x = embedding(ids, &wte)?; // (B, T, C)
+        let mut x = self.embed(tape, ids)?; // (B, T, C)
         x = add_positions(&x, &self.p(tape, "transformer.wpe.weight")?, 0)?;
         for i in 0..self.cfg.n_layer {
             let w = |n: &str| self.p(tape, &layer(i, n));
@@ -186,7 +207,11 @@ impl Gpt {
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.n_embd;
         let rows = x.tensor().len() / c;
-        matmul(&x.reshape(&[rows, c])?, &self.p(tape, "transformer.wte.weight")?, false, true)
+        let x = x.reshape(&[rows, c])?;
+        match self.frozen("transformer.wte.weight") {
+            Some(q) => quant_linear(&x, q, None),
+            None => matmul(&x, &self.p(tape, "transformer.wte.weight")?, false, true),
+        }
     }
 
     /// One KV cache per layer for batched generation of up to `max_len` tokens.
@@ -204,8 +229,7 @@ impl Gpt {
         if offset + tn > self.cfg.n_positions {
             return Err(Error::shape("Gpt::forward_cached", format!("position {} past the model's {}", offset + tn, self.cfg.n_positions)));
         }
-        let wte = self.p(None, "transformer.wte.weight")?;
-        let mut x = embedding(ids, &wte)?;
+        let mut x = self.embed(None, ids)?;
         x = add_positions(&x, &self.p(None, "transformer.wpe.weight")?, offset)?;
         for (i, cache) in caches.iter_mut().enumerate() {
             let w = |n: &str| self.p(None, &layer(i, n));

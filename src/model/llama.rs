@@ -7,6 +7,7 @@
 //! adapter hook, and every base weight enters the tape as a constant.
 
 use super::config::LlamaConfig;
+use super::frozen::FrozenBase;
 use crate::error::{Error, Result};
 use crate::lora::{Lora, LoraModule};
 use crate::nn::normal;
@@ -16,6 +17,7 @@ use crate::ops::elementwise::add;
 use crate::ops::embedding::embedding;
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
+use crate::ops::quant::{quant_embedding, quant_linear, QuantTensor};
 use crate::ops::rope::rope;
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
@@ -28,6 +30,8 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     pub params: ParamStore,
     pub adapter: Option<Lora>,
+    /// Weight matrices kept in stored form (`Model::freeze_base`); they are not in `params`.
+    pub frozen: Option<FrozenBase>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -114,13 +118,13 @@ impl Llama {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Llama { cfg, params, adapter: None })
+        Ok(Llama { cfg, params, adapter: None, frozen: None })
     }
 
     /// A model over an already filled store (checkpoint loading).
     pub fn from_params(cfg: LlamaConfig, params: ParamStore) -> Result<Llama> {
         Self::check(&cfg)?;
-        Ok(Llama { cfg, params, adapter: None })
+        Ok(Llama { cfg, params, adapter: None, frozen: None })
     }
 
     /// A parameter as a Var: on the tape when `tape` is given and no adapter is attached, else
@@ -132,14 +136,29 @@ impl Llama {
         }
     }
 
+    /// The stored-form matrix `name`, when the base is frozen that way.
+    fn frozen(&self, name: &str) -> Option<&QuantTensor> {
+        self.frozen.as_ref().and_then(|f| f.get(name))
+    }
+
+    /// Token embeddings (B, T, C) for ids (B, T), from stored rows when frozen.
+    fn embed(&self, tape: Option<&Tape>, ids: &Tensor) -> Result<Var> {
+        match self.frozen("model.embed_tokens.weight") {
+            Some(q) => Ok(Var::constant(quant_embedding(ids, q)?)),
+            None => embedding(ids, &self.p(tape, "model.embed_tokens.weight")?),
+        }
+    }
+
     /// Linear layer `name` of layer `i` (e.g. "self_attn.q_proj") on x (..., in), plus the
     /// adapter's update when one is attached, enabled and targets it: (..., out).
     fn proj(&self, tape: Option<&Tape>, x: &Var, i: usize, name: &str) -> Result<Var> {
         let module = layer(i, name);
-        let w = self.p(tape, &format!("{module}.weight"))?;
-        let bname = format!("{module}.bias");
+        let (wname, bname) = (format!("{module}.weight"), format!("{module}.bias"));
         let b = if self.params.contains(&bname) { Some(self.p(tape, &bname)?) } else { None };
-        let y = linear(x, &w, b.as_ref())?;
+        let y = match self.frozen(&wname) {
+            Some(q) => quant_linear(x, q, b.as_ref())?,
+            None => linear(x, &self.p(tape, &wname)?, b.as_ref())?,
+        };
         match &self.adapter {
             Some(a) => a.apply(tape, &module, x, y),
             None => Ok(y),
@@ -158,7 +177,7 @@ impl Llama {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let theta = self.cfg.rope_theta;
-        let mut x = embedding(ids, &self.p(tape, "model.embed_tokens.weight")?)?; // (B, T, C)
+        let mut x = self.embed(tape, ids)?; // (B, T, C)
         for i in 0..self.cfg.num_hidden_layers {
             let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
@@ -180,7 +199,11 @@ impl Llama {
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.hidden_size;
         let rows = x.tensor().len() / c;
-        linear(&x.reshape(&[rows, c])?, &self.p(tape, self.head_name())?, None)
+        let x = x.reshape(&[rows, c])?;
+        match self.frozen(self.head_name()) {
+            Some(q) => quant_linear(&x, q, None),
+            None => linear(&x, &self.p(tape, self.head_name())?, None),
+        }
     }
 
     /// Logits (B·T, V) for ids (B, T).
@@ -201,7 +224,7 @@ impl Llama {
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let c = self.cfg.hidden_size;
         let offset = caches.first().map(|k| k.len()).unwrap_or(0);
-        let mut x = embedding(ids, &self.p(None, "model.embed_tokens.weight")?)?;
+        let mut x = self.embed(None, ids)?;
         for (i, cache) in caches.iter_mut().enumerate() {
             let h = rms_norm(&x, &self.p(None, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(None, &h, i, "self_attn.q_proj")?.reshape(&[b, tn, hq, d])?;

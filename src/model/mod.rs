@@ -5,11 +5,13 @@
 //! pass, saved and loaded in PEFT's layout, and merged into the weights.
 
 pub mod config;
+pub mod frozen;
 pub mod gpt;
 pub mod llama;
 pub mod presets;
 
 pub use config::{GptConfig, LlamaConfig, ModelConfig};
+pub use frozen::FrozenBase;
 pub use gpt::Gpt;
 pub use llama::Llama;
 
@@ -122,6 +124,48 @@ impl Model {
         }
     }
 
+    /// Keep the base's weight matrices in stored form `kind` from now on (f16, bf16, Q8_0, Q4_0,
+    /// Q4_1, Q4_K, Q6_K; a matrix whose rows are not whole blocks of `kind` falls back to Q8_0
+    /// or f16, see [`frozen::fitting_type`]): the token embedding, the LM head and every
+    /// projection of the blocks (GPT-2's position embedding, norms and biases stay f32). Their
+    /// f32 copies leave the GPU. The matrices no longer train: attach a LoRA adapter (before or
+    /// after) to fine-tune; without one only the f32 rest (norms, biases) would. Frozen twice,
+    /// or saved / merged afterwards: an error.
+    pub fn freeze_base(&mut self, kind: crate::ops::quant::StoredType) -> Result<()> {
+        if self.frozen().is_some() {
+            return Err(Error::config("freeze_base", "the base is already frozen"));
+        }
+        let (names, transposed): (Vec<String>, Vec<String>) = match self {
+            Model::Gpt(m) => {
+                let names: Vec<String> = Gpt::lora_modules(&m.cfg).into_iter().map(|l| format!("{}.weight", l.name)).collect();
+                let mut all = names.clone();
+                all.push("transformer.wte.weight".into());
+                (all, names)
+            }
+            Model::Llama(m) => {
+                let specs = Llama::param_specs(&m.cfg);
+                (specs.into_iter().filter(|s| s.shape.len() == 2).map(|s| s.name).collect(), vec![])
+            }
+        };
+        let gpu = self.params().values().gpu().clone();
+        let (frozen, rest) = FrozenBase::freeze(self.params(), &names, &transposed, kind)?;
+        match self {
+            Model::Gpt(m) => (m.params, m.frozen) = (rest, Some(frozen)),
+            Model::Llama(m) => (m.params, m.frozen) = (rest, Some(frozen)),
+        }
+        // The old store's buffers go back to the pool: hand them back to the driver.
+        gpu.trim_pool();
+        Ok(())
+    }
+
+    /// The stored-form matrices, when [`Model::freeze_base`] (or a loader) froze the base.
+    pub fn frozen(&self) -> Option<&FrozenBase> {
+        match self {
+            Model::Gpt(m) => m.frozen.as_ref(),
+            Model::Llama(m) => m.frozen.as_ref(),
+        }
+    }
+
     /// Fold the adapter into the base weights, `W += (α/r)·B·A` in each weight's own layout
     /// (GPT-2's Conv1D is stored (in, out), so it gets `(B·A)ᵀ = Aᵀ·Bᵀ`), then detach it. Runs on
     /// the GPU: one product and one in-place add per module.
@@ -129,6 +173,9 @@ impl Model {
         let Some(lora) = self.lora() else {
             return Err(Error::config("LoRA", "merge_lora: no adapter is attached"));
         };
+        if self.frozen().is_some() {
+            return Err(Error::config("merge_lora", "the base is frozen in stored form; save the adapter instead"));
+        }
         let conv = matches!(self, Model::Gpt(_));
         let scale = lora.cfg.scale();
         for m in lora.modules() {
@@ -238,6 +285,9 @@ impl Model {
     /// These are the base weights: an attached adapter is saved by [`Model::save_lora`], or
     /// folded in first by [`Model::merge_lora`].
     pub fn save(&self, dir: &Path) -> Result<()> {
+        if self.frozen().is_some() {
+            return Err(Error::config("save", "the base is frozen in stored form (its matrices are not f32 parameters)"));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cfg = serde_json::to_string_pretty(&self.config().to_json()).expect("config serialises");
         write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
