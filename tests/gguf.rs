@@ -37,6 +37,7 @@ fn llama_cfg(bias: bool, tied: bool) -> ModelConfig {
         tie_word_embeddings: tied,
         attention_bias: Some(bias),
         hidden_act: "silu".into(),
+        rope_scaling: None,
     })
 }
 

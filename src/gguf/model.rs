@@ -263,6 +263,7 @@ impl GgufModelInfo {
                     tie_word_embeddings: tied,
                     attention_bias: Some(bias),
                     hidden_act: "silu".into(),
+                    rope_scaling: None,
                 })
             }
             Arch::Gpt2 => {

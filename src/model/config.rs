@@ -75,6 +75,47 @@ pub struct LlamaConfig {
     /// Activation; plumb implements "silu" (SwiGLU).
     #[serde(default = "d_act")]
     pub hidden_act: String,
+    /// RoPE frequency scaling (Llama 3.1/3.2's `llama3` type); None: plain RoPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// Hugging Face's `rope_scaling` of type `llama3`: wavelengths longer than
+/// `original_max_position_embeddings / low_freq_factor` are stretched by `factor`, shorter than
+/// `.. / high_freq_factor` kept, and those between interpolated smoothly.
+/// Example (Llama 3.2 1B): factor 32, low 1, high 4, original 8192.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    /// Always "llama3" (other types are refused when the config is read).
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+impl RopeScaling {
+    /// The scaled inverse frequencies for head size `dim` and base `theta` (transformers'
+    /// `_compute_llama3_parameters`), in f64.
+    pub fn inv_freq(&self, theta: f64, dim: usize) -> Vec<f64> {
+        let old = self.original_max_position_embeddings as f64;
+        let (low_wavelen, high_wavelen) = (old / self.low_freq_factor, old / self.high_freq_factor);
+        (0..dim / 2)
+            .map(|i| {
+                let f = theta.powf(-((2 * i) as f64) / dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / self.factor
+                } else {
+                    let smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor);
+                    (1.0 - smooth) * f / self.factor + smooth * f
+                }
+            })
+            .collect()
+    }
 }
 
 fn d_maxpos() -> usize {
@@ -95,7 +136,19 @@ fn unsupported_llama_fields(v: &serde_json::Value, origin: &Path) -> Result<()> 
         return no("`mlp_bias: true`: plumb's SwiGLU MLP has no biases".into());
     }
     if let Some(r) = v.get("rope_scaling").filter(|r| !r.is_null()) {
-        return no(format!("`rope_scaling: {r}`: plumb implements plain RoPE only"));
+        let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|t| t.as_str());
+        if kind != Some("llama3") {
+            return no(format!("`rope_scaling: {r}`: plumb implements plain RoPE and the `llama3` type"));
+        }
+        let num = |k: &str| r.get(k).and_then(|x| x.as_f64()).filter(|x| x.is_finite() && *x > 0.0);
+        for k in ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"] {
+            if num(k).is_none() {
+                return no(format!("`rope_scaling.{k}` must be a positive number (in {r})"));
+            }
+        }
+        if num("high_freq_factor") <= num("low_freq_factor") {
+            return no(format!("`rope_scaling`: high_freq_factor must exceed low_freq_factor (in {r})"));
+        }
     }
     let size = |k: &str| v.get(k).and_then(|x| x.as_u64());
     if let (Some(hd), Some(c), Some(h)) = (size("head_dim"), size("hidden_size"), size("num_attention_heads")) {

@@ -18,7 +18,7 @@ use crate::ops::embedding::embedding;
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
 use crate::ops::quant::{quant_embedding, quant_linear, QuantTensor};
-use crate::ops::rope::rope;
+use crate::ops::rope::{rope, rope_table};
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -172,18 +172,35 @@ impl Llama {
         add(x, &self.proj(tape, &swiglu(&g, &u)?, i, "mlp.down_proj")?)
     }
 
+    /// The scaled RoPE frequencies (D/2) when the config has `rope_scaling`, computed once per
+    /// forward on the CPU in f64 and uploaded; None: plain RoPE from theta in the kernel.
+    fn rope_freqs(&self) -> Result<Option<Tensor>> {
+        let Some(s) = &self.cfg.rope_scaling else { return Ok(None) };
+        let d = Self::head_dim(&self.cfg);
+        let f: Vec<f32> = s.inv_freq(self.cfg.rope_theta as f64, d).iter().map(|&v| v as f32).collect();
+        Tensor::from_f32(self.params.values().gpu(), &f, &[d / 2]).map(Some)
+    }
+
+    /// RoPE on (B, T, H, D) at positions offset + t, with the scaled frequencies when given.
+    fn rope(&self, x: &Var, freqs: &Option<Tensor>, offset: usize) -> Result<Var> {
+        match freqs {
+            Some(f) => rope_table(x, f, offset, None),
+            None => rope(x, self.cfg.rope_theta, offset, None),
+        }
+    }
+
     /// Final hidden states norm(x), (B, T, C), for ids (B, T).
     pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
-        let theta = self.cfg.rope_theta;
+        let freqs = self.rope_freqs()?;
         let mut x = self.embed(tape, ids)?; // (B, T, C)
         for i in 0..self.cfg.num_hidden_layers {
             let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
             let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
             let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
-            let (q, k) = (rope(&q, theta, 0, None)?, rope(&k, theta, 0, None)?);
+            let (q, k) = (self.rope(&q, &freqs, 0)?, self.rope(&k, &freqs, 0)?);
             let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
             x = add(&x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
             x = self.mlp(tape, &x, i)?;
@@ -224,13 +241,14 @@ impl Llama {
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let c = self.cfg.hidden_size;
         let offset = caches.first().map(|k| k.len()).unwrap_or(0);
+        let freqs = self.rope_freqs()?;
         let mut x = self.embed(None, ids)?;
         for (i, cache) in caches.iter_mut().enumerate() {
             let h = rms_norm(&x, &self.p(None, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(None, &h, i, "self_attn.q_proj")?.reshape(&[b, tn, hq, d])?;
             let k = self.proj(None, &h, i, "self_attn.k_proj")?.reshape(&[b, tn, hkv, d])?;
             let v = self.proj(None, &h, i, "self_attn.v_proj")?.reshape(&[b, tn, hkv, d])?;
-            let (q, k) = (rope(&q, self.cfg.rope_theta, offset, None)?, rope(&k, self.cfg.rope_theta, offset, None)?);
+            let (q, k) = (self.rope(&q, &freqs, offset)?, self.rope(&k, &freqs, offset)?);
             cache.append(k.tensor(), v.tensor())?;
             let a = cache.attend(q.tensor(), key_mask)?.reshape(&[b, tn, hq * d])?;
             x = add(&x, &self.proj(None, &Var::constant(a), i, "self_attn.o_proj")?)?;

@@ -10,7 +10,7 @@ pub mod gpt;
 pub mod llama;
 pub mod presets;
 
-pub use config::{GptConfig, LlamaConfig, ModelConfig};
+pub use config::{GptConfig, LlamaConfig, ModelConfig, RopeScaling};
 pub use frozen::FrozenBase;
 pub use gpt::Gpt;
 pub use llama::Llama;
