@@ -64,7 +64,10 @@ fn every_dpo_loss_type_trains_towards_the_chosen() {
         if kind == DpoLoss::Sft {
             losses.push((DpoLoss::Sigmoid, 1.0)); // sft alone does not separate the pair
         }
-        let loss = DpoConfig { losses, label_smoothing: if kind == DpoLoss::Robust { 0.1 } else { 0.0 }, ..Default::default() };
+        // discopop at TRL's τ = 0.05 pushes a zero margin down first (its modulation has a bump
+        // at 0: d loss/dz(0) = 1/(4τ)·(1 − log 2) − 3/4 > 0); from policy = reference, use τ = 1.
+        let discopop_tau = if kind == DpoLoss::Discopop { 1.0 } else { 0.05 };
+        let loss = DpoConfig { losses, label_smoothing: if kind == DpoLoss::Robust { 0.1 } else { 0.0 }, discopop_tau, ..Default::default() };
         let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(12, 2e-3), loss, ..Default::default() });
         let m = dpo.train(&policy, &pairs, Reference::Model(&reference)).unwrap();
         let margin = |i: usize| m[i]["rewards/margins"].as_f64().unwrap();

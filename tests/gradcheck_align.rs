@@ -73,11 +73,24 @@ fn dpo_table() {
     for kind in DpoLoss::ALL {
         for n in [1usize, 7, 33] {
             let eps = if matches!(kind, DpoLoss::Sigmoid | DpoLoss::Robust) { 0.1 } else { 0.0 };
-            let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, bco_delta: 0.2 };
+            let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, bco_delta: 0.2, ..Default::default() };
             cases.push(dpo_case(format!("dpo {kind} n={n}"), n, cfg));
         }
     }
     cases.push(dpo_case("dpo sigmoid eps=0 beta=0.5 n=33".into(), 33, DpoConfig { beta: 0.5, ..Default::default() }));
+    // TRL's remaining pair losses at other settings: exo_pair with its own ε, discopop at a
+    // softer τ, ORPO at SimPO-like β, and an MPO-style mixture with arbitrary loss_weights.
+    let exo = DpoConfig { label_smoothing: 0.2, losses: vec![(DpoLoss::ExoPair, 1.0)], ..Default::default() };
+    cases.push(dpo_case("dpo exo_pair eps=0.2 n=33".into(), 33, exo));
+    let disco = DpoConfig { beta: 0.3, discopop_tau: 0.5, losses: vec![(DpoLoss::Discopop, 1.0)], ..Default::default() };
+    cases.push(dpo_case("dpo discopop tau=0.5 beta=0.3 n=33".into(), 33, disco));
+    cases.push(dpo_case("dpo orpo lambda=1 n=33".into(), 33, DpoConfig::orpo(1.0)));
+    cases.push(dpo_case("dpo simpo beta=2 gamma=0.5 n=33".into(), 33, DpoConfig::simpo(2.0, 0.5)));
+    let mpo = DpoConfig {
+        losses: vec![(DpoLoss::Sigmoid, 0.8), (DpoLoss::NcaPair, 0.3), (DpoLoss::SppoHard, 0.05), (DpoLoss::Sft, 1.0), (DpoLoss::ExoPair, 0.2)],
+        ..Default::default()
+    };
+    cases.push(dpo_case("dpo mixture sigmoid:0.8 nca_pair:0.3 sppo_hard:0.05 sft:1 exo_pair:0.2 n=33".into(), 33, mpo));
     for n in [7usize, 33] {
         let cfg = DpoConfig { losses: vec![(DpoLoss::Sigmoid, 1.0), (DpoLoss::Sft, 0.5)], ..Default::default() };
         cases.push(dpo_case(format!("dpo sigmoid + 0.5 sft n={n}"), n, cfg));

@@ -15,10 +15,11 @@ struct Params {
     gamma: f32,      // margin of sigmoid_norm
     delta: f32,      // running reward mean of bco_pair
     inv_n: f32,
-    _pad1: f32,
+    tau: f32,        // temperature of discopop's modulation
     w_a: vec4<f32>,  // weights of sigmoid, hinge, ipo, robust
     w_b: vec4<f32>,  // weights of bco_pair, apo_zero, apo_down, sigmoid_norm
-    w_c: vec4<f32>,  // weight of sft; the rest unused
+    w_c: vec4<f32>,  // weights of sft, exo_pair, nca_pair, sppo_hard
+    w_d: vec4<f32>,  // weights of discopop, orpo; the rest unused
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,6 +52,15 @@ fn log_sigmoid(x: f32) -> f32 {
         l = t * (1.0 - 0.5 * t);
     }
     return min(x, 0.0) - l;
+}
+
+// log(1 - exp(a)) for a < 0, with log1p's series when exp(a) is tiny.
+fn log1m_exp(a: f32) -> f32 {
+    let t = exp(a);
+    if (t < 1e-4) {
+        return -t * (1.0 + 0.5 * t);
+    }
+    return log(1.0 - t);
 }
 
 // sigma'(x) = sigma(x) sigma(-x)
@@ -141,6 +151,53 @@ fn dpo_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         let w = p.w_c.x;
         loss += w * -pc[i] / lc[i];
         dc += w * -1.0 / lc[i];
+    }
+    if (p.w_c.y != 0.0) {  // exo_pair; d/dz = sigma'(z) (z - log((1 - e) / e))
+        let w = p.w_c.y;
+        var e = eps;
+        if (e == 0.0) { e = 1e-3; }
+        let z = b * h;
+        loss += w * (sigmoid(z) * (log_sigmoid(z) - log(1.0 - e)) + sigmoid(-z) * (log_sigmoid(-z) - log(e)));
+        let dh = b * dsigmoid(z) * (z - log((1.0 - e) / e));
+        dc += w * dh;
+        dr -= w * dh;
+    }
+    if (p.w_c.z != 0.0) {  // nca_pair
+        let w = p.w_c.z;
+        let zc = b * sc;
+        let zr = b * sr;
+        loss += w * (-log_sigmoid(zc) - 0.5 * log_sigmoid(-zc) - 0.5 * log_sigmoid(-zr));
+        dc += w * b * (-sigmoid(-zc) + 0.5 * sigmoid(zc));
+        dr += w * b * 0.5 * sigmoid(zr);
+    }
+    if (p.w_c.w != 0.0) {  // sppo_hard
+        let w = p.w_c.w;
+        let a = sc - 0.5 / b;
+        let c = sr + 0.5 / b;
+        loss += w * (a * a + c * c);
+        dc += w * 2.0 * a;
+        dr += w * 2.0 * c;
+    }
+    if (p.w_d.x != 0.0) {  // discopop: -log sigma(z)(1 - m) + exp(-z) m, m = sigma(z / tau)
+        let w = p.w_d.x;
+        let z = b * h;
+        let m = sigmoid(z / p.tau);
+        let dm = dsigmoid(z / p.tau) / p.tau;
+        let ez = exp(-z);
+        loss += w * (-log_sigmoid(z) * (1.0 - m) + ez * m);
+        let dz = -sigmoid(-z) * (1.0 - m) - ez * m + dm * (log_sigmoid(z) + ez);
+        dc += w * b * dz;
+        dr -= w * b * dz;
+    }
+    if (p.w_d.y != 0.0) {  // orpo: chosen NLL - beta log sigma(log odds ratio), on mean log-probs
+        let w = p.w_d.y;
+        let a = pc[i] / lc[i];
+        let c = pr[i] / lr[i];
+        let lo = (a - c) - (log1m_exp(a) - log1m_exp(c));
+        loss += w * (-a - b * log_sigmoid(lo));
+        let dlo = -b * sigmoid(-lo);
+        dc += w * (-1.0 + dlo / (1.0 - exp(a))) / lc[i];
+        dr += w * (-dlo / (1.0 - exp(c))) / lr[i];
     }
 
     // store: loss, gradients of the batch mean, metric terms

@@ -54,11 +54,27 @@ pub enum DpoLoss {
     /// `-pc / lc`: the mean negative log-likelihood of the chosen completion (the SFT term of
     /// RPO-style mixtures).
     Sft,
+    /// `σ(βh)(logσ(βh) − log(1 − ε)) + σ(−βh)(logσ(−βh) − log ε)` with ε = 1e-3 when the label
+    /// smoothing is 0 (EXO on pairs).
+    ExoPair,
+    /// `−logσ(β(pc − rc)) − ½logσ(−β(pc − rc)) − ½logσ(−β(pr − rr))` (NCA on pairs).
+    NcaPair,
+    /// `((pc − rc) − 1/(2β))² + ((pr − rr) + 1/(2β))²` (SPPO, hard labels).
+    SppoHard,
+    /// `−logσ(βh)(1 − σ(βh/τ)) + exp(−βh) σ(βh/τ)` with τ = [`DpoConfig::discopop_tau`]
+    /// (DiscoPOP's log-ratio modulated loss).
+    Discopop,
+    /// ORPO (reference-free; TRL's ORPOTrainer): `−a − β logσ(o)`, the chosen completion's mean
+    /// NLL plus λ = β times the odds-ratio term, with `a = pc/lc`, `b = pr/lr` and the log odds
+    /// ratio `o = (a − b) − (log(1 − eᵃ) − log(1 − eᵇ))`. TRL averages the NLL over the chosen
+    /// tokens of the whole batch; here it is per pair, then over pairs (the same when lengths
+    /// are equal). Pass zero reference sums.
+    Orpo,
 }
 
 impl DpoLoss {
     /// Every type, in the order of the kernel's weight slots.
-    pub const ALL: [DpoLoss; 9] = [
+    pub const ALL: [DpoLoss; 14] = [
         DpoLoss::Sigmoid,
         DpoLoss::Hinge,
         DpoLoss::Ipo,
@@ -68,6 +84,11 @@ impl DpoLoss {
         DpoLoss::ApoDown,
         DpoLoss::SigmoidNorm,
         DpoLoss::Sft,
+        DpoLoss::ExoPair,
+        DpoLoss::NcaPair,
+        DpoLoss::SppoHard,
+        DpoLoss::Discopop,
+        DpoLoss::Orpo,
     ];
 
     /// The name TRL uses (`loss_type`).
@@ -82,6 +103,11 @@ impl DpoLoss {
             DpoLoss::ApoDown => "apo_down",
             DpoLoss::SigmoidNorm => "sigmoid_norm",
             DpoLoss::Sft => "sft",
+            DpoLoss::ExoPair => "exo_pair",
+            DpoLoss::NcaPair => "nca_pair",
+            DpoLoss::SppoHard => "sppo_hard",
+            DpoLoss::Discopop => "discopop",
+            DpoLoss::Orpo => "orpo",
         }
     }
 
@@ -120,18 +146,35 @@ pub struct DpoConfig {
     pub simpo_gamma: f32,
     /// δ of `bco_pair`: the running mean of the rewards, kept by the trainer, e.g. 0.
     pub bco_delta: f32,
+    /// Temperature τ of `discopop`'s modulation (TRL's `discopop_tau`), e.g. 0.05.
+    pub discopop_tau: f32,
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        DpoConfig { beta: 0.1, label_smoothing: 0.0, losses: vec![(DpoLoss::Sigmoid, 1.0)], simpo_gamma: 0.0, bco_delta: 0.0 }
+        DpoConfig { beta: 0.1, label_smoothing: 0.0, losses: vec![(DpoLoss::Sigmoid, 1.0)], simpo_gamma: 0.0, bco_delta: 0.0, discopop_tau: 0.05 }
+    }
+}
+
+impl DpoConfig {
+    /// SimPO (TRL's CPOTrainer with `loss_type="simpo"`, `cpo_alpha=0`): `−logσ(β h_norm − γ)`
+    /// on length-normalised log-probs, reference-free (train with `Reference::None`). TRL's
+    /// CPOConfig defaults: β = 0.1, γ = 0.5 (the SimPO paper uses β ≈ 2-2.5).
+    pub fn simpo(beta: f32, gamma: f32) -> DpoConfig {
+        DpoConfig { beta, losses: vec![(DpoLoss::SigmoidNorm, 1.0)], simpo_gamma: gamma, ..Default::default() }
+    }
+
+    /// ORPO (TRL's ORPOTrainer): NLL of the chosen completion plus λ times the odds-ratio term,
+    /// reference-free (train with `Reference::None`). TRL's ORPOConfig default: λ = β = 0.1.
+    pub fn orpo(lambda: f32) -> DpoConfig {
+        DpoConfig { beta: lambda, losses: vec![(DpoLoss::Orpo, 1.0)], ..Default::default() }
     }
 }
 
 impl DpoConfig {
     /// The weight of each type in [`DpoLoss::ALL`] order (repeated types add up), after
     /// checking the settings.
-    pub fn weights(&self) -> Result<[f32; 9]> {
+    pub fn weights(&self) -> Result<[f32; 14]> {
         let bad = |what: &str, msg: String| Err(Error::config(format!("DPO {what}"), msg));
         if self.losses.is_empty() {
             return bad("losses", "at least one loss type is needed".into());
@@ -139,7 +182,7 @@ impl DpoConfig {
         if !(self.beta.is_finite() && self.beta > 0.0) {
             return bad("beta", format!("{} must be a positive number", self.beta));
         }
-        let mut w = [0.0f32; 9];
+        let mut w = [0.0f32; 14];
         for &(kind, weight) in &self.losses {
             if !weight.is_finite() {
                 return bad("loss weight", format!("{weight} for {kind} is not finite"));
@@ -155,6 +198,9 @@ impl DpoConfig {
         }
         if !(self.simpo_gamma.is_finite() && self.bco_delta.is_finite()) {
             return bad("simpo_gamma / bco_delta", "must be finite".into());
+        }
+        if w[DpoLoss::Discopop.slot()] != 0.0 && !(self.discopop_tau.is_finite() && self.discopop_tau > 0.0) {
+            return bad("discopop_tau", format!("{} must be a positive number", self.discopop_tau));
         }
         Ok(w)
     }
@@ -205,8 +251,8 @@ struct PairParams {
     gamma: f32,
     delta: f32,
     inv_n: f32,
-    _pad1: f32,
-    weights: [f32; 12],
+    tau: f32,
+    weights: [f32; 16],
 }
 
 #[repr(C)]
@@ -244,7 +290,7 @@ pub struct DpoForward {
 
 /// Forward: per-pair losses and gradients (one kernel), then the batch loss and metrics (one
 /// workgroup). All inputs are f32 with one element per pair. Lengths must be positive where
-/// `ipo`, `sigmoid_norm` or `sft` is used.
+/// `ipo`, `sigmoid_norm`, `sft` or `orpo` is used; `orpo` needs mean log-probs below 0.
 pub fn dpo_forward(
     pc: &Tensor,
     pr: &Tensor,
@@ -257,8 +303,8 @@ pub fn dpo_forward(
     let w = cfg.weights()?;
     let n = pair_count(&[("pc", pc), ("pr", pr), ("rc", rc), ("rr", rr), ("lc", lc), ("lr", lr)])?;
     let gpu = pc.gpu();
-    let mut weights = [0.0f32; 12];
-    weights[..9].copy_from_slice(&w);
+    let mut weights = [0.0f32; 16];
+    weights[..w.len()].copy_from_slice(&w);
     let inv_n = 1.0 / n as f32;
     let pp = PairParams {
         n: n as u32,
@@ -268,7 +314,7 @@ pub fn dpo_forward(
         gamma: cfg.simpo_gamma,
         delta: cfg.bco_delta,
         inv_n,
-        _pad1: 0.0,
+        tau: cfg.discopop_tau,
         weights,
     };
     let pairs = Tensor::empty(gpu, &[n, STRIDE], DType::F32, "dpo pairs")?;
@@ -367,6 +413,28 @@ pub mod reference {
             DpoLoss::ApoDown => sigmoid(b * sc) + (1.0 - sigmoid(b * (sc - sr))),
             DpoLoss::SigmoidNorm => -log_sigmoid(b * h_norm - cfg.simpo_gamma as f64),
             DpoLoss::Sft => -x.pc / x.lc,
+            // TRL dpo_loss "exo_pair": label_smoothing 0 becomes 1e-3
+            DpoLoss::ExoPair => {
+                let e = if eps == 0.0 { 1e-3 } else { eps };
+                let z = b * h;
+                sigmoid(z) * (log_sigmoid(z) - (1.0 - e).ln()) + sigmoid(-z) * (log_sigmoid(-z) - e.ln())
+            }
+            // TRL dpo_loss "nca_pair"
+            DpoLoss::NcaPair => -log_sigmoid(b * sc) - 0.5 * log_sigmoid(-b * sc) - 0.5 * log_sigmoid(-b * sr),
+            // TRL dpo_loss "sppo_hard": a = chosen log-ratio, b = rejected log-ratio
+            DpoLoss::SppoHard => (sc - 0.5 / b).powi(2) + (sr + 0.5 / b).powi(2),
+            // TRL dpo_loss "discopop": logits = β h, modulation σ(logits / τ)
+            DpoLoss::Discopop => {
+                let z = b * h;
+                let m = sigmoid(z / cfg.discopop_tau as f64);
+                -log_sigmoid(z) * (1.0 - m) + (-z).exp() * m
+            }
+            // TRL ORPOTrainer.odds_ratio_loss on mean log-probs, plus the chosen NLL
+            DpoLoss::Orpo => {
+                let (a, c) = (x.pc / x.lc, x.pr / x.lr);
+                let log_odds = (a - c) - ((-a.exp()).ln_1p() - (-c.exp()).ln_1p());
+                -a - b * log_sigmoid(log_odds)
+            }
         }
     }
 

@@ -18,6 +18,10 @@ use std::path::PathBuf;
   plumb dpo --loss sigmoid:1,sft:0.5 --beta 0.2 # RPO-style mixture
   plumb dpo --lora 8                            # LoRA adapters; reference = base model, one copy
   plumb dpo --loss sigmoid_norm --simpo-gamma 0.5 --reference none   # SimPO-style, no reference
+  plumb dpo --loss simpo --beta 2 --simpo-gamma 0.5  # SimPO (CPO simpo): one model, no reference
+  plumb dpo --loss orpo --beta 0.1             # ORPO: NLL + λ·odds ratio (λ = --beta), no reference
+  plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
+  plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
 pub struct DpoArgs {
     #[command(flatten)]
@@ -37,7 +41,9 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 5e-5)]
     lr: f32,
     /// Loss type or weighted mixture TYPE[:WEIGHT],...: sigmoid, hinge, ipo, robust, bco_pair,
-    /// apo_zero, apo_down, sigmoid_norm, sft. Example: sigmoid:1,sft:0.5
+    /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo.
+    /// Example: sigmoid:1,sft:0.5. Alone, `simpo` (= sigmoid_norm) and `orpo` are
+    /// reference-free: no reference model is loaded.
     #[arg(long, default_value = "sigmoid")]
     loss: String,
     /// β, the inverse temperature of the implicit reward.
@@ -49,6 +55,9 @@ pub struct DpoArgs {
     /// Margin γ of sigmoid_norm (SimPO).
     #[arg(long, default_value_t = 0.0)]
     simpo_gamma: f32,
+    /// Temperature τ of discopop's log-ratio modulation.
+    #[arg(long, default_value_t = DpoConfig::default().discopop_tau)]
+    discopop_tau: f32,
     /// Where the reference log-probs come from: a frozen copy of the init model, values stored
     /// in the --data file, or none (reference-free losses).
     #[arg(long, value_enum, default_value_t = RefArg::Model)]
@@ -92,9 +101,15 @@ fn parse_losses(s: &str) -> Result<Vec<(DpoLoss, f32)>> {
 }
 
 pub fn run(a: DpoArgs) -> Result<()> {
-    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses: parse_losses(&a.loss)?, simpo_gamma: a.simpo_gamma, bco_delta: 0.0 };
+    // SimPO and ORPO alone are reference-free: one model in memory
+    let reference_free = matches!(a.loss.trim(), "simpo" | "orpo");
+    let losses = if a.loss.trim() == "simpo" { vec![(DpoLoss::SigmoidNorm, 1.0)] } else { parse_losses(&a.loss)? };
+    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, bco_delta: 0.0, discopop_tau: a.discopop_tau };
     loss.weights()?; // check the settings before loading anything
-    let reference = if a.precompute_ref { RefArg::Precomputed } else { a.reference };
+    if reference_free && (a.precompute_ref || a.reference == RefArg::Precomputed) {
+        return Err(Error::config("--loss", format!("{} is reference-free: drop --precompute-ref / --reference precomputed", a.loss)));
+    }
+    let reference = if reference_free { RefArg::None } else if a.precompute_ref { RefArg::Precomputed } else { a.reference };
     if a.precompute_ref && a.reference == RefArg::None {
         return Err(Error::config("--precompute-ref", "conflicts with --reference none"));
     }
