@@ -218,3 +218,15 @@ fn generation_from_nan_weights_is_an_error_not_nul_bytes() {
     let msg = err(plumb::generate::generate(&model, &[vec![1, 2, 3]], &gen));
     assert!(msg.contains("non-finite") && msg.contains("logits") && msg.contains("step 2"), "{msg}");
 }
+
+#[test]
+fn a_failed_dataset_write_leaves_no_temp_file() {
+    let d = scratch("tmpfile");
+    let target = d.join("out.bin");
+    std::fs::create_dir_all(target.join("occupied")).unwrap(); // the final rename must fail
+    let mut w = DatasetWriter::create(&target, DatasetKind::TokenStream, 256, None).unwrap();
+    w.push_row(&[&[1, 2, 3]]).unwrap();
+    assert!(w.finish().is_err());
+    assert!(!d.join("out.bin.tmp").exists(), "the temp file must be deleted when finishing fails");
+    std::fs::remove_dir_all(&d).ok();
+}

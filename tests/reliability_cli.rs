@@ -143,3 +143,16 @@ fn generate_on_nan_weights_is_an_error() {
     fails(&["generate", &s(&d), "--prompt", "The film", "--max-new-tokens", "4"], "non-finite");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn a_wrong_adapter_name_is_not_a_missing_driver_and_xdg_is_quiet() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(["info"]).env_remove("XDG_RUNTIME_DIR").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("XDG_RUNTIME_DIR"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(["generate", "nowhere", "--prompt", "a"]).env("PLUMB_ADAPTER", "nonexistent").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("PLUMB_ADAPTER") && !text.contains("Install a GPU driver"), "{text}");
+}

@@ -488,7 +488,16 @@ impl DatasetWriter {
     }
 
     /// Write the padding, offsets table, reference section and header; sync; rename into place.
+    /// On any failure (a full disk included) the temporary file is deleted.
     pub fn finish(mut self) -> Result<()> {
+        let result = self.finish_inner();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    fn finish_inner(&mut self) -> Result<()> {
         let tmp = self.tmp.clone();
         let io = |e| Error::io(&tmp, e);
         let mut out = self.out.take().ok_or_else(|| Error::config("dataset writer", "already finished"))?;

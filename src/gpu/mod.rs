@@ -176,10 +176,14 @@ impl Gpu {
             let want = want.to_lowercase();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
             if adapters.is_empty() {
-                return Err(Error::NoAdapter(format!(
-                    " whose name contains `{want}` (adapters seen: {})",
-                    if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
-                )));
+                if seen.is_empty() {
+                    return Err(Error::NoAdapter(format!(" whose name contains `{want}` (adapters seen: none)")));
+                }
+                // Adapters exist, so no driver is missing: the name is wrong.
+                return Err(Error::config(
+                    "PLUMB_ADAPTER",
+                    format!("no adapter's name contains `{want}`; adapters seen: {} (`plumb info` lists them)", seen.join(", ")),
+                ));
             }
         }
         // Stable sort: wgpu lists Vulkan before GL, so equal ranks keep that order.

@@ -65,6 +65,13 @@ enum Command {
 }
 
 fn main() {
+    // Mesa's Wayland probe prints "error: XDG_RUNTIME_DIR is invalid or not set" when it is unset
+    // (ssh sessions, containers), on runs that work; give it the temp directory instead. This runs
+    // before any thread exists.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => info::run(a),
