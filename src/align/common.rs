@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::train::checkpoint::{self, TrainerState};
+use crate::train::control::{RunControl, StepInfo};
 use crate::train::metrics::MetricsLog;
 use crate::train::schedule::Schedule;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,13 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Continue from `out_dir`'s latest checkpoint of this trainer, if there is one (weights,
+    /// adapter, AdamW moments and step; the data order is a function of seed and step).
+    #[serde(default)]
+    pub resume: bool,
+    /// Per-step callback and cancel flag; a stopped run saves a checkpoint under `out_dir`.
+    #[serde(skip)]
+    pub control: RunControl,
 }
 
 impl Default for TrainConfig {
@@ -49,6 +57,8 @@ impl Default for TrainConfig {
             seed: 0,
             out_dir: None,
             progress: false,
+            resume: false,
+            control: RunControl::default(),
         }
     }
 }
@@ -168,17 +178,23 @@ pub(crate) fn run_steps(
         schedule.total = cfg.steps;
     }
     let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
+    let mut start = 0;
     let mut log = match &cfg.out_dir {
         Some(out) => {
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            if cfg.resume {
+                start = resume_from(out, name, model, &mut opt)?;
+            }
             Some(MetricsLog::open(&out.join("metrics.jsonl"))?)
         }
         None => None,
     };
     let bar = crate::train::progress_bar(cfg.progress, cfg.steps as u64, name);
+    bar.set_position(start as u64);
     let t0 = Instant::now();
     let mut all = Vec::with_capacity(cfg.steps);
-    for step in 0..cfg.steps {
+    let mut done = start;
+    for step in start..cfg.steps {
         let lr = schedule.at(step);
         let mut rec = step_fn(step, lr, &mut opt)?;
         let loss = rec["loss"].as_f64().unwrap_or(f64::NAN);
@@ -193,20 +209,42 @@ pub(crate) fn run_steps(
         }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
+        done = step + 1;
+        let info = StepInfo { step: done, total: cfg.steps, loss: loss as f32, lr, metrics: &rec };
+        let stop = cfg.control.should_stop(&info);
         all.push(rec);
+        if stop {
+            break;
+        }
     }
     bar.finish_and_clear();
-    if let Some(out) = &cfg.out_dir {
+    if let (Some(out), true) = (&cfg.out_dir, done > start || start == 0) {
         let st = TrainerState {
-            step: cfg.steps as u64,
+            step: done as u64,
             seed: cfg.seed,
-            batches_seen: cfg.steps as u64,
+            batches_seen: done as u64,
             trainer: name.into(),
             config: serde_json::json!({"train": cfg, "method": extra_config}),
         };
         checkpoint::save(out, model, &opt, &st, None)?;
     }
     Ok(all)
+}
+
+/// Load `out`'s latest checkpoint written by trainer `name` into `model` and `opt`; returns its
+/// step (0 when there is none).
+fn resume_from(out: &std::path::Path, name: &str, model: &Model, opt: &mut AdamW) -> Result<usize> {
+    let Some(dir) = checkpoint::latest(out) else {
+        return Ok(0);
+    };
+    let st = checkpoint::read_state(&dir)?;
+    if st.trainer != name {
+        return Err(Error::config("resume", format!("{}: written by the `{}` trainer, not `{name}`", dir.display(), st.trainer)));
+    }
+    checkpoint::load_weights(&dir, model)?;
+    checkpoint::load_optimizer(&dir, opt)?;
+    MetricsLog::truncate_after(&out.join("metrics.jsonl"), st.step)?;
+    Ok(st.step as usize)
 }
 
 /// Metric `(name, value)` pairs into a JSON object.
