@@ -3,8 +3,7 @@
 // serve the improved model at once, in one process. A thin RAII layer over include/plumb.h.
 //
 // Build (after `cargo build --release -p plumb-capi`):
-//   c++ -std=c++17 -O2 examples/plumb_app.cpp -Iinclude -Ltarget/release -lplumb \
-//       -Wl,-rpath,$PWD/target/release -pthread -o plumb_app
+//   c++ -std=c++17 -O2 examples/plumb_app.cpp -Iinclude -Ltarget/release -lplumb -Wl,-rpath,$PWD/target/release -pthread -o plumb_app
 //   ./plumb_app models/fixtures/tiny-gpt2 tests/c/fixtures/words64/tokenizer.json
 // capi/tests/capi.rs builds and runs it the same way against the debug library.
 #include <cstdio>
