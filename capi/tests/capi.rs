@@ -87,11 +87,9 @@ fn c_error_paths_under_valgrind() {
     let dir = scratch("valgrind");
     let exe = dir.join("errors");
     compile("tests/c/errors.c", &exe, false);
-    let supp = root().join("tests/c/valgrind.supp");
     let out = run(
         env_cmd(Path::new("valgrind"))
             .args(["--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--track-fds=no"])
-            .arg(format!("--suppressions={}", supp.display()))
             .arg(&exe)
             .args(model_args())
             .arg(&dir),
