@@ -87,3 +87,38 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
         })
         .collect())
 }
+
+/// Generate a continuation of one prompt, handing each new token to `on_token` as soon as it is
+/// sampled (streaming: one readback per token instead of one per generation). Stops after
+/// `max_new_tokens`, at (and including) a stop token, or when `on_token` returns false. Returns
+/// the new tokens; the same seed gives the same tokens as [`generate`].
+pub fn generate_stream(model: &Model, prompt: &[u32], cfg: &GenerateConfig, on_token: &mut dyn FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::config("generate", "the prompt has no tokens"));
+    }
+    let total = prompt.len() + cfg.max_new_tokens;
+    if total > model.max_len() {
+        return Err(Error::config("generate", format!("prompt {} + {} new tokens exceeds the model's {} positions", prompt.len(), cfg.max_new_tokens, model.max_len())));
+    }
+    let mut new = Vec::with_capacity(cfg.max_new_tokens);
+    if cfg.max_new_tokens == 0 {
+        return Ok(new);
+    }
+    let gpu = model.params().values().gpu().clone();
+    let _frozen = gpu.freeze_textures(model.params().values());
+    let mut caches = model.new_caches(1, total)?;
+    let state = SampleState::new(&gpu, 1, &cfg.stop_ids, cfg.seed)?;
+    let out = Tensor::from_u32(&gpu, &vec![cfg.pad_id; cfg.max_new_tokens], &[1, cfg.max_new_tokens])?;
+    let next = Tensor::from_u32(&gpu, &[0], &[1, 1])?;
+    let mut logits = model.forward_cached(&Tensor::from_u32(&gpu, prompt, &[1, prompt.len()])?, &mut caches, None)?; // (1, V)
+    for step in 0..cfg.max_new_tokens {
+        sample(&logits, &cfg.sampling, &state, step as u32, &next, &out, cfg.pad_id)?;
+        let tok = next.to_u32_vec()?[0]; // this token's readback
+        new.push(tok);
+        if !on_token(tok) || cfg.stop_ids.contains(&tok) || step + 1 == cfg.max_new_tokens {
+            break;
+        }
+        logits = model.forward_cached(&next, &mut caches, None)?;
+    }
+    Ok(new)
+}

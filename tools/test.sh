@@ -8,4 +8,7 @@ cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --all-targets
 cargo test --doc
+# The C ABI: header freshness, then the C/C++ programs against libplumb.so/.a (one under valgrind).
+cargo test -p plumb-capi-header
+cargo test -p plumb-capi
 PLUMB_BACKEND=gl cargo test --test "gradcheck_*"

@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::train::checkpoint::{self, TrainerState};
+use crate::train::control::{RunControl, StepInfo};
 use crate::train::metrics::MetricsLog;
-use crate::train::rundir::{RunDir, RunOptions};
+use crate::train::rundir::{check_settings, RunDir, RunOptions};
 use crate::train::schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -39,6 +40,13 @@ pub struct TrainConfig {
     /// What may happen to an `out_dir` that already holds a run (see [`RunDir`]).
     #[serde(skip, default)]
     pub run: RunOptions,
+    /// Continue from `out_dir`'s latest checkpoint of this trainer, if there is one (weights,
+    /// adapter, AdamW moments and step; the data order is a function of seed and step).
+    #[serde(default)]
+    pub resume: bool,
+    /// Per-step callback and cancel flag; a stopped run saves a checkpoint under `out_dir`.
+    #[serde(skip)]
+    pub control: RunControl,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +62,8 @@ impl Default for TrainConfig {
             out_dir: None,
             progress: false,
             run: RunOptions::default(),
+            resume: false,
+            control: RunControl::default(),
         }
     }
 }
@@ -197,13 +207,27 @@ pub(crate) fn run_steps(
         schedule.total = cfg.steps;
     }
     let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
-    // Alignment runs do not resume yet: the directory must be new, or --overwrite given.
-    let run = cfg.out_dir.as_ref().map(|out| RunDir::open(out, false, &cfg.run)).transpose()?;
+    // What this run means, saved with every checkpoint and checked on resume.
+    let settings = serde_json::json!({"train": cfg, "method": extra_config});
+    let run = cfg.out_dir.as_ref().map(|out| RunDir::open(out, cfg.resume, &cfg.run)).transpose()?;
+    let mut start = 0;
+    if let (Some(run), true) = (&run, cfg.resume) {
+        let (dir, st) = run.resume_point(name)?;
+        for c in check_settings(&st.config, &settings, cfg.run.allow_changed_settings)? {
+            eprintln!("warning: resuming {} with a changed setting: {c}", dir.display());
+        }
+        checkpoint::load_weights(&dir, model)?;
+        checkpoint::load_optimizer(&dir, &mut opt)?;
+        start = st.step as usize;
+        MetricsLog::truncate_after(&run.path().join("metrics.jsonl"), st.step)?;
+    }
     let mut log = run.as_ref().map(|r| MetricsLog::open(&r.path().join("metrics.jsonl"))).transpose()?;
     let bar = crate::train::progress_bar(cfg.progress, cfg.steps as u64, name);
+    bar.set_position(start as u64);
     let t0 = Instant::now();
     let mut all = Vec::with_capacity(cfg.steps);
-    for step in 0..cfg.steps {
+    let mut done = start;
+    for step in start..cfg.steps {
         let lr = schedule.at(step);
         let mut rec = step_fn(step, lr, &mut opt)?;
         let loss = rec["loss"].as_f64().unwrap_or(f64::NAN);
@@ -218,16 +242,22 @@ pub(crate) fn run_steps(
         }
         bar.set_message(format!("loss {loss:.4}"));
         bar.inc(1);
+        done = step + 1;
+        let info = StepInfo { step: done, total: cfg.steps, loss: loss as f32, lr, metrics: &rec };
+        let stop = cfg.control.should_stop(&info);
         all.push(rec);
+        if stop {
+            break;
+        }
     }
     bar.finish_and_clear();
-    if let Some(out) = &cfg.out_dir {
+    if let (Some(out), true) = (&cfg.out_dir, done > start || start == 0) {
         let st = TrainerState {
-            step: cfg.steps as u64,
+            step: done as u64,
             seed: cfg.seed,
-            batches_seen: cfg.steps as u64,
+            batches_seen: done as u64,
             trainer: name.into(),
-            config: serde_json::json!({"train": cfg, "method": extra_config}),
+            config: settings,
         };
         checkpoint::save(out, model, &opt, &st, None)?;
     }

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod control;
 pub mod metrics;
 pub mod rundir;
 pub mod schedule;

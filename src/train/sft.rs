@@ -52,6 +52,9 @@ pub struct SftConfig {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Per-step callback and cancel flag; a stopped run saves a checkpoint under `out_dir`.
+    #[serde(skip)]
+    pub control: super::control::RunControl,
 }
 
 impl Default for SftConfig {
@@ -71,6 +74,7 @@ impl Default for SftConfig {
             run: RunOptions::default(),
             seed: 0,
             progress: false,
+            control: Default::default(),
         }
     }
 }
@@ -202,8 +206,10 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
         if let Some(log) = log.as_mut() {
             log.log(&rec)?;
         }
+        let info = super::control::StepInfo { step: done, total: cfg.steps, loss, lr, metrics: &rec };
+        let stop = cfg.control.should_stop(&info);
         if let Some(out) = &cfg.out_dir {
-            if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps {
+            if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps || stop {
                 let st = TrainerState {
                     step: done as u64,
                     seed: cfg.seed,
@@ -216,6 +222,9 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
         }
         bar.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
         bar.inc(1);
+        if stop {
+            break;
+        }
     }
     bar.finish_and_clear();
     report.tokens_per_s = report.losses.len() as f64 * tokens_per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
