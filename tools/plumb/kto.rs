@@ -2,7 +2,7 @@
 //! completion per row, thumbs up or down), TRL's `kto` or `apo_zero_unpaired` loss, against a
 //! frozen copy of the model or, with LoRA, the base model with its adapters off.
 
-use crate::common::{check_byte_level, check_ids, cosine, final_checkpoint, load_init, train_config, CommonArgs};
+use crate::common::{check_byte_level, check_dataset, cosine, final_checkpoint, load_init, train_config, CommonArgs};
 use plumb::align::{Completion, Completions, Kto, KtoTrainConfig, Reference};
 use plumb::data::UnpairedDataset;
 use plumb::demo::data::{thumbs, Split};
@@ -78,7 +78,7 @@ pub fn run(a: KtoArgs) -> Result<()> {
             if d.is_empty() {
                 return Err(Error::format(p, "no rows"));
             }
-            check_ids(p, d.dataset().max_token_id(), &policy)?;
+            check_dataset(d.dataset(), &policy, Some(&init), !a.common.no_verify)?;
             Some(d)
         }
         None => None,
