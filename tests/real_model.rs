@@ -117,3 +117,29 @@ fn smollm2_reference_forward_generates_english() {
     assert!(words.iter().filter(|w| common.contains(&w.to_lowercase().trim_matches(|c: char| !c.is_alphabetic()))).count() >= 2, "{text:?}");
     assert!(text.to_lowercase().contains("movie") || text.to_lowercase().contains("film"), "{text:?}");
 }
+
+#[test]
+fn smollm2_template_renders_messages_datasets() {
+    use plumb::data::{prepare, PrepareOptions, SftDataset};
+    let Some(path) = smollm2_path() else { return };
+    let g = GgufFile::open(&path).unwrap();
+    let tok = tokenizer_from_gguf(&g).unwrap();
+    let dir = std::env::temp_dir().join(format!("plumb-smollm2-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("chat.jsonl");
+    let row = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}"#;
+    std::fs::write(&input, format!("{row}\n")).unwrap();
+    let out = dir.join("chat.bin");
+    let sum = prepare(&input, &out, &tok, &PrepareOptions { format: plumb::data::OutputFormat::Sft, ..Default::default() }).unwrap();
+    assert!(sum.chat_template.contains("own chat_template"), "{sum}");
+    let d = SftDataset::open(&out).unwrap();
+    let r = d.get(0).unwrap();
+    assert_eq!(
+        tok.decode(&r.prompt.to_vec()).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(tok.decode(&r.completion.to_vec()).unwrap(), "Hello!<|im_end|>\n");
+    assert_eq!(r.prompt.to_vec()[0], 1, "<|im_start|> is one special id");
+    std::fs::remove_dir_all(&dir).ok();
+}
