@@ -266,3 +266,40 @@ fn lora_adapter_gguf_matches_llama_cpp_semantics() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `plumb export` end to end on a small Llama GGUF with a PEFT adapter: the llama.cpp adapter file
+/// equals the library's, and the merged safetensors and GGUF models compute base + adapter.
+#[test]
+fn plumb_export_writes_lora_gguf_and_merged_models() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = scratch("export");
+    let mut m = Model::new(&gpu, &llama_cfg(false, true), 9).unwrap();
+    randomize(&m, 400);
+    let base = dir.join("base.gguf");
+    save_model_gguf(&m, None, GgmlType::F32, &base).unwrap();
+    m.add_lora(&LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "v_proj".into()] }, 1).unwrap();
+    let lora = m.lora().unwrap();
+    for (k, (n, shape, _)) in lora.params.read_all().unwrap().into_iter().enumerate() {
+        lora.params.set(&n, &common::rand_vec(shape.iter().product(), 500 + k as u64, -0.2, 0.2)).unwrap();
+    }
+    m.save_lora(&dir.join("adapter")).unwrap();
+    let want = logits(&gpu, &m);
+    let lib_adapter = dir.join("lib-adapter.gguf");
+    save_lora_gguf(&m, GgmlType::F32, &lib_adapter).unwrap();
+    let plumb = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+        assert!(out.status.success(), "plumb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let p = |x: &str| dir.join(x).display().to_string();
+    let (b, a) = (base.display().to_string(), p("adapter"));
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("cli-adapter.gguf"), "--format", "lora-gguf"]);
+    assert_eq!(std::fs::read(p("cli-adapter.gguf")).unwrap(), std::fs::read(&lib_adapter).unwrap());
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("merged"), "--format", "safetensors"]);
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("merged.gguf"), "--format", "gguf-f32"]);
+    for merged in [Model::load(&gpu, &dir.join("merged")).unwrap(), Model::load(&gpu, &dir.join("merged.gguf")).unwrap()] {
+        let got = logits(&gpu, &merged);
+        let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "merged logits differ by {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -73,6 +73,15 @@ fn smollm2_tokenizer() {
     assert_eq!(tok.encode(" the").unwrap().len(), 1);
     assert_eq!(tok.encode("Hello world").unwrap().len(), 2);
     assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
+    // Saved as a Hugging Face tokenizer.json (+ tokenizer_config.json), it reads back the same.
+    let dir = std::env::temp_dir().join(format!("plumb-smollm2-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save(dir.join("tokenizer.json")).unwrap();
+    let back = plumb::tokenizer::Tokenizer::from_file(&dir).unwrap();
+    let text = "<|im_start|>user\nHello world! 42<|im_end|>";
+    assert_eq!(back.encode(text).unwrap(), tok.encode(text).unwrap());
+    assert_eq!((back.eos_id(), back.chat_template()), (tok.eos_id(), tok.chat_template()));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The ChatML prompt of "Write one sentence about a good movie." through the model's own template.
