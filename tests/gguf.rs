@@ -266,3 +266,83 @@ fn lora_adapter_gguf_matches_llama_cpp_semantics() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `plumb export` end to end on a small Llama GGUF with a PEFT adapter: the llama.cpp adapter file
+/// equals the library's, and the merged safetensors and GGUF models compute base + adapter.
+#[test]
+fn plumb_export_writes_lora_gguf_and_merged_models() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = scratch("export");
+    let mut m = Model::new(&gpu, &llama_cfg(false, true), 9).unwrap();
+    randomize(&m, 400);
+    let base = dir.join("base.gguf");
+    save_model_gguf(&m, None, GgmlType::F32, &base).unwrap();
+    m.add_lora(&LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["q_proj".into(), "v_proj".into()] }, 1).unwrap();
+    let lora = m.lora().unwrap();
+    for (k, (n, shape, _)) in lora.params.read_all().unwrap().into_iter().enumerate() {
+        lora.params.set(&n, &common::rand_vec(shape.iter().product(), 500 + k as u64, -0.2, 0.2)).unwrap();
+    }
+    m.save_lora(&dir.join("adapter")).unwrap();
+    let want = logits(&gpu, &m);
+    let lib_adapter = dir.join("lib-adapter.gguf");
+    save_lora_gguf(&m, GgmlType::F32, &lib_adapter).unwrap();
+    let plumb = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plumb")).args(args).output().unwrap();
+        assert!(out.status.success(), "plumb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let p = |x: &str| dir.join(x).display().to_string();
+    let (b, a) = (base.display().to_string(), p("adapter"));
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("cli-adapter.gguf"), "--format", "lora-gguf"]);
+    assert_eq!(std::fs::read(p("cli-adapter.gguf")).unwrap(), std::fs::read(&lib_adapter).unwrap());
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("merged"), "--format", "safetensors"]);
+    plumb(&["export", &b, "--adapter", &a, "--out", &p("merged.gguf"), "--format", "gguf-f32"]);
+    for merged in [Model::load(&gpu, &dir.join("merged")).unwrap(), Model::load(&gpu, &dir.join("merged.gguf")).unwrap()] {
+        let got = logits(&gpu, &merged);
+        let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "merged logits differ by {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Tokenizers built from `tokenizer.ggml.*`: the pre-tokenizer follows `tokenizer.ggml.pre`
+/// (Qwen2 splits digits one by one, Llama 3 in groups of up to three), `add_bos_token` puts BOS
+/// first, control tokens are single special ids, and unknown settings are refused by key.
+#[test]
+fn gguf_tokenizers_follow_pre_add_bos_and_token_types() {
+    use plumb::gguf::tokenizer::tokenizer_from_gguf;
+    let dir = scratch("tok");
+    // Byte-level alphabet (GPT-2's printable map for ASCII digits and letters is the identity).
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    tokens.extend("0123456789abc".chars().map(String::from));
+    tokens.extend(["12", "123", "45"].map(String::from));
+    let merges = ["1 2", "12 3", "4 5"];
+    let build = |pre: &str, add_bos: bool, model: &str| {
+        let mut w = GgufWriter::new();
+        w.set("general.architecture", Value::Str("llama".into()));
+        w.set("tokenizer.ggml.model", Value::Str(model.into()));
+        w.set("tokenizer.ggml.pre", Value::Str(pre.into()));
+        w.set("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| Value::Str(t.clone())).collect()));
+        let types = (0..tokens.len()).map(|i| Value::I32(if i < 2 { 3 } else { 1 })).collect();
+        w.set("tokenizer.ggml.token_type", Value::Array(types));
+        w.set("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| Value::Str(m.to_string())).collect()));
+        w.set("tokenizer.ggml.bos_token_id", Value::U32(0));
+        w.set("tokenizer.ggml.eos_token_id", Value::U32(1));
+        w.set("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
+        let p = dir.join(format!("{pre}-{add_bos}-{model}.gguf"));
+        w.write(&p).unwrap();
+        tokenizer_from_gguf(&GgufFile::open(&p).unwrap())
+    };
+    let qwen = build("qwen2", false, "gpt2").unwrap();
+    assert_eq!(qwen.encode("12345").unwrap().len(), 5, "qwen2: one digit per pre-token");
+    let llama3 = build("llama-bpe", true, "gpt2").unwrap();
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    assert_eq!(llama3.encode("12345").unwrap(), vec![id("123"), id("45")], "llama-bpe: digits in groups of three");
+    assert_eq!(llama3.encode_with_special_tokens("12345").unwrap(), vec![0, id("123"), id("45")], "BOS first");
+    assert_eq!(llama3.encode("<s>a</s>").unwrap(), vec![0, id("a"), 1], "control tokens are single ids");
+    assert_eq!((llama3.bos_id(), llama3.eos_id()), (Some(0), Some(1)));
+    let e = build("tekken", false, "gpt2").unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.pre") && e.contains("tekken"), "{e}");
+    let e = build("default", false, "llama").unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.model"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,8 +1,10 @@
 //! The real SmolLM2-135M-Instruct (Q4_1 GGUF, fetched by tools/fetch_smollm2.sh; skipped locally
 //! when absent, required under CI=true): plumb's GGUF reader, config, tokenizer and chat template on
 //! the real file, and an independent f64 plain-Rust forward of it (tests/gguf_ref) that generates
-//! readable English greedily from the chat prompt.
+//! readable English greedily from the chat prompt; the engine on the real embedding and first
+//! block against that reference.
 
+mod common;
 mod gguf_ref;
 
 use gguf_ref::{argmax, smollm2_path, RefGguf, RefLlama};
@@ -71,6 +73,15 @@ fn smollm2_tokenizer() {
     assert_eq!(tok.encode(" the").unwrap().len(), 1);
     assert_eq!(tok.encode("Hello world").unwrap().len(), 2);
     assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
+    // Saved as a Hugging Face tokenizer.json (+ tokenizer_config.json), it reads back the same.
+    let dir = std::env::temp_dir().join(format!("plumb-smollm2-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save(dir.join("tokenizer.json")).unwrap();
+    let back = plumb::tokenizer::Tokenizer::from_file(&dir).unwrap();
+    let text = "<|im_start|>user\nHello world! 42<|im_end|>";
+    assert_eq!(back.encode(text).unwrap(), tok.encode(text).unwrap());
+    assert_eq!((back.eos_id(), back.chat_template()), (tok.eos_id(), tok.chat_template()));
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The ChatML prompt of "Write one sentence about a good movie." through the model's own template.
@@ -116,4 +127,73 @@ fn smollm2_reference_forward_generates_english() {
     let common = ["the", "a", "is", "of", "and", "movie", "film", "that", "with", "about"];
     assert!(words.iter().filter(|w| common.contains(&w.to_lowercase().trim_matches(|c: char| !c.is_alphabetic()))).count() >= 2, "{text:?}");
     assert!(text.to_lowercase().contains("movie") || text.to_lowercase().contains("film"), "{text:?}");
+}
+
+#[test]
+fn smollm2_template_renders_messages_datasets() {
+    use plumb::data::{prepare, PrepareOptions, SftDataset};
+    let Some(path) = smollm2_path() else { return };
+    let g = GgufFile::open(&path).unwrap();
+    let tok = tokenizer_from_gguf(&g).unwrap();
+    let dir = std::env::temp_dir().join(format!("plumb-smollm2-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("chat.jsonl");
+    let row = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}"#;
+    std::fs::write(&input, format!("{row}\n")).unwrap();
+    let out = dir.join("chat.bin");
+    let sum = prepare(&input, &out, &tok, &PrepareOptions { format: plumb::data::OutputFormat::Sft, ..Default::default() }).unwrap();
+    assert!(sum.chat_template.contains("own chat_template"), "{sum}");
+    let d = SftDataset::open(&out).unwrap();
+    let r = d.get(0).unwrap();
+    assert_eq!(
+        tok.decode(&r.prompt.to_vec()).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(tok.decode(&r.completion.to_vec()).unwrap(), "Hello!<|im_end|>\n");
+    assert_eq!(r.prompt.to_vec()[0], 1, "<|im_start|> is one special id");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The engine on the real file's tensors, as far as lavapipe's 128 MiB binding allows before the
+/// storage work of issue 11: SmolLM2's real embedding (Q8_0), its first block (Q4_1) and final
+/// norm, tied head — one block keeps the f32 parameters at 127 MB. Logits of the chat prompt
+/// against the test's independent f64 forward over the same file, truncated the same way.
+#[test]
+fn smollm2_first_block_on_the_engine_matches_the_f64_reference() {
+    use plumb::model::Model;
+    use plumb::params::ParamStore;
+    let Some(path) = smollm2_path() else { return };
+    let Some(gpu) = common::gpu() else { return };
+    let g = GgufFile::open(&path).unwrap();
+    let mut info = GgufModelInfo::read(&g).unwrap();
+    let ModelConfig::Llama(c) = &mut info.config else { panic!() };
+    c.num_hidden_layers = 1;
+    let specs = Model::param_specs(&info.config);
+    let store = ParamStore::new(&gpu, &specs).unwrap();
+    for s in &specs {
+        store.set(&s.name, &info.tensor_f32(&g, &s.name, &s.shape).unwrap()).unwrap();
+    }
+    let model = Model::from_config_and_params(info.config.clone(), store).unwrap();
+    let prompt = chat_prompt(&g);
+    let t = prompt.len();
+    let ids = plumb::Tensor::from_u32(&gpu, &prompt, &[1, t]).unwrap();
+    let got = model.forward(None, &ids, None).unwrap().to_f32_vec().unwrap();
+    let rg = RefGguf::open(&path);
+    let mut r = RefLlama::new(&rg);
+    r.layers = 1;
+    let v = 49152;
+    let mut worst = 0.0f64;
+    for (pos, &tok) in prompt.iter().enumerate() {
+        let want = r.step(tok);
+        if pos + 3 < t {
+            continue;
+        }
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = want.iter().zip(&got[pos * v..(pos + 1) * v]).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
+        worst = worst.max(err / scale);
+        assert_eq!(argmax(&want), argmax(&got[pos * v..(pos + 1) * v].iter().map(|&x| x as f64).collect::<Vec<_>>()), "position {pos}");
+    }
+    eprintln!("engine vs f64 reference, 1 real block, last 3 positions: max |error| / max |logit| = {worst:.2e}");
+    assert!(worst <= 1e-3, "relative error {worst}");
 }

@@ -320,7 +320,10 @@ impl GgufFile {
 }
 
 /// Parse header, metadata and tensor infos; check every tensor's extent.
-fn parse(bytes: &[u8], path: &Path) -> Result<(u32, Vec<(String, Value)>, Vec<TensorInfo>)> {
+/// What [`parse`] reads: version, metadata, tensor table.
+type Parsed = (u32, Vec<(String, Value)>, Vec<TensorInfo>);
+
+fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     let mut c = Cursor { bytes, pos: 0, path };
     let magic = c.take(4, "the magic `GGUF`")?;
     if magic != MAGIC {

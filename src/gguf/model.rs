@@ -75,7 +75,11 @@ const GPT2_GLOBAL: &[(&str, &str)] = &[
     ("output", "lm_head"),
 ];
 
-fn tables(arch: Arch) -> (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)], &'static str) {
+/// (ggml name, Hugging Face name) pairs.
+type NameTable = &'static [(&'static str, &'static str)];
+
+/// (global names, per-layer names, Hugging Face layer prefix) of `arch`.
+fn tables(arch: Arch) -> (NameTable, NameTable, &'static str) {
     match arch {
         Arch::Llama | Arch::Qwen2 => (LLAMA_GLOBAL, LLAMA_LAYER, "model.layers."),
         Arch::Gpt2 => (GPT2_GLOBAL, GPT2_LAYER, "transformer.h."),

@@ -79,7 +79,7 @@ impl GgufWriter {
     /// Add a tensor of shape `shape` (outermost first) whose bytes are already in `ty`'s layout.
     pub fn add_raw(&mut self, name: &str, ty: GgmlType, shape: &[usize], data: Vec<u8>) -> Result<()> {
         let n: usize = shape.iter().product();
-        if shape.is_empty() || shape.len() > 4 || ty.bytes_for(n) != Some(data.len()) || shape[shape.len() - 1] % ty.block_elems() != 0 {
+        if shape.is_empty() || shape.len() > 4 || ty.bytes_for(n) != Some(data.len()) || !shape[shape.len() - 1].is_multiple_of(ty.block_elems()) {
             return Err(Error::shape("gguf writer", format!("tensor `{name}`: {} bytes do not hold {shape:?} in {}", data.len(), ty.name())));
         }
         if self.tensors.iter().any(|t| t.0 == name) {

@@ -223,17 +223,26 @@ pub fn dequant(t: &RefTensor) -> Vec<f64> {
     out
 }
 
-/// y = W x for a ggml matrix (ne = [in, out]), dequantizing one row at a time.
+/// y = W x for a ggml matrix (ne = [in, out]), dequantizing one row at a time; rows split over
+/// the machine's cores (the test profile is opt-level 1, and this is the test's hot loop).
 fn matvec(t: &RefTensor, x: &[f64]) -> Vec<f64> {
     let (n, rows) = (t.ne[0], t.ne[1]);
     assert_eq!(x.len(), n);
-    let mut row = vec![0.0; n];
-    (0..rows)
-        .map(|r| {
-            dequant_row(t, r, &mut row);
-            row.iter().zip(x).map(|(a, b)| a * b).sum()
-        })
-        .collect()
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
+    let mut y = vec![0.0; rows];
+    let chunk = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (k, part) in y.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                let mut row = vec![0.0; n];
+                for (j, out) in part.iter_mut().enumerate() {
+                    dequant_row(t, k * chunk + j, &mut row);
+                    *out = row.iter().zip(x).map(|(a, b)| a * b).sum();
+                }
+            });
+        }
+    });
+    y
 }
 
 fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {

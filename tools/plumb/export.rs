@@ -66,7 +66,10 @@ pub fn run(a: ExportArgs) -> Result<()> {
                 ExportFormat::Safetensors => {
                     model.save(&a.out)?;
                     let tok = match &src {
-                        Some(g) => Some(plumb::gguf::tokenizer::tokenizer_from_gguf(g)?),
+                        Some(g) if g.get("tokenizer.ggml.model").is_some() => {
+                            Some(plumb::gguf::tokenizer::tokenizer_from_gguf(g)?)
+                        }
+                        Some(_) => None, // a GGUF without a vocabulary: weights only
                         None if a.model.join("tokenizer.json").is_file() => {
                             Some(plumb::tokenizer::Tokenizer::from_file(a.model.join("tokenizer.json"))?)
                         }
