@@ -156,3 +156,15 @@ fn a_wrong_adapter_name_is_not_a_missing_driver_and_xdg_is_quiet() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("PLUMB_ADAPTER") && !text.contains("Install a GPU driver"), "{text}");
 }
+
+#[test]
+fn generate_refuses_a_tokenizer_other_than_the_models() {
+    let Some(gpu) = common::gpu() else { return };
+    let d = scratch("gen-tokenizer");
+    plumb::model::Model::new(&gpu, &plumb::model::presets::resolve("gpt-nano").unwrap(), 0).unwrap().save(&d).unwrap();
+    plumb::tokenizer::Tokenizer::byte_level().save(d.join("tokenizer.json")).unwrap();
+    fails(&["generate", &s(&d), "--prompt", "The film", "--tokenizer", "gpt2"], "is not the model's tokenizer");
+    let (ok, text) = plumb(&["generate", &s(&d), "--prompt", "The film", "--max-new-tokens", "2", "--tokenizer", "byte"]);
+    assert!(ok, "the built-in byte tokenizer is the saved one: {text}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -45,6 +45,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let gpu = Gpu::new()?;
     let model = Model::load(&gpu, &a.model)?;
+    let own = a.model.join("tokenizer.json");
+    if a.tokenizer.is_some() && own.is_file() && Tokenizer::from_file(&own)?.identity() != tok.identity() {
+        return Err(Error::config(
+            "--tokenizer",
+            format!("{} is not the model's tokenizer ({}); omit --tokenizer to use the model's", tok.name(), own.display()),
+        ));
+    }
     if tok.vocab_size() > model.vocab_size() {
         return Err(Error::config("--tokenizer", format!("{} tokens, the model has {}", tok.vocab_size(), model.vocab_size())));
     }
