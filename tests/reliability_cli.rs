@@ -124,6 +124,10 @@ fn precomputed_reference_at_another_max_len_is_refused() {
     assert!(ok, "{text}");
     let pairs = s(&dpo.join("pairs.bin"));
     assert!(dpo.join("pairs.bin.reference.json").is_file());
+    // a second run into the finished one is refused before it rewrites the pairs
+    let before = std::fs::read(dpo.join("pairs.bin")).unwrap();
+    fails(&[&["dpo", "--precompute-ref", "--max-len", "48", "--out", &s(&dpo)][..], &common].concat(), "holds another run");
+    assert_eq!(std::fs::read(dpo.join("pairs.bin")).unwrap(), before);
     let out2 = s(&d.join("dpo2"));
     let text = fails(&[&["dpo", "--data", &pairs, "--reference", "precomputed", "--max-len", "32", "--out", &out2][..], &common].concat(), "max_len");
     assert!(text.contains("--precompute-ref"), "the error must say how to regenerate: {text}");
