@@ -314,14 +314,15 @@ impl Tokenizer {
         }
     }
 
-    /// A fingerprint of what the ids mean: FNV-1a over every (id, token string) and the special
-    /// token ids. Two tokenizers with the same vocabulary have the same identity whatever file
-    /// they came from (GPT-2 built in or a `tokenizer.json` of it). Datasets record it.
+    /// A fingerprint of what the ids mean: FNV-1a over every (id, the text it decodes to) and the
+    /// special token ids. Two tokenizers whose ids mean the same text have the same identity
+    /// whatever file they came from (GPT-2 built in or a `tokenizer.json` of it; the byte-level
+    /// tokenizer or its saved `tokenizer.json`). Datasets record it.
     pub fn identity(&self) -> u64 {
         let mut bytes = Vec::with_capacity(self.vocab * 8);
         for id in 0..self.vocab as u32 {
             bytes.extend_from_slice(&id.to_le_bytes());
-            bytes.extend_from_slice(self.id_to_token(id).unwrap_or_default().as_bytes());
+            bytes.extend_from_slice(self.decode(&[id]).unwrap_or_default().as_bytes());
             bytes.push(0);
         }
         for special in [self.eos, self.bos, self.pad] {

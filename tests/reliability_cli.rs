@@ -124,6 +124,10 @@ fn precomputed_reference_at_another_max_len_is_refused() {
     assert!(ok, "{text}");
     let pairs = s(&dpo.join("pairs.bin"));
     assert!(dpo.join("pairs.bin.reference.json").is_file());
+    // a second run into the finished one is refused before it rewrites the pairs
+    let before = std::fs::read(dpo.join("pairs.bin")).unwrap();
+    fails(&[&["dpo", "--precompute-ref", "--max-len", "48", "--out", &s(&dpo)][..], &common].concat(), "holds another run");
+    assert_eq!(std::fs::read(dpo.join("pairs.bin")).unwrap(), before);
     let out2 = s(&d.join("dpo2"));
     let text = fails(&[&["dpo", "--data", &pairs, "--reference", "precomputed", "--max-len", "32", "--out", &out2][..], &common].concat(), "max_len");
     assert!(text.contains("--precompute-ref"), "the error must say how to regenerate: {text}");
@@ -155,4 +159,16 @@ fn a_wrong_adapter_name_is_not_a_missing_driver_and_xdg_is_quiet() {
     let out = Command::new(env!("CARGO_BIN_EXE_plumb")).args(["generate", "nowhere", "--prompt", "a"]).env("PLUMB_ADAPTER", "nonexistent").output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("PLUMB_ADAPTER") && !text.contains("Install a GPU driver"), "{text}");
+}
+
+#[test]
+fn generate_refuses_a_tokenizer_other_than_the_models() {
+    let Some(gpu) = common::gpu() else { return };
+    let d = scratch("gen-tokenizer");
+    plumb::model::Model::new(&gpu, &plumb::model::presets::resolve("gpt-nano").unwrap(), 0).unwrap().save(&d).unwrap();
+    plumb::tokenizer::Tokenizer::byte_level().save(d.join("tokenizer.json")).unwrap();
+    fails(&["generate", &s(&d), "--prompt", "The film", "--tokenizer", "gpt2"], "is not the model's tokenizer");
+    let (ok, text) = plumb(&["generate", &s(&d), "--prompt", "The film", "--max-new-tokens", "2", "--tokenizer", "byte"]);
+    assert!(ok, "the built-in byte tokenizer is the saved one: {text}");
+    std::fs::remove_dir_all(&d).ok();
 }

@@ -184,7 +184,7 @@ fn eps_ok(origin: &Path, field: &str, value: f32) -> Result<()> {
 
 /// `a` must be a multiple of `b`.
 fn divides(origin: &Path, a: (&str, usize), b: (&str, usize)) -> Result<()> {
-    if b.1 == 0 || a.1 % b.1 != 0 {
+    if b.1 == 0 || !a.1.is_multiple_of(b.1) {
         return Err(Error::format(origin, format!("field `{}`: {} is not a multiple of `{}` ({})", a.0, a.1, b.0, b.1)));
     }
     Ok(())
@@ -220,7 +220,7 @@ impl LlamaConfig {
         field_in(origin, "num_attention_heads", self.num_attention_heads, 1, MAX_DIM)?;
         field_in(origin, "max_position_embeddings", self.max_position_embeddings, 1, MAX_POSITIONS)?;
         divides(origin, ("hidden_size", self.hidden_size), ("num_attention_heads", self.num_attention_heads))?;
-        if (self.hidden_size / self.num_attention_heads) % 2 != 0 {
+        if !(self.hidden_size / self.num_attention_heads).is_multiple_of(2) {
             return Err(Error::format(origin, format!("field `hidden_size`: head size {} is odd; RoPE needs an even head size", self.hidden_size / self.num_attention_heads)));
         }
         if let Some(kv) = self.num_key_value_heads {

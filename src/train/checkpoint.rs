@@ -55,7 +55,7 @@ pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokeni
 fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<()> {
     model.save(tmp)?;
     if model.lora().is_some() {
-        model.save_lora(&tmp)?;
+        model.save_lora(tmp)?;
     }
     let s = opt.state()?;
     let n = s.m.len();

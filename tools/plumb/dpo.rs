@@ -123,6 +123,9 @@ pub fn run(a: DpoArgs) -> Result<()> {
         memory = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
         println!("data: {} built-in preference pairs", memory.len());
         if a.precompute_ref {
+            // Claim --out (lock, no other run there unless --overwrite) before writing into it;
+            // the trainer opens it again to train.
+            drop(plumb::train::rundir::RunDir::open(&a.out, false, &cfg.train.run)?);
             let path = a.out.join("pairs.bin");
             write_pairs(&path, &memory)?;
             file = Some(path);

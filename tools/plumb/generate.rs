@@ -59,6 +59,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(dir) = &a.adapter {
         model.load_lora(dir)?;
     }
+    let own = a.model.join("tokenizer.json");
+    if a.tokenizer.is_some() && own.is_file() && Tokenizer::from_file(&own)?.identity() != tok.identity() {
+        return Err(Error::config(
+            "--tokenizer",
+            format!("{} is not the model's tokenizer ({}); omit --tokenizer to use the model's", tok.name(), own.display()),
+        ));
+    }
     if tok.vocab_size() > model.vocab_size() {
         return Err(Error::config("--tokenizer", format!("{} tokens, the model has {}", tok.vocab_size(), model.vocab_size())));
     }
