@@ -1,12 +1,13 @@
 //! The chunked vocabulary head against its f64 CPU reference: per-row [log p(label), entropy]
 //! and their gradients with respect to the hidden states and (trained head) the weight chunks,
 //! by central differences, with the head in one chunk or several ragged ones, walked in one
-//! slice or several; labels past the vocabulary; the masked cross-entropy built on it against
+//! slice or several; a frozen head in each stored type (gradient w.r.t. x only); labels past the vocabulary; the masked cross-entropy built on it against
 //! the full-logits cross-entropy; both kernel variants.
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::loss::cross_entropy;
 use plumb::ops::matmul::linear;
+use plumb::ops::quant::{reference::stored, QuantTensor, StoredType};
 use plumb::ops::vocab_head::{self as vh, reference as r};
 use plumb::{KernelVariant, Tape, Tensor};
 
@@ -26,12 +27,32 @@ fn head_case(rows: usize, c: usize, chunk_rows: &[usize], slice: usize, train_w:
     )
 }
 
+/// x (rows, c) against a frozen (v, c) head stored as `t`, walked `slice` rows at a time.
+fn stored_case(t: StoredType, rows: usize, c: usize, v: usize, slice: usize) -> Case {
+    let name = format!("vocab_head_stored {} x [{rows}, {c}] head [{v}, {c}] slice {slice}", t.name());
+    Case::new(
+        name,
+        vec![Input::f(&[rows, c]), Input::index(&[rows], v as u32 + 2), Input::nograd(&[v, c])],
+        move |vars| {
+            let w = QuantTensor::from_f32(vars[0].tensor().gpu(), t, [v, c], &vars[2].to_f32_vec()?)?;
+            vh::vocab_head_stored_sliced(&vars[0], &w, vars[1].tensor(), slice)
+        },
+        move |d| r::vocab_head(&d[0], &stored(t, &d[2], v, c), &d[1], rows, c, v),
+    )
+}
+
 fn cases() -> Vec<Case> {
     vec![
         head_case(7, 12, &[40], 64, true),
         head_case(11, 20, &[130, 5, 70], 64, true),
         head_case(5, 8, &[200], 64, false),
         head_case(3, 33, &[64, 64], 128, true),
+        stored_case(StoredType::F16, 6, 20, 150, 64),
+        stored_case(StoredType::Bf16, 5, 13, 70, 64),
+        stored_case(StoredType::Q8_0, 9, 64, 140, 64),
+        stored_case(StoredType::Q4_1, 4, 32, 65, 64),
+        stored_case(StoredType::Q4K, 3, 256, 130, 64),
+        stored_case(StoredType::Q6K, 3, 256, 70, 128),
     ]
 }
 

@@ -19,6 +19,7 @@ use crate::gpu::{Binding, Gpu, Kernel, ShaderSource};
 use crate::ops::elementwise::add_assign;
 use crate::ops::loss::sum_to_scalar;
 use crate::ops::matmul::matmul_forward;
+use crate::ops::quant::{quant_linear_backward, quant_linear_forward, QuantTensor};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
@@ -51,12 +52,53 @@ pub fn default_slice(rows: usize) -> usize {
     (SLICE_BYTES / 4 / rows.max(1) / 64 * 64).clamp(64, MAX_SLICE)
 }
 
+/// The head's weight (V, C): f32 row chunks (trainable), or one frozen stored-form matrix.
+#[derive(Clone, Copy, Debug)]
+pub enum Head<'a> {
+    /// Contiguous ranges of vocabulary rows, in order, each (V_i, C) f32.
+    Rows(&'a [Tensor]),
+    /// A frozen matrix in a stored type (f16, bf16, GGUF blocks), dequantized in the products.
+    Stored(&'a QuantTensor),
+}
+
+impl Head<'_> {
+    /// (rows, C) of each chunk.
+    fn chunk_shapes(&self) -> Vec<[usize; 2]> {
+        match self {
+            Head::Rows(chunks) => chunks.iter().map(|w| [w.shape().first().copied().unwrap_or(0), w.shape().get(1).copied().unwrap_or(0)]).collect(),
+            Head::Stored(w) => vec![w.shape],
+        }
+    }
+
+    /// Logits of `x2` (R, C) against rows `s0..s0 + width` of chunk `i`: (R, width).
+    fn logits(&self, x2: &Tensor, i: usize, s0: usize, width: usize) -> Result<Tensor> {
+        match self {
+            Head::Rows(chunks) => matmul_forward(x2, &rows_view(&chunks[i], s0, width)?, None, false, true),
+            Head::Stored(w) => quant_linear_forward(x2, w.rows(s0, width)?, None),
+        }
+    }
+
+    /// dZ (R, width) times those rows: (R, C).
+    fn back(&self, dz: &Tensor, i: usize, s0: usize, width: usize) -> Result<Tensor> {
+        match self {
+            Head::Rows(chunks) => matmul_forward(dz, &rows_view(&chunks[i], s0, width)?, None, false, false),
+            Head::Stored(w) => quant_linear_backward(dz, w.rows(s0, width)?),
+        }
+    }
+}
+
 /// Checks; returns (rows, C, vocabulary).
-fn dims(op: &'static str, x: &Tensor, chunks: &[Tensor], labels: &Tensor) -> Result<(usize, usize, usize)> {
+fn dims(op: &'static str, x: &Tensor, head: Head, labels: &Tensor) -> Result<(usize, usize, usize)> {
     x.expect_dtype(op, DType::F32)?;
     labels.expect_dtype(op, DType::U32)?;
     let c = x.last_dim();
-    if x.shape().is_empty() || chunks.is_empty() {
+    if let Head::Rows(chunks) = head {
+        for w in chunks.iter() {
+            w.expect_dtype(op, DType::F32)?;
+        }
+    }
+    let shapes = head.chunk_shapes();
+    if x.shape().is_empty() || shapes.is_empty() {
         return Err(Error::shape(op, format!("need hidden states (..., C) and at least one head chunk, got {:?}", x.shape())));
     }
     let rows = x.len() / c.max(1);
@@ -64,12 +106,16 @@ fn dims(op: &'static str, x: &Tensor, chunks: &[Tensor], labels: &Tensor) -> Res
         return Err(Error::shape(op, format!("{} labels for {rows} rows", labels.len())));
     }
     let mut vocab = 0;
-    for (i, w) in chunks.iter().enumerate() {
-        w.expect_dtype(op, DType::F32)?;
-        if w.shape().len() != 2 || w.shape()[1] != c {
-            return Err(Error::shape(op, format!("head chunk {i} is {:?}, need (rows, {c})", w.shape())));
+    for (i, [n, wc]) in shapes.into_iter().enumerate() {
+        if wc != c {
+            return Err(Error::shape(op, format!("head chunk {i} is ({n}, {wc}), need (rows, {c})")));
         }
-        vocab += w.shape()[0];
+        vocab += n;
+    }
+    if let Head::Rows(chunks) = head {
+        if let Some(w) = chunks.iter().find(|w| w.shape().len() != 2) {
+            return Err(Error::shape(op, format!("head chunk {:?} must be (rows, {c})", w.shape())));
+        }
     }
     if vocab >= u32::MAX as usize / 2 {
         return Err(Error::shape(op, format!("vocabulary {vocab} too large")));
@@ -78,11 +124,10 @@ fn dims(op: &'static str, x: &Tensor, chunks: &[Tensor], labels: &Tensor) -> Res
 }
 
 /// Every slice of the head: (vocabulary offset, offset within its chunk, width, chunk index).
-fn slices(chunks: &[Tensor], slice: usize) -> Vec<(usize, usize, usize, usize)> {
+fn slices(head: Head, slice: usize) -> Vec<(usize, usize, usize, usize)> {
     let mut out = Vec::new();
     let mut v0 = 0;
-    for (i, w) in chunks.iter().enumerate() {
-        let n = w.shape()[0];
+    for (i, [n, _]) in head.chunk_shapes().into_iter().enumerate() {
         for s0 in (0..n).step_by(slice) {
             out.push((v0 + s0, s0, slice.min(n - s0), i));
         }
@@ -105,9 +150,9 @@ fn rows_view(w: &Tensor, s0: usize, width: usize) -> Result<Tensor> {
 /// labels past the vocabulary), saved (R, 2) = [lse, entropy] for the backward. x (..., C) f32, chunks (V_i, C) f32
 /// whose rows together are the vocabulary in order, labels (...) u32. `slice`: vocabulary rows
 /// per step, a multiple of 64 ([`default_slice`]).
-pub fn vocab_head_forward(x: &Tensor, chunks: &[Tensor], labels: &Tensor, slice: usize) -> Result<(Tensor, Tensor)> {
+pub fn vocab_head_forward(x: &Tensor, head: Head, labels: &Tensor, slice: usize) -> Result<(Tensor, Tensor)> {
     const OP: &str = "vocab_head";
-    let (rows, c, vocab) = dims(OP, x, chunks, labels)?;
+    let (rows, c, vocab) = dims(OP, x, head, labels)?;
     if slice == 0 || !slice.is_multiple_of(64) {
         return Err(Error::shape(OP, format!("slice {slice} must be a positive multiple of 64")));
     }
@@ -119,9 +164,9 @@ pub fn vocab_head_forward(x: &Tensor, chunks: &[Tensor], labels: &Tensor, slice:
     if rows == 0 {
         return Ok((out, saved));
     }
-    for (k, &(v0, s0, width, i)) in slices(chunks, slice).iter().enumerate() {
+    for (k, &(v0, s0, width, i)) in slices(head, slice).iter().enumerate() {
         // This slice's logits (R, width), folded into the running state, then dropped.
-        let logits = matmul_forward(&x2, &rows_view(&chunks[i], s0, width)?, None, false, true)?;
+        let logits = head.logits(&x2, i, s0, width)?;
         let p = Params { rows: rows as u32, cols: width as u32, v0: v0 as u32, vocab: vocab as u32, first: (k == 0) as u32, _pad: [0; 3] };
         dispatch(gpu, "slice_stats", &p, &[(1, logits.binding()), (2, labels.binding()), (3, state.binding())], rows)?;
     }
@@ -135,7 +180,7 @@ pub fn vocab_head_forward(x: &Tensor, chunks: &[Tensor], labels: &Tensor, slice:
 /// dchunks only when `need_w` (shaped like the chunks). Each slice's logits are recomputed.
 pub fn vocab_head_backward(
     x: &Tensor,
-    chunks: &[Tensor],
+    head: Head,
     labels: &Tensor,
     saved: &Tensor,
     g: &Tensor,
@@ -143,25 +188,23 @@ pub fn vocab_head_backward(
     need_w: bool,
 ) -> Result<(Tensor, Option<Vec<Tensor>>)> {
     const OP: &str = "vocab_head backward";
-    let (rows, c, vocab) = dims(OP, x, chunks, labels)?;
+    let (rows, c, vocab) = dims(OP, x, head, labels)?;
     g.expect_shape(OP, &[rows, 2])?;
     let gpu = x.gpu();
     let x2 = x.reshape(&[rows, c])?;
     let dx = Tensor::zeros(gpu, &[rows, c], DType::F32, "vocab_head dx")?;
-    let dw = if need_w {
-        Some(chunks.iter().map(|w| Tensor::zeros(gpu, w.shape(), DType::F32, "vocab_head dW")).collect::<Result<Vec<_>>>()?)
-    } else {
-        None
+    let dw = match head {
+        Head::Rows(chunks) if need_w => Some(chunks.iter().map(|w| Tensor::zeros(gpu, w.shape(), DType::F32, "vocab_head dW")).collect::<Result<Vec<_>>>()?),
+        _ => None,
     };
-    for &(v0, s0, width, i) in &slices(chunks, slice) {
+    for &(v0, s0, width, i) in &slices(head, slice) {
         // Recompute the slice's logits and turn them into their gradient in place.
-        let w = rows_view(&chunks[i], s0, width)?;
-        let dz = matmul_forward(&x2, &w, None, false, true)?;
+        let dz = head.logits(&x2, i, s0, width)?;
         let p = Params { rows: rows as u32, cols: width as u32, v0: v0 as u32, vocab: vocab as u32, first: 0, _pad: [0; 3] };
         let bufs = [(1, dz.binding()), (2, labels.binding()), (5, saved.binding()), (6, g.binding())];
         dispatch(gpu, "slice_grad", &p, &bufs, rows * width)?;
         // dX += dZ·W_slice; dW_slice = dZᵀ·X.
-        add_assign(&dx, &matmul_forward(&dz, &w, None, false, false)?, 1.0)?;
+        add_assign(&dx, &head.back(&dz, i, s0, width)?, 1.0)?;
         if let Some(dw) = &dw {
             add_assign(&rows_view(&dw[i], s0, width)?, &matmul_forward(&dz, &x2, None, true, false)?, 1.0)?;
         }
@@ -180,19 +223,36 @@ pub fn vocab_head(x: &Var, chunks: &[Var], labels: &Tensor) -> Result<Var> {
 /// [`vocab_head`] with a given slice width (a multiple of 64): tests force several slices.
 pub fn vocab_head_sliced(x: &Var, chunks: &[Var], labels: &Tensor, slice: usize) -> Result<Var> {
     let ws: Vec<Tensor> = chunks.iter().map(|w| w.tensor().clone()).collect();
-    let (out, saved) = vocab_head_forward(x.tensor(), &ws, labels, slice)?;
+    let (out, saved) = vocab_head_forward(x.tensor(), Head::Rows(&ws), labels, slice)?;
     let need_w = chunks.iter().any(|w| w.requires_grad());
     let need_x = x.requires_grad();
     let (xt, labels) = (x.tensor().clone(), labels.clone());
     let inputs: Vec<&Var> = std::iter::once(x).chain(chunks.iter()).collect();
     Ok(Var::from_op(out, &inputs, move |g| {
-        let (dx, dw) = vocab_head_backward(&xt, &ws, &labels, &saved, g, slice, need_w)?;
+        let (dx, dw) = vocab_head_backward(&xt, Head::Rows(&ws), &labels, &saved, g, slice, need_w)?;
         let mut grads = vec![if need_x { Some(dx) } else { None }];
         match dw {
             Some(dw) => grads.extend(dw.into_iter().map(Some)),
             None => grads.extend(ws.iter().map(|_| None)),
         }
         Ok(grads)
+    }))
+}
+
+/// [`vocab_head`] with a frozen stored-form head (e.g. a GGUF model's tied embedding under
+/// LoRA): gradients reach x only.
+pub fn vocab_head_stored(x: &Var, w: &QuantTensor, labels: &Tensor) -> Result<Var> {
+    let rows = x.tensor().len() / x.tensor().last_dim().max(1);
+    vocab_head_stored_sliced(x, w, labels, default_slice(rows))
+}
+
+/// [`vocab_head_stored`] with a given slice width (a multiple of 64).
+pub fn vocab_head_stored_sliced(x: &Var, w: &QuantTensor, labels: &Tensor, slice: usize) -> Result<Var> {
+    let (out, saved) = vocab_head_forward(x.tensor(), Head::Stored(w), labels, slice)?;
+    let (xt, w, labels) = (x.tensor().clone(), w.clone(), labels.clone());
+    Ok(Var::from_op(out, &[x], move |g| {
+        let (dx, _) = vocab_head_backward(&xt, Head::Stored(&w), &labels, &saved, g, slice, false)?;
+        Ok(vec![Some(dx)])
     }))
 }
 
