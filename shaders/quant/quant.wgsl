@@ -24,7 +24,8 @@ struct Params {
     row_bytes: u32,
     // 1: add the bias (forward).
     has_bias: u32,
-    _pad0: u32,
+    // First stored row this call reads as row 0 (a slice of the vocabulary head).
+    row0: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -172,19 +173,20 @@ fn w4_q6_k(row: u32, k0: u32) -> vec4<f32> {
     return half_at(o + 208u) * sc * (bytes4(lo | (hi << 4u)) - vec4<f32>(32.0));
 }
 
-// W[n, k0..k0+3] as f32, zero for rows past N or columns past K.
+// W[row0 + n, k0..k0+3] as f32, zero for rows past N or columns past K.
 fn w4(n: u32, k0: u32) -> vec4<f32> {
     if (n >= p.n || k0 >= p.k) {
         return vec4<f32>(0.0);
     }
-    let row = n * p.row_bytes;
+    let stored = n + p.row0;
+    let row = stored * p.row_bytes;
     switch KIND {
         case 2u: { return w4_q8_0(row, k0); }
         case 3u: { return w4_q4_0(row, k0); }
         case 4u: { return w4_q4_1(row, k0); }
         case 5u: { return w4_q4_k(row, k0); }
         case 6u: { return w4_q6_k(row, k0); }
-        default: { return w4_half(n, k0); }
+        default: { return w4_half(stored, k0); }
     }
 }
 

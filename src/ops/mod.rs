@@ -19,6 +19,7 @@ pub mod reward;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
+pub mod vocab_head;
 
 use crate::gpu::ShaderSource;
 
@@ -41,4 +42,5 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     rope::SHADERS,
     sample::SHADERS,
     softmax::SHADERS,
+    vocab_head::SHADERS,
 ];

@@ -37,7 +37,9 @@ struct Params {
     n: u32,
     row_bytes: u32,
     has_bias: u32,
-    _pad: [u32; 3],
+    /// First stored row read (row slices of a vocabulary head).
+    row0: u32,
+    _pad: [u32; 2],
 }
 
 /// A frozen (out, in) matrix in a stored type on the GPU: GGUF's bytes as they are, in u32 words.
@@ -102,12 +104,46 @@ impl QuantTensor {
             n: self.shape[0] as u32,
             row_bytes: row_bytes as u32,
             has_bias: has_bias as u32,
-            _pad: [0; 3],
+            row0: 0,
+            _pad: [0; 2],
         })
     }
 
     fn kernel_consts(&self) -> [(&'static str, f64); 1] {
         [("KIND", self.kind.kind_id() as f64)]
+    }
+}
+
+impl QuantTensor {
+    /// Rows `start..start + rows` of this matrix as a matrix of its own, sharing the bytes (the
+    /// kernels start reading at row `start`).
+    pub fn rows(&self, start: usize, rows: usize) -> Result<QuantRows<'_>> {
+        if start + rows > self.shape[0] {
+            return Err(Error::shape("QuantTensor::rows", format!("rows {start}..{} of {:?}", start + rows, self.shape)));
+        }
+        Ok(QuantRows { w: self, start, rows })
+    }
+}
+
+/// A range of rows of a [`QuantTensor`] (see [`QuantTensor::rows`]).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantRows<'a> {
+    w: &'a QuantTensor,
+    start: usize,
+    rows: usize,
+}
+
+impl<'a> From<&'a QuantTensor> for QuantRows<'a> {
+    fn from(w: &'a QuantTensor) -> Self {
+        QuantRows { w, start: 0, rows: w.shape[0] }
+    }
+}
+
+impl QuantRows<'_> {
+    fn params(&self, m: usize, has_bias: bool) -> Result<Params> {
+        let mut p = self.w.params(m, has_bias)?;
+        (p.n, p.row0) = (self.rows as u32, self.start as u32);
+        Ok(p)
     }
 }
 
@@ -135,9 +171,11 @@ fn check_groups(gpu: &Gpu, op: &'static str, groups: [u32; 3]) -> Result<[u32; 3
 }
 
 /// `y = x·Wᵀ (+ bias)`: x (..., in) f32, W (out, in) stored, bias (out) f32 -> y (..., out).
-pub fn quant_linear_forward(x: &Tensor, w: &QuantTensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `w` is a whole [`QuantTensor`] or a [`QuantRows`] range of one.
+pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: Option<&Tensor>) -> Result<Tensor> {
     const OP: &str = "quant_linear";
-    let [n, k] = w.shape;
+    let w: QuantRows = w.into();
+    let (n, k) = (w.rows, w.w.shape[1]);
     let m = rows_of(OP, x, k)?;
     if let Some(b) = bias {
         b.expect_dtype(OP, DType::F32)?;
@@ -153,20 +191,21 @@ pub fn quant_linear_forward(x: &Tensor, w: &QuantTensor, bias: Option<&Tensor>) 
     let p = w.params(m, bias.is_some())?;
     // Without a bias, bind something read-only that is not the output (never read).
     let bias_bind = bias.unwrap_or(x).binding();
-    let bufs = [(1, w.words.binding()), (2, x.binding()), (3, bias_bind), (4, y.binding())];
+    let bufs = [(1, w.w.words.binding()), (2, x.binding()), (3, bias_bind), (4, y.binding())];
     let (entry, groups) = match gpu.variant() {
         KernelVariant::Register => ("forward_register", [n.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1]),
         KernelVariant::Tiled => ("forward_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
-    dispatch(w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
+    dispatch(w.w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
     Ok(y)
 }
 
 /// `dx = dy·W`: dy (..., out) -> dx (..., in), the gradient of [`quant_linear_forward`] with
 /// respect to its input (the frozen W gets none).
-pub fn quant_linear_backward(dy: &Tensor, w: &QuantTensor) -> Result<Tensor> {
+pub fn quant_linear_backward<'a>(dy: &Tensor, w: impl Into<QuantRows<'a>>) -> Result<Tensor> {
     const OP: &str = "quant_linear_backward";
-    let [n, k] = w.shape;
+    let w: QuantRows = w.into();
+    let (n, k) = (w.rows, w.w.shape[1]);
     let m = rows_of(OP, dy, n)?;
     let mut shape = dy.shape().to_vec();
     *shape.last_mut().expect("checked non-empty") = k;
@@ -176,7 +215,7 @@ pub fn quant_linear_backward(dy: &Tensor, w: &QuantTensor) -> Result<Tensor> {
     }
     let dx = Tensor::empty(gpu, &shape, DType::F32, "quant_linear dx")?;
     let p = w.params(m, false)?;
-    let bufs = [(1, w.words.binding()), (2, dy.binding()), (4, dx.binding())];
+    let bufs = [(1, w.w.words.binding()), (2, dy.binding()), (4, dx.binding())];
     let (entry, groups) = match gpu.variant() {
         KernelVariant::Register => {
             if n > CPU_MAX_ROWS {
@@ -186,7 +225,7 @@ pub fn quant_linear_backward(dy: &Tensor, w: &QuantTensor) -> Result<Tensor> {
         }
         KernelVariant::Tiled => ("backward_tiled", [k.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
-    dispatch(w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
+    dispatch(w.w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
     Ok(dx)
 }
 
