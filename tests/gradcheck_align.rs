@@ -480,3 +480,75 @@ fn kto_table_and_metrics() {
     assert!(kto::kto_loss(&v, &t(&rp), &t(&lab), kl, &KtoConfig { desirable_weight: -1.0, ..Default::default() }).is_err());
     assert!("kto".parse::<KtoLoss>().is_ok() && "apo_zero_unpaired".parse::<KtoLoss>().is_ok() && "sigmoid".parse::<KtoLoss>().is_err());
 }
+
+#[test]
+fn grpo_variants_table() {
+    use plumb::ops::grpo::{self, reference as gref, GrpoLossConfig, GrpoLossType, ImportanceLevel};
+    let Some(gpu) = common::gpu() else { return };
+    let mut cases = Vec::new();
+    for loss_type in GrpoLossType::ALL {
+        for level in [ImportanceLevel::Token, ImportanceLevel::Sequence] {
+            for (b, t, beta, eps_high) in [(3usize, 5usize, 0.0f32, 0.2f32), (6, 7, 0.1, 0.28)] {
+                let cfg = GrpoLossConfig { loss_type, importance_sampling_level: level, epsilon: 0.2, epsilon_high: eps_high, beta, max_completion_length: t + 2 };
+                let cpu_cfg = cfg.clone();
+                let s = [b, t];
+                let mut inputs = vec![
+                    grad(&s, -2.0, -0.5),
+                    constant(&s, -2.0, -0.5),
+                    constant(&[b], -1.5, 1.5),
+                    Input::Fixed { shape: s.to_vec(), data: ragged_mask(b, t) },
+                ];
+                if beta != 0.0 {
+                    inputs.push(constant(&s, -2.5, 0.0));
+                }
+                cases.push(
+                    Case::new(
+                        format!("grpo {} {level:?} {b}x{t} beta={beta} eps_high={eps_high}", loss_type.name()),
+                        inputs,
+                        move |v| Ok(grpo::grpo_variant_loss(&v[0], v[1].tensor(), v.get(4).map(|r| r.tensor()), v[2].tensor(), v[3].tensor(), &cfg)?.0),
+                        move |d| {
+                            let r = d.get(4).map(|x| &x[..]).unwrap_or(&[]);
+                            vec![gref::grpo_variant(&d[0], &d[1], r, &d[2], &d[3], &cpu_cfg)[0]]
+                        },
+                    )
+                    .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+                );
+            }
+        }
+    }
+    run_table(&gpu, "grpo variants", &cases);
+
+    // Metrics against the reference, more tokens than threads; π_old ≠ π so clipping occurs.
+    let (b, t) = (70usize, 17usize);
+    let n = b * t;
+    let (logp, old, refp) = (rand_vec(n, 71, -2.0, -0.5), rand_vec(n, 72, -2.0, -0.5), rand_vec(n, 73, -2.5, 0.0));
+    let (adv, mask) = (rand_vec(b, 74, -1.5, 1.5), ragged_mask(b, t));
+    let up = |x: &[f32]| Tensor::from_f32(&gpu, x, &[b, t]).unwrap();
+    let advt = Tensor::from_f32(&gpu, &adv, &[b]).unwrap();
+    for loss_type in GrpoLossType::ALL {
+        for level in [ImportanceLevel::Token, ImportanceLevel::Sequence] {
+            let cfg = GrpoLossConfig { loss_type, importance_sampling_level: level, epsilon_high: 0.28, beta: 0.04, max_completion_length: 20, ..Default::default() };
+            let (_, stats) = grpo::grpo_variant_loss(&Var::constant(up(&logp)), &up(&old), Some(&up(&refp)), &advt, &up(&mask), &cfg).unwrap();
+            let want = gref::grpo_variant(&f64s(&logp), &f64s(&old), &f64s(&refp), &f64s(&adv), &f64s(&mask), &cfg);
+            assert_close(&format!("grpo {} {level:?} stats", loss_type.name()), &stats.to_f32_vec().unwrap(), &want, 1e-5, 1e-4);
+            if level == ImportanceLevel::Token {
+                assert!(want[2] > 0.0 && want[3] > 0.0, "both clip sides should occur: {want:?}");
+            }
+        }
+    }
+    // advantages: group / batch / none against TRL's formula, through the trainer's helper
+    let r = [1.0, 0.0, 0.5, 2.0, 2.0, 3.0];
+    let a = gref::advantages(&r, 3, "none");
+    assert!((a[0] - 0.5).abs() < 1e-12 && (a[3] + 1.0 / 3.0).abs() < 1e-12);
+    let g = gref::advantages(&r, 3, "group");
+    assert!((g[0] - 0.5 / (0.5 + 1e-4)).abs() < 1e-9, "{g:?}");
+    let bt = gref::advantages(&r, 3, "batch");
+    assert!(bt[0] > 0.0 && (bt[0] / a[0] - bt[3] / a[3]).abs() < 1e-9, "one scale for the batch: {bt:?}");
+    // a KL weight without a reference, bad shapes and settings: errors, not panics
+    let lp = Var::constant(up(&logp));
+    let cfg = GrpoLossConfig { beta: 0.1, ..Default::default() };
+    assert!(grpo::grpo_variant_loss(&lp, &up(&old), None, &advt, &up(&mask), &cfg).is_err());
+    assert!(grpo::grpo_variant_loss(&lp, &up(&old), None, &up(&old), &up(&mask), &GrpoLossConfig::default()).is_err());
+    assert!(grpo::grpo_variant_loss(&lp, &up(&old), None, &advt, &up(&mask), &GrpoLossConfig { epsilon_high: -1.0, ..Default::default() }).is_err());
+    assert!("dr_grpo".parse::<GrpoLossType>().unwrap() == GrpoLossType::DrGrpo && "ppo".parse::<GrpoLossType>().is_err());
+}

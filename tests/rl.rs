@@ -61,3 +61,52 @@ fn grpo_raises_a_programmatic_reward() {
     assert!(last > first + 0.2, "GRPO: reward {first} -> {last}");
     assert!(mean(&m, "kl", 25..30).is_finite());
 }
+
+#[test]
+fn grpo_variants_raise_the_reward_and_beta_zero_needs_no_reference() {
+    use plumb::align::ScaleRewards;
+    use plumb::ops::grpo::{GrpoLossType, ImportanceLevel};
+    let Some(gpu) = common::gpu() else { return };
+    let cfg = presets::resolve("gpt-nano").unwrap();
+    let variants = [
+        (GrpoLossType::DrGrpo, ImportanceLevel::Token, ScaleRewards::None, Some(0.28), false),
+        (GrpoLossType::Grpo, ImportanceLevel::Sequence, ScaleRewards::Batch, None, false),
+        (GrpoLossType::Bnpo, ImportanceLevel::Token, ScaleRewards::Group, Some(0.28), false),
+    ];
+    for (loss_type, level, scale, eps_high, mask_truncated) in variants {
+        let policy = Model::new(&gpu, &cfg, 12).unwrap();
+        let grpo = Grpo::new(GrpoConfig {
+            train: TrainConfig { steps: 20, batch_size: 4, schedule: Schedule::constant(1e-2), seed: 2, ..Default::default() },
+            rollout: RolloutConfig { max_new_tokens: 8, ..Default::default() },
+            num_generations: 4,
+            beta: 0.0,
+            loss_type,
+            importance_sampling_level: level,
+            scale_rewards: scale,
+            epsilon_high: eps_high,
+            mask_truncated_completions: mask_truncated,
+            ..Default::default()
+        });
+        // β = 0: no reference at all
+        let m = grpo.train(&policy, &prompts(), &Rewards::Fn(&lowercase_share), Reference::None).unwrap();
+        let (first, last) = (mean(&m, "reward", 0..4), mean(&m, "reward", 16..20));
+        eprintln!("GRPO {} {level:?} {scale:?}: reward {first:.3} -> {last:.3}", loss_type.name());
+        assert!(last > first + 0.1, "GRPO {}: reward {first} -> {last}", loss_type.name());
+        assert!(m.iter().all(|r| r.get("kl").is_none() && r["loss"].as_f64().unwrap().is_finite()), "β = 0 logs no kl");
+    }
+    // mask_truncated_completions: with no stop token every completion is truncated, so nothing
+    // is learned: zero loss, unchanged weights
+    let policy = Model::new(&gpu, &cfg, 13).unwrap();
+    let before = policy.params().read_all().unwrap();
+    let grpo = Grpo::new(GrpoConfig {
+        train: TrainConfig { steps: 2, batch_size: 2, schedule: Schedule::constant(1e-2), ..Default::default() },
+        rollout: RolloutConfig { max_new_tokens: 4, ..Default::default() },
+        num_generations: 2,
+        beta: 0.0,
+        mask_truncated_completions: true,
+        ..Default::default()
+    });
+    let m = grpo.train(&policy, &prompts(), &Rewards::Fn(&lowercase_share), Reference::None).unwrap();
+    assert!(m.iter().all(|r| r["loss"].as_f64() == Some(0.0)), "{m:?}");
+    assert_eq!(policy.params().read_all().unwrap(), before, "truncated completions moved the weights");
+}

@@ -6,17 +6,23 @@
 //! A_i = (r_i − mean(r_group)) / (std(r_group) + 1e-4),
 //! ```
 //!
-//! in the clipped objective `−min(ρA, clip(ρ, 1 ± ε)A) + β·k3(π, π_ref)` averaged over each
-//! completion's tokens, then over completions ([`crate::ops::ppo::grpo_loss`], one kernel pass).
-//! With one update per rollout (TRL's default `num_iterations = 1`) π_old is the policy itself,
-//! so ρ = 1 in value and only its gradient acts.
+//! in the clipped objective `−min(ρA, clip(ρ, 1 − ε, 1 + ε_high)A) + β·k3(π, π_ref)`
+//! ([`crate::ops::grpo::grpo_variant_loss`], fused), with TRL's variants: `loss_type` grpo (mean
+//! over each completion's tokens, then over completions), bnpo and dapo (TRL's default: token
+//! mean over the batch), dr_grpo (token sum over B · max_new_tokens); `importance_sampling_level`
+//! token or sequence (GSPO: ρ per completion, the exp of its mean token log-ratio);
+//! `scale_rewards` group, batch or none; `epsilon_high` (clip-higher); and
+//! `mask_truncated_completions` (completions that never stopped count for nothing). β = 0 needs
+//! no reference, and none is evaluated. With one update per rollout (TRL's default
+//! `num_iterations = 1`) π_old is the policy itself, so ρ = 1 in value and only its gradient acts.
 
 use super::common::{run_steps, shuffled, to_json, Reference, TrainConfig};
 use super::ppo::{reference_token_logps, tempered_logps};
 use super::rollout::{sample, Rewards, RolloutConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::ppo::{group_advantages, grpo_loss};
+use crate::ops::grpo::{grpo_variant_loss, GrpoLossConfig, GrpoLossType, ImportanceLevel, GRPO_VARIANT_METRIC_NAMES};
+use crate::ops::ppo::group_advantages;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 
@@ -28,12 +34,44 @@ pub struct GrpoConfig {
     pub rollout: RolloutConfig,
     /// Completions per prompt G (at least 2). Example: 8.
     pub num_generations: usize,
-    /// ε of the clipped objective. Example: 0.2.
+    /// ε (ε_low) of the clipped objective. Example: 0.2.
     pub epsilon: f32,
+    /// ε_high of the clip (DAPO's clip-higher, e.g. 0.28); None: = ε.
+    pub epsilon_high: Option<f32>,
     /// β of the k3 KL to the reference; 0 needs no reference. Example: 0.04.
     pub beta: f32,
-    /// Divide by the group's std (Dr. GRPO argues for false). Example: true.
-    pub scale_rewards: bool,
+    /// How advantages are scaled (Dr. GRPO argues for none). Default: group.
+    pub scale_rewards: ScaleRewards,
+    /// How token losses are averaged. Default: dapo, as TRL.
+    pub loss_type: GrpoLossType,
+    /// Importance weights per token (GRPO) or per sequence (GSPO). Default: token.
+    pub importance_sampling_level: ImportanceLevel,
+    /// Completions that hit max_new_tokens without a stop token are left out of the loss.
+    pub mask_truncated_completions: bool,
+}
+
+/// TRL's `scale_rewards`: the std that divides `reward − group mean`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ScaleRewards {
+    /// The group's std (GRPO).
+    #[default]
+    Group,
+    /// The whole batch's std (more robust to easy or hard groups).
+    Batch,
+    /// No scaling (Dr. GRPO).
+    None,
+}
+
+impl std::str::FromStr for ScaleRewards {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "group" | "true" => Ok(ScaleRewards::Group),
+            "batch" => Ok(ScaleRewards::Batch),
+            "none" | "false" => Ok(ScaleRewards::None),
+            _ => Err(Error::config("GRPO scale_rewards", format!("`{s}` is not group, batch or none"))),
+        }
+    }
 }
 
 impl Default for GrpoConfig {
@@ -43,8 +81,12 @@ impl Default for GrpoConfig {
             rollout: RolloutConfig::default(),
             num_generations: 8,
             epsilon: 0.2,
+            epsilon_high: None,
             beta: 0.04,
-            scale_rewards: true,
+            scale_rewards: ScaleRewards::Group,
+            loss_type: GrpoLossType::Dapo,
+            importance_sampling_level: ImportanceLevel::Token,
+            mask_truncated_completions: false,
         }
     }
 }
@@ -72,35 +114,78 @@ impl Grpo {
             return Err(Error::config("GRPO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
         }
         let gpu = policy.params().values().gpu().clone();
-        let describe = serde_json::json!({"num_generations": g, "beta": cfg.beta, "epsilon": cfg.epsilon, "reference": reference.describe()});
+        let loss_cfg = GrpoLossConfig {
+            loss_type: cfg.loss_type,
+            importance_sampling_level: cfg.importance_sampling_level,
+            epsilon: cfg.epsilon,
+            epsilon_high: cfg.epsilon_high.unwrap_or(cfg.epsilon),
+            beta: cfg.beta,
+            max_completion_length: cfg.rollout.max_new_tokens.max(1),
+        };
+        let describe = serde_json::json!({
+            "num_generations": g, "beta": cfg.beta, "epsilon": cfg.epsilon, "epsilon_high": loss_cfg.epsilon_high,
+            "loss_type": cfg.loss_type.name(), "importance_sampling_level": format!("{:?}", cfg.importance_sampling_level).to_lowercase(),
+            "scale_rewards": format!("{:?}", cfg.scale_rewards).to_lowercase(), "mask_truncated_completions": cfg.mask_truncated_completions,
+            "reference": reference.describe(),
+        });
         run_steps("grpo", &cfg.train, policy, describe, |step, lr, opt| {
             let batch: Vec<Vec<u32>> = (0..b)
                 .flat_map(|i| std::iter::repeat_n(prompts[shuffled(cfg.train.seed, prompts.len(), (step * b + i) as u64)].clone(), g))
                 .collect(); // each prompt G times, groups consecutive
             let seed = crate::train::batch::mix(cfg.train.seed ^ (step as u64 + 1));
-            let ro = sample(policy, &batch, &cfg.rollout, seed)?;
+            let mut ro = sample(policy, &batch, &cfg.rollout, seed)?;
             let (p, c) = ro.slices();
             let r = rewards.score(&p, &c, cfg.rollout.pad_id)?;
-            let adv = group_advantages(&Tensor::from_f32(&gpu, &r, &[b * g])?, g, cfg.scale_rewards)?;
+            let completion_length = c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32;
+            let rt = Tensor::from_f32(&gpu, &r, &[b * g])?;
+            let adv = match cfg.scale_rewards {
+                ScaleRewards::Group => group_advantages(&rt, g, true)?,
+                ScaleRewards::None => group_advantages(&rt, g, false)?,
+                ScaleRewards::Batch => {
+                    // the rewards are on the CPU already (a Rust function or the reward model's
+                    // scores read for the metrics): the batch std is one number
+                    let centred = group_advantages(&rt, g, false)?;
+                    let std = unbiased_std(&r) + 1e-4;
+                    crate::ops::elementwise::scale_forward(&centred, 1.0 / std)?
+                }
+            };
+            if cfg.mask_truncated_completions {
+                let t = ro.batch.seq;
+                for i in 0..b * g {
+                    if !ro.stopped(i, &cfg.rollout.stop_ids) {
+                        ro.batch.mask[i * t..(i + 1) * t].fill(0.0);
+                    }
+                }
+            }
             let s = ro.batch.upload(&gpu)?;
             let ref_logp = if use_ref { Some(reference_token_logps(policy, &reference, &s, cfg.rollout.temperature)?) } else { None };
             let tape = Tape::new();
             let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
             let logp = tempered_logps(policy, Some(&tape), &h, &s, cfg.rollout.temperature)?.0;
             let old = logp.tensor().clone(); // π_old = π (one update per rollout)
-            let (loss, metrics) = grpo_loss(&logp, &old, ref_logp.as_ref(), &adv, &s.mask, cfg.epsilon, cfg.beta)?;
+            let (loss, stats) = grpo_variant_loss(&logp, &old, ref_logp.as_ref(), &adv, &s.mask, &loss_cfg)?;
             tape.backward(&loss)?;
             opt.step(policy.trainable(), lr)?;
             policy.trainable().zero_grad()?;
-            let stats = metrics.tensor().to_f32_vec()?; // the step's submit: [loss, kl, clip ratios]
-            let mut rec = to_json(&metrics.named(&stats));
+            let stats = stats.to_f32_vec()?; // the step's submit: [loss, kl, clip ratios]
+            let named: Vec<(&str, f32)> = GRPO_VARIANT_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).skip(usize::from(!use_ref)).collect();
+            let mut rec = to_json(&named);
             rec["loss"] = stats[0].into();
             let mean = r.iter().sum::<f32>() / r.len() as f32;
             let std = (r.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / (r.len() - 1).max(1) as f32).sqrt();
             rec["reward"] = mean.into();
             rec["reward_std"] = std.into();
-            rec["completion_length"] = (c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32).into();
+            rec["completion_length"] = completion_length.into();
             Ok(rec)
         })
     }
+}
+
+/// The unbiased standard deviation (torch.std), 0 for fewer than 2 values.
+fn unbiased_std(x: &[f32]) -> f32 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let mean = x.iter().sum::<f32>() / x.len() as f32;
+    (x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (x.len() - 1) as f32).sqrt()
 }

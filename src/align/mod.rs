@@ -32,5 +32,5 @@ pub use reward::{Reward, RewardConfig, RewardModel};
 pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
 pub use ppo::{Ppo, PpoConfig, ValueHead};
 pub use rollout::{Rewards, RolloutConfig};
-pub use grpo::{Grpo, GrpoConfig};
+pub use grpo::{Grpo, GrpoConfig, ScaleRewards};
 pub use kto::{Completion, Completions, Kto, KtoMetrics, KtoTrainConfig};

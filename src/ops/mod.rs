@@ -7,6 +7,7 @@ pub mod attention;
 pub mod dpo;
 pub mod elementwise;
 pub mod embedding;
+pub mod grpo;
 pub mod kto;
 pub mod loss;
 pub mod matmul;
@@ -30,6 +31,7 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     dpo::SHADERS,
     elementwise::SHADERS,
     embedding::SHADERS,
+    grpo::SHADERS,
     kto::SHADERS,
     loss::SHADERS,
     matmul::SHADERS,

@@ -16,6 +16,9 @@ use std::path::PathBuf;
   plumb grpo                                    # runs/sft policy, VADER sentiment reward, built-in openings
   plumb grpo --beta 0                           # no KL term: no reference model in memory
   plumb grpo --reward-model runs/reward/model --num-generations 4
+  plumb grpo --loss-type dr_grpo --scale-rewards none      # Dr. GRPO
+  plumb grpo --importance-sampling-level sequence          # GSPO
+  plumb grpo --loss-type dapo --epsilon-high 0.28 --mask-truncated-completions   # DAPO
   plumb grpo --data prompts.bin --tokenizer gpt2 --init runs/sft-gpt2")]
 pub struct GrpoArgs {
     #[command(flatten)]
@@ -50,6 +53,21 @@ pub struct GrpoArgs {
     /// ε of the clipped objective.
     #[arg(long, default_value_t = 0.2)]
     epsilon: f32,
+    /// Upper clip ε_high (clip-higher); default: ε.
+    #[arg(long)]
+    epsilon_high: Option<f32>,
+    /// How token losses are averaged: grpo, bnpo, dr_grpo, dapo (TRL's default).
+    #[arg(long, default_value = "dapo")]
+    loss_type: String,
+    /// Importance weights per token (GRPO) or per sequence (GSPO).
+    #[arg(long, default_value = "token")]
+    importance_sampling_level: String,
+    /// Std that scales the advantages: group, batch or none.
+    #[arg(long, default_value = "group")]
+    scale_rewards: String,
+    /// Leave completions that never reached a stop token out of the loss.
+    #[arg(long)]
+    mask_truncated_completions: bool,
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
     /// Samples printed at the end.
@@ -88,8 +106,12 @@ pub fn run(a: GrpoArgs) -> Result<()> {
         rollout: RolloutConfig { max_new_tokens: a.max_new_tokens, stop_ids: stop.clone(), ..Default::default() },
         num_generations: a.num_generations,
         epsilon: a.epsilon,
+        epsilon_high: a.epsilon_high,
         beta: a.beta,
-        ..Default::default()
+        loss_type: a.loss_type.parse()?,
+        importance_sampling_level: a.importance_sampling_level.parse()?,
+        scale_rewards: a.scale_rewards.parse()?,
+        mask_truncated_completions: a.mask_truncated_completions,
     };
     let r = reference.as_ref().map_or(Reference::None, Reference::Model);
     let m = Grpo::new(cfg).train(&policy, &prompts, &rewards, r)?;
