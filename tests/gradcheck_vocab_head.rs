@@ -53,7 +53,19 @@ fn cases() -> Vec<Case> {
         stored_case(StoredType::Q4_1, 4, 32, 65, 64),
         stored_case(StoredType::Q4K, 3, 256, 130, 64),
         stored_case(StoredType::Q6K, 3, 256, 70, 128),
+        logprobs_case(),
     ]
+}
+
+/// The log-probability column alone (what the alignment trainers read), through a trained head.
+fn logprobs_case() -> Case {
+    let (rows, c, v) = (9, 16, 100);
+    Case::new(
+        "head_logprobs x [9, 16] head [100, 16]",
+        vec![Input::f(&[rows, c]), Input::index(&[rows], v as u32 + 2), Input::f(&[v, c])],
+        move |vars| vh::head_logprobs(&vh::vocab_head_sliced(&vars[0], &vars[2..], vars[1].tensor(), 64)?),
+        move |d| r::vocab_head(&d[0], &d[2], &d[1], rows, c, v).into_iter().step_by(2).collect(),
+    )
 }
 
 #[test]

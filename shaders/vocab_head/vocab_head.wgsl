@@ -116,3 +116,23 @@ fn slice_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     logits[i] = d;
 }
+
+// The log-probabilities alone, (R), from the output (R, 2) (read through binding 6), and back.
+@group(0) @binding(7) var<storage, read_write> logprobs: array<f32>;
+@group(0) @binding(8) var<storage, read> dlogprobs: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn logprob_column(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let r = gid.x + gid.y * nw.x * 64u;
+    if (r < p.rows) {
+        logprobs[r] = g[r].x;
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn logprob_column_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let r = gid.x + gid.y * nw.x * 64u;
+    if (r < p.rows) {
+        out[r] = vec2<f32>(dlogprobs[r], 0.0);
+    }
+}

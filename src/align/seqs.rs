@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::elementwise::mul;
-use crate::ops::loss::token_logprobs;
+use crate::ops::vocab_head::head_logprobs;
 use crate::ops::reduce::sum_last;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -153,10 +153,10 @@ pub struct SeqTensors {
 }
 
 /// Log-probs of the completion tokens from hidden states (B, T, C): `(B, T)`, 0 outside the
-/// completion. Uses the fused log-prob kernel: no (B·T, V) softmax is kept.
+/// completion. Uses the chunked vocabulary head: the (B·T, V) logits never exist.
 pub fn logps_from_hidden(model: &Model, tape: Option<&Tape>, hidden: &Var, s: &SeqTensors) -> Result<Var> {
-    let logits = model.lm_head(tape, hidden)?; // (B·T, V)
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?; // (B, T)
+    let head = model.token_head(tape, hidden, &s.labels)?; // (B·T, 2)
+    let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?; // (B, T)
     mul(&lp, &Var::constant(s.mask.clone()))
 }
 

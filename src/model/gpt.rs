@@ -214,6 +214,15 @@ impl Gpt {
         }
     }
 
+    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) through the
+    /// chunked vocabulary head (`ops::vocab_head`): the (rows, V) logits never exist.
+    pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
+        match self.frozen("transformer.wte.weight") {
+            Some(q) => crate::ops::vocab_head::vocab_head_stored(x, q, labels),
+            None => crate::ops::vocab_head::vocab_head(x, &[self.p(tape, "transformer.wte.weight")?], labels),
+        }
+    }
+
     /// One KV cache per layer for batched generation of up to `max_len` tokens.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let hd = self.cfg.n_embd / self.cfg.n_head;

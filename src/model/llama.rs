@@ -229,6 +229,15 @@ impl Llama {
         self.lm_head(tape, &x)
     }
 
+    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) through the
+    /// chunked vocabulary head (`ops::vocab_head`): the (rows, V) logits never exist.
+    pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
+        match self.frozen(self.head_name()) {
+            Some(q) => crate::ops::vocab_head::vocab_head_stored(x, q, labels),
+            None => crate::ops::vocab_head::vocab_head(x, &[self.p(tape, self.head_name())?], labels),
+        }
+    }
+
     /// One KV cache per layer.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let (hkv, d) = (Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));

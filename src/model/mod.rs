@@ -209,6 +209,16 @@ impl Model {
         Ok(())
     }
 
+    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) and labels (...)
+    /// through the chunked vocabulary head: the (rows, V) logits never exist. Labels past the
+    /// vocabulary give log p 0. With `ops::vocab_head::head_cross_entropy` it is SFT's loss.
+    pub fn token_head(&self, tape: Option<&Tape>, hidden: &Var, labels: &Tensor) -> Result<Var> {
+        match self {
+            Model::Gpt(m) => m.token_head(tape, hidden, labels),
+            Model::Llama(m) => m.token_head(tape, hidden, labels),
+        }
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -256,6 +256,29 @@ pub fn vocab_head_stored_sliced(x: &Var, w: &QuantTensor, labels: &Tensor, slice
     }))
 }
 
+/// The log-probabilities column of the head's output (rows, 2) as a (rows) Var: what DPO, KTO
+/// and GRPO need per token.
+pub fn head_logprobs(head: &Var) -> Result<Var> {
+    let t = head.tensor();
+    if t.shape().len() != 2 || t.shape()[1] != 2 {
+        return Err(Error::shape("head_logprobs", format!("need the head's (rows, 2) output, got {:?}", t.shape())));
+    }
+    let rows = t.shape()[0];
+    let gpu = t.gpu().clone();
+    let p = Params { rows: rows as u32, cols: 0, v0: 0, vocab: 0, first: 0, _pad: [0; 3] };
+    let lp = Tensor::empty(&gpu, &[rows], DType::F32, "head log-probs")?;
+    if rows > 0 {
+        dispatch(&gpu, "logprob_column", &p, &[(6, t.binding()), (7, lp.binding())], rows)?;
+    }
+    Ok(Var::from_op(lp, &[head], move |g| {
+        let d = Tensor::empty(&gpu, &[rows, 2], DType::F32, "head log-probs gradient")?;
+        if rows > 0 {
+            dispatch(&gpu, "logprob_column_grad", &p, &[(4, d.binding()), (8, g.binding())], rows)?;
+        }
+        Ok(vec![Some(d)])
+    }))
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CeParams {

@@ -11,7 +11,7 @@ use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::elementwise::{axpby, scale};
-use crate::ops::loss::cross_entropy;
+use crate::ops::vocab_head::head_cross_entropy;
 use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
@@ -105,8 +105,9 @@ pub fn upload(model: &Model, b: &LmBatch) -> Result<(Tensor, Tensor, Tensor)> {
 /// Mean masked cross-entropy of `model` on a batch, without gradients.
 pub fn eval_loss(model: &Model, b: &LmBatch) -> Result<f32> {
     let (ids, targets, mask) = upload(model, b)?;
-    let logits = model.forward(None, &ids, None)?;
-    cross_entropy(&logits, &targets, Some(&mask))?.tensor().scalar()
+    let hidden = model.hidden(None, &ids, None)?;
+    let head = model.token_head(None, &hidden, &targets)?;
+    head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?.tensor().scalar()
 }
 
 /// One optimizer step over `accum` micro-batches starting at batch index `first`. Returns the
@@ -126,8 +127,10 @@ pub fn train_step(
         let b = src.batch(first + micro as u64, cfg.batch_size, cfg.seq_len)?;
         let (ids, targets, mask) = upload(model, &b)?;
         let tape = Tape::new();
-        let logits = model.forward(Some(&tape), &ids, None)?; // (B·T, V)
-        let loss = cross_entropy(&logits, &targets, Some(&mask))?;
+        // The chunked vocabulary head: the (B·T, V) logits never exist.
+        let hidden = model.hidden(Some(&tape), &ids, None)?; // (B, T, C)
+        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 2)
+        let loss = head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?;
         tape.backward(&scale(&loss, 1.0 / accum as f32)?)?;
         let l = loss.tensor();
         total = Some(match total {
