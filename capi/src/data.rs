@@ -1,4 +1,5 @@
-//! Training data in memory: what an app collected (texts for SFT, preference pairs for DPO),
+//! Training data in memory: what an app collected (texts for SFT, preference pairs for DPO,
+//! thumbs up/down on single answers for KTO),
 //! as strings or token ids, with no file in between. Strings are tokenized when training starts,
 //! with the model's tokenizer.
 
@@ -20,6 +21,14 @@ pub(crate) struct PairItem {
     pub rejected: Item,
 }
 
+/// One answer with its feedback: a prompt, a completion, and whether it was desirable (KTO).
+#[derive(Clone, Debug)]
+pub(crate) struct FeedbackItem {
+    pub prompt: Item,
+    pub completion: Item,
+    pub desirable: bool,
+}
+
 /// Examples for training, filled by the `plumb_data_add_*` functions. Not thread-safe: fill
 /// it from one thread at a time (it may move between threads). Training copies what it needs,
 /// so it may be freed or refilled once `plumb_train` returns.
@@ -27,6 +36,7 @@ pub(crate) struct PairItem {
 pub struct PlumbData {
     pub(crate) texts: Vec<Item>,
     pub(crate) pairs: Vec<PairItem>,
+    pub(crate) feedback: Vec<FeedbackItem>,
 }
 
 /// `n` values at `p` as a slice (NULL allowed when `n` is 0).
@@ -135,6 +145,57 @@ pub unsafe extern "C" fn plumb_data_add_pair_tokens(
         }
         let pair = PairItem { prompt: Item::Ids(slice_arg(prompt, n_prompt, "prompt")?.to_vec()), chosen: Item::Ids(c.to_vec()), rejected: Item::Ids(r.to_vec()) };
         data_mut(data)?.pairs.push(pair);
+        Ok(())
+    })
+}
+
+/// Add one answer with its thumbs up (`desirable` true) or down, for KTO: the prompt and the
+/// model's completion as the user saw them.
+///
+/// # Safety
+/// `data` comes from `plumb_data_new`; the strings are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plumb_data_add_feedback(data: *mut PlumbData, prompt: *const c_char, completion: *const c_char, desirable: bool) -> PlumbStatus {
+    guard("plumb_data_add_feedback", || {
+        let item = |p, name| Ok::<_, CError>(Item::Text(str_arg(p, name)?.to_string()));
+        let f = FeedbackItem { prompt: item(prompt, "prompt")?, completion: item(completion, "completion")?, desirable };
+        data_mut(data)?.feedback.push(f);
+        Ok(())
+    })
+}
+
+/// Add one answer with its feedback as token ids (the prompt may be empty, the completion may not).
+///
+/// # Safety
+/// `data` comes from `plumb_data_new`; each array holds the number of values given with it.
+#[no_mangle]
+pub unsafe extern "C" fn plumb_data_add_feedback_tokens(
+    data: *mut PlumbData,
+    prompt: *const u32,
+    n_prompt: usize,
+    completion: *const u32,
+    n_completion: usize,
+    desirable: bool,
+) -> PlumbStatus {
+    guard("plumb_data_add_feedback_tokens", || {
+        let c = slice_arg(completion, n_completion, "completion")?;
+        if c.is_empty() {
+            return Err(CError::arg("the completion needs at least one token"));
+        }
+        let f = FeedbackItem { prompt: Item::Ids(slice_arg(prompt, n_prompt, "prompt")?.to_vec()), completion: Item::Ids(c.to_vec()), desirable };
+        data_mut(data)?.feedback.push(f);
+        Ok(())
+    })
+}
+
+/// The number of answers with feedback (KTO) added so far.
+///
+/// # Safety
+/// `data` comes from `plumb_data_new`; the output is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plumb_data_feedback_count(data: *const PlumbData, n_feedback: *mut usize) -> PlumbStatus {
+    guard("plumb_data_feedback_count", || {
+        put(n_feedback, ref_arg(data, "data")?.feedback.len());
         Ok(())
     })
 }

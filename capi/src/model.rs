@@ -5,7 +5,10 @@
 
 use crate::ffi::{guard, opt_str_arg, out_arg, put, put_string, ref_arg, str_arg, CError, CResult, PlumbStatus};
 use crate::gpu::PlumbGpu;
+use plumb_rs::chat_template::ChatTemplate;
 use plumb_rs::data::chat::{render_chatml, Message};
+use plumb_rs::gguf::tokenizer::tokenizer_from_gguf;
+use plumb_rs::gguf::GgufFile;
 use plumb_rs::generate::{generate_stream, GenerateConfig};
 use plumb_rs::lora::LoraConfig;
 use plumb_rs::model::Model;
@@ -72,9 +75,10 @@ impl Loaded {
 }
 
 /// Load a model and its tokenizer onto `gpu`. `path` is a Hugging Face directory
-/// (`config.json` + `model.safetensors`). `tokenizer_path` is a `tokenizer.json`; NULL means
+/// (`config.json` + `model.safetensors`) or a `.gguf` file (llama, qwen2 or gpt2 architecture).
+/// `tokenizer_path` is a `tokenizer.json`; NULL means the GGUF file's own tokenizer, or
 /// `path/tokenizer.json` when it exists (without one, the text functions fail and token ids
-/// still work). GGUF files are not supported by this build yet (`PLUMB_STATUS_UNSUPPORTED`).
+/// still work).
 /// Free with `plumb_model_free`.
 ///
 /// # Safety
@@ -86,17 +90,18 @@ pub unsafe extern "C" fn plumb_model_load(gpu: *const PlumbGpu, path: *const c_c
         put(out, std::ptr::null_mut());
         let gpu = ref_arg(gpu, "gpu")?.gpu.clone();
         let path = PathBuf::from(str_arg(path, "path")?);
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            return Err(CError::new(PlumbStatus::Unsupported, format!("{}: GGUF files are not in this build yet; give a Hugging Face directory (config.json + model.safetensors)", path.display())));
+        let gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if gguf && !path.is_file() {
+            return Err(CError::new(PlumbStatus::Io, format!("{}: no such GGUF file", path.display())));
         }
-        if !path.is_dir() {
-            return Err(CError::new(PlumbStatus::Io, format!("{}: not a directory (expected a Hugging Face model directory with config.json and model.safetensors)", path.display())));
+        if !gguf && !path.is_dir() {
+            return Err(CError::new(PlumbStatus::Io, format!("{}: not a directory (expected a Hugging Face model directory with config.json and model.safetensors, or a .gguf file)", path.display())));
         }
-        let tok_path = match opt_str_arg(tokenizer_path, "tokenizer_path")? {
-            Some(p) => Some(PathBuf::from(p)),
-            None => Some(path.join("tokenizer.json")).filter(|p| p.exists()),
+        let tokenizer = match opt_str_arg(tokenizer_path, "tokenizer_path")? {
+            Some(p) => Some(Tokenizer::from_file(PathBuf::from(p))?),
+            None if gguf => Some(tokenizer_from_gguf(&GgufFile::open(&path)?)?),
+            None => Some(path.join("tokenizer.json")).filter(|p| p.exists()).map(Tokenizer::from_file).transpose()?,
         };
-        let tokenizer = tok_path.map(Tokenizer::from_file).transpose()?;
         let model = Model::load(&gpu, &path)?;
         if let Some(t) = &tokenizer {
             if t.vocab_size() > model.vocab_size() {
@@ -206,10 +211,10 @@ pub struct PlumbMessage {
     pub content: *const c_char,
 }
 
-/// Render a conversation as the model expects it, as a new string for `plumb_string_free`.
-/// This build renders ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), the template of Qwen,
-/// SmolLM and many fine-tunes; with `add_generation_prompt` it ends with the opening of an
-/// assistant turn. Tokenize the result with `add_special` false.
+/// Render a conversation as the model expects it, as a new string for `plumb_string_free`: the
+/// model's own Jinja chat template (from its GGUF file or `tokenizer_config.json`), or ChatML
+/// (`<|im_start|>role\ncontent<|im_end|>\n`) when it has none. With `add_generation_prompt` it
+/// ends with the opening of an assistant turn. Tokenize the result with `add_special` false.
 ///
 /// # Safety
 /// `messages` holds `n_messages` messages whose strings are NUL-terminated; `out` is writable.
@@ -217,14 +222,18 @@ pub struct PlumbMessage {
 pub unsafe extern "C" fn plumb_chat_apply(model: *const PlumbModel, messages: *const PlumbMessage, n_messages: usize, add_generation_prompt: bool, out: *mut *mut c_char) -> PlumbStatus {
     guard("plumb_chat_apply", || {
         let out = out_arg(out, "out")?;
-        let _m = ref_arg(model, "model")?.lock()?;
+        let m = ref_arg(model, "model")?.lock()?;
         let msgs = crate::data::slice_arg(messages, n_messages, "messages")?;
         let msgs: Vec<Message> = msgs
             .iter()
             .enumerate()
             .map(|(i, m)| Ok(Message::new(str_arg(m.role, &format!("messages[{i}].role"))?, str_arg(m.content, &format!("messages[{i}].content"))?)))
             .collect::<CResult<_>>()?;
-        put_string(out, &render_chatml(&msgs, add_generation_prompt));
+        let text = match &m.tokenizer {
+            Some(t) => ChatTemplate::for_tokenizer(t)?.render(&msgs, add_generation_prompt)?,
+            None => render_chatml(&msgs, add_generation_prompt),
+        };
+        put_string(out, &text);
         Ok(())
     })
 }

@@ -1,16 +1,18 @@
 //! Training from C: one call, `plumb_train`, with the method named in its JSON config
-//! (`"sft"` or `"dpo"`; `"kto"` answers `PLUMB_STATUS_UNSUPPORTED` until plumb's KTO trainer
-//! lands), data from a `PlumbData` in memory or from a prepared file, a progress callback after
+//! (`"sft"`, `"dpo"` or `"kto"`), data from a `PlumbData` in memory or from a prepared file, a
+//! progress callback after
 //! every step, cancellation, and resume from the checkpoint a cancelled run leaves in `out_dir`.
-//! The settings' defaults are the Rust library's (`SftConfig`, `TrainConfig`, `DpoConfig`).
+//! The settings' defaults are the Rust library's (`SftConfig`, `TrainConfig`, `DpoConfig`,
+//! `KtoConfig`).
 
 use crate::data::{Item, PlumbData};
 use crate::ffi::{guard, put, put_string, ref_arg, str_arg, CError, CResult, PlumbStatus};
 use crate::model::{Loaded, PlumbModel};
-use plumb_rs::align::{Dpo, DpoTrainConfig, Pair, Pairs, Reference, TrainConfig};
-use plumb_rs::data::{Dataset, DatasetKind, PreferenceDataset, SftDataset, TokenStream};
+use plumb_rs::align::{Completion, Completions, Dpo, DpoTrainConfig, Kto, KtoTrainConfig, Pair, Pairs, Reference, TrainConfig};
+use plumb_rs::data::{Dataset, DatasetKind, PreferenceDataset, SftDataset, TokenStream, UnpairedDataset};
 use plumb_rs::model::Model;
 use plumb_rs::ops::dpo::DpoConfig;
+use plumb_rs::ops::kto::{KtoConfig, KtoLoss};
 use plumb_rs::train::batch::{BatchSource, SftSource, StreamSource};
 use plumb_rs::train::control::{RunControl, StepInfo};
 use plumb_rs::train::sft::{self, SftConfig};
@@ -46,7 +48,7 @@ impl Method {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrainJson {
-    /// "sft", "dpo" (or "kto" once it lands).
+    /// "sft", "dpo" or "kto".
     method: String,
     /// Optimizer steps in all (a resumed run counts from its first step).
     steps: Option<usize>,
@@ -61,8 +63,13 @@ struct TrainJson {
     /// DPO: longest row and longest prompt in tokens.
     max_len: Option<usize>,
     max_prompt_len: Option<usize>,
-    /// DPO: β of the implicit reward.
+    /// DPO and KTO: β of the implicit reward.
     beta: Option<f32>,
+    /// KTO: "kto" (default) or "apo_zero_unpaired".
+    loss_type: Option<String>,
+    /// KTO: weights of the desirable and the undesirable answers' losses.
+    desirable_weight: Option<f32>,
+    undesirable_weight: Option<f32>,
     /// Seed of the data order.
     #[serde(default)]
     seed: u64,
@@ -162,9 +169,7 @@ pub unsafe extern "C" fn plumb_train(
         let (records, total) = match method {
             Method::Sft => train_sft(&m, &js, data, control)?,
             Method::Dpo => train_dpo(&m, &js, data, control)?,
-            Method::Kto => {
-                return Err(CError::new(PlumbStatus::Unsupported, "KTO is not in this build yet (plumb's KTO trainer has not landed); use \"sft\" or \"dpo\""))
-            }
+            Method::Kto => train_kto(&m, &js, data, control)?,
         };
         let done = records.last().and_then(|r| r["step"].as_u64()).unwrap_or(0);
         let cancelled = handle.control.is_cancelled() && (done as usize) < total;
@@ -256,12 +261,12 @@ fn train_sft(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
     Ok((records, steps))
 }
 
-/// DPO on the pairs of `data` or a prepared preference file.
-fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunControl) -> CResult<(Vec<serde_json::Value>, usize)> {
+/// The alignment trainers' shared settings from the JSON config (DPO, KTO).
+fn align_config(m: &Loaded, js: &TrainJson, control: RunControl) -> TrainConfig {
     let d = TrainConfig::default();
     let steps = js.steps.unwrap_or(d.steps);
     let max_len = js.max_len.unwrap_or(d.max_len.min(m.model.max_len()));
-    let train = TrainConfig {
+    TrainConfig {
         steps,
         batch_size: js.batch_size.unwrap_or(d.batch_size),
         max_len,
@@ -272,7 +277,13 @@ fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
         resume: js.resume,
         control,
         ..d
-    };
+    }
+}
+
+/// DPO on the pairs of `data` or a prepared preference file.
+fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunControl) -> CResult<(Vec<serde_json::Value>, usize)> {
+    let train = align_config(m, js, control);
+    let steps = train.steps;
     let loss = DpoConfig { beta: js.beta.unwrap_or(DpoConfig::default().beta), ..DpoConfig::default() };
     let pad_id = m.tokenizer.as_ref().and_then(|t| t.pad_id().or(t.eos_id())).unwrap_or(0);
     let dpo = Dpo::new(DpoTrainConfig { train, loss, pad_id });
@@ -309,3 +320,56 @@ fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
     Ok((records, steps))
 }
 
+
+/// KTO on the thumbs up/down answers of `data` or a prepared unpaired file (`plumb data
+/// prepare` of `{"prompt", "completion", "label"}` rows).
+fn train_kto(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunControl) -> CResult<(Vec<serde_json::Value>, usize)> {
+    let train = align_config(m, js, control);
+    let steps = train.steps;
+    let d = KtoConfig::default();
+    let loss_type = match &js.loss_type {
+        Some(t) => t.parse::<KtoLoss>()?,
+        None => d.loss_type,
+    };
+    let loss = KtoConfig {
+        beta: js.beta.unwrap_or(d.beta),
+        loss_type,
+        desirable_weight: js.desirable_weight.unwrap_or(d.desirable_weight),
+        undesirable_weight: js.undesirable_weight.unwrap_or(d.undesirable_weight),
+    };
+    loss.check()?;
+    let pad_id = m.tokenizer.as_ref().and_then(|t| t.pad_id().or(t.eos_id())).unwrap_or(0);
+    let kto = Kto::new(KtoTrainConfig { train, loss, pad_id });
+    let file;
+    let memory: Vec<Completion>;
+    let rows: &dyn Completions = match (data, &js.data) {
+        (Some(d), _) => {
+            if d.feedback.is_empty() {
+                return Err(CError::arg("KTO needs answers with feedback: the PlumbData has none (plumb_data_add_feedback)"));
+            }
+            memory = d
+                .feedback
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let t = |it, w: &str| tokens(m, it, &format!("feedback {i} {w}"));
+                    Ok(Completion { prompt: t(&f.prompt, "prompt")?, completion: t(&f.completion, "completion")?, label: f.desirable })
+                })
+                .collect::<CResult<_>>()?;
+            &memory
+        }
+        (None, Some(path)) => {
+            file = UnpairedDataset::open(path)?;
+            &file
+        }
+        (None, None) => unreachable!("checked by plumb_train"),
+    };
+    let metrics = if m.model.lora().is_some() {
+        kto.train(&m.model, rows, Reference::Adapters)?
+    } else {
+        let reference = Model::load(&m.gpu, &m.path)?;
+        kto.train(&m.model, rows, Reference::Model(&reference))?
+    };
+    let records = metrics.iter().map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null)).collect();
+    Ok((records, steps))
+}

@@ -151,15 +151,19 @@ int main(int argc, char **argv) {
     OK(plumb_lora_detach(model));
 
     /* 4. Cancel mid-way and continue: 6 steps stopped after 2, then resumed, must equal 6 steps
-     * in one go (same adapter seed, same data, same settings). */
+     * in one go (same adapter seed, same data, same settings). A fresh run starts without
+     * "resume" (resuming a directory with no checkpoint is an error, never a fresh start). */
     const char *dpo6 = "{\"method\": \"dpo\", \"steps\": 6, \"batch_size\": 2, \"lr\": 0.02, \"warmup\": 0, \"seed\": 5, \"out_dir\": \"%s/%s\", \"resume\": %s}";
     OK(plumb_lora_attach(model, "{\"r\": 4, \"alpha\": 8}", 11));
     Progress a = {{0}, 0, 0, 2};
     snprintf(cfg, sizeof cfg, dpo6, scratch, "resumed", "true");
+    EXPECT_STATUS(plumb_train(model, cfg, data, on_progress, &a, &result), PLUMB_STATUS_CONFIG, "no checkpoint to resume from");
+    snprintf(cfg, sizeof cfg, dpo6, scratch, "resumed", "false");
     EXPECT_STATUS(plumb_train(model, cfg, data, on_progress, &a, &result), PLUMB_STATUS_CANCELLED, "stopped after step 2 of 6");
     CHECK(a.n == 2 && strstr(result, "\"cancelled\":true"));
     plumb_string_free(result);
     /* plumb_model_cancel from the callback's point of view is the same flag; continue: */
+    snprintf(cfg, sizeof cfg, dpo6, scratch, "resumed", "true");
     Progress b = {{0}, 0, 0, 0};
     OK(plumb_train(model, cfg, data, on_progress, &b, NULL));
     CHECK(b.n == 4 && b.steps[0] == 3 && b.steps[3] == 6);
@@ -192,6 +196,24 @@ int main(int argc, char **argv) {
     char *after = greedy(model);
     printf("after SFT, greedy: %s\n", after);
     plumb_string_free(after);
+
+    /* 6. KTO on thumbs up/down collected in the app: one answer each, no pairs needed. */
+    PlumbData *thumbs = NULL;
+    OK(plumb_data_new(&thumbs));
+    OK(plumb_data_add_feedback(thumbs, "the sky is", " blue .", true));
+    OK(plumb_data_add_feedback(thumbs, "the sky is", " green .", false));
+    OK(plumb_data_add_feedback(thumbs, "a cat sat on", " the mat .", true));
+    OK(plumb_data_add_feedback_tokens(thumbs, ids, 2, ids + 2, 3, false));
+    size_t n_feedback = 0;
+    OK(plumb_data_feedback_count(thumbs, &n_feedback));
+    CHECK(n_feedback == 4);
+    Progress k = {{0}, 0, 0, 0};
+    OK(plumb_train(model, "{\"method\": \"kto\", \"steps\": 3, \"batch_size\": 2, \"lr\": 0.02, \"warmup\": 0, \"beta\": 0.5}", thumbs, on_progress, &k, &result));
+    printf("kto result: %s\n", result);
+    CHECK(k.n == 3 && k.steps[2] == 3 && strstr(result, "\"method\":\"kto\"") && strstr(result, "\"steps_done\":3"));
+    plumb_string_free(result);
+    EXPECT_STATUS(plumb_train(model, "{\"method\": \"kto\", \"loss_type\": \"bco\"}", thumbs, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "bco");
+    plumb_data_free(thumbs);
 
     plumb_data_free(data);
     plumb_string_free(base);

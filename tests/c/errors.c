@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
 
     /* Bad paths. */
     EXPECT_STATUS(plumb_model_load(gpu, "/no/such/model", NULL, &model), PLUMB_STATUS_IO, "/no/such/model");
-    EXPECT_STATUS(plumb_model_load(gpu, "/models/smollm2.gguf", NULL, &model), PLUMB_STATUS_UNSUPPORTED, "GGUF");
+    EXPECT_STATUS(plumb_model_load(gpu, "/models/smollm2.gguf", NULL, &model), PLUMB_STATUS_IO, "no such GGUF file");
     EXPECT_STATUS(plumb_model_load(gpu, scratch, NULL, &model), PLUMB_STATUS_IO, "config.json");
     EXPECT_STATUS(plumb_model_load(gpu, model_dir, "/no/such/tokenizer.json", &model), PLUMB_STATUS_IO, "/no/such/tokenizer.json");
     CHECK(model == NULL);
@@ -101,7 +101,9 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(plumb_train(model, "{\"steps\": 3}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "missing field `method`");
     EXPECT_STATUS(plumb_train(model, "not json", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "line 1 column");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"ppo\"}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "`ppo` is not one of sft, dpo, kto");
-    EXPECT_STATUS(plumb_train(model, "{\"method\": \"kto\"}", data, NULL, NULL, NULL), PLUMB_STATUS_UNSUPPORTED, "KTO is not in this build yet");
+    EXPECT_STATUS(plumb_train(model, "{\"method\": \"kto\"}", data, NULL, NULL, NULL), PLUMB_STATUS_INVALID_ARGUMENT, "KTO needs answers with feedback");
+    EXPECT_STATUS(plumb_data_add_feedback(data, "hello", NULL, true), PLUMB_STATUS_INVALID_ARGUMENT, "`completion` is NULL");
+    EXPECT_STATUS(plumb_data_add_feedback_tokens(data, NULL, 0, NULL, 0, true), PLUMB_STATUS_INVALID_ARGUMENT, "at least one token");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"dpo\"}", NULL, NULL, NULL, NULL), PLUMB_STATUS_INVALID_ARGUMENT, "exactly one");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"dpo\"}", data, NULL, NULL, NULL), PLUMB_STATUS_INVALID_ARGUMENT, "needs preference pairs");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"sft\"}", data, NULL, NULL, NULL), PLUMB_STATUS_INVALID_ARGUMENT, "has none");
