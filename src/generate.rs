@@ -44,7 +44,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
     if total > model.max_len() {
         return Err(Error::config("generate", format!("prompt {p} + {} new tokens exceeds the model's {} positions", cfg.max_new_tokens, model.max_len())));
     }
-    let gpu = model.params().values().gpu().clone();
+    let gpu = model.params().gpu().clone();
     // The weights do not change while generating: CPU adapters keep their texture copies.
     let _frozen = gpu.freeze_textures(model.params().values());
     let mut ids = Vec::with_capacity(b * p);

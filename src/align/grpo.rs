@@ -71,7 +71,7 @@ impl Grpo {
         if use_ref && matches!(reference, Reference::None | Reference::Precomputed) {
             return Err(Error::config("GRPO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
         }
-        let gpu = policy.params().values().gpu().clone();
+        let gpu = policy.params().gpu().clone();
         let describe = serde_json::json!({"num_generations": g, "beta": cfg.beta, "epsilon": cfg.epsilon, "reference": reference.describe()});
         run_steps("grpo", &cfg.train, policy, describe, |step, lr, opt| {
             let batch: Vec<Vec<u32>> = (0..b)

@@ -12,7 +12,7 @@ use crate::nn::{conv1d, gelu_conv1d, normal};
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
-use crate::ops::embedding::{add_positions, embedding};
+use crate::ops::embedding::{add_positions, embedding_chunks, tied_head};
 use crate::ops::matmul::matmul;
 use crate::ops::norm::layer_norm;
 use crate::params::{ParamSpec, ParamStore};
@@ -127,6 +127,15 @@ impl Gpt {
         }
     }
 
+    /// A parameter split into row chunks (a table bigger than one binding) as one Var per
+    /// chunk, on the tape or constant as [`Self::p`].
+    fn p_chunks(&self, tape: Option<&Tape>, name: &str) -> Result<Vec<Var>> {
+        match tape {
+            Some(t) if self.adapter.is_none() => self.params.chunk_vars(t, name),
+            _ => Ok(self.params.value_chunks(name)?.tensors().iter().cloned().map(Var::constant).collect()),
+        }
+    }
+
     /// Conv1D `module` of layer `i` (e.g. "attn.c_attn") on x (..., in), plus the adapter's
     /// update when one is attached, enabled and targets it: (..., out).
     fn conv(&self, tape: Option<&Tape>, x: &Var, i: usize, module: &str) -> Result<Var> {
@@ -158,8 +167,7 @@ impl Gpt {
         }
         let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
         let attn_cfg = AttentionConfig::default();
-        let wte = self.p(tape, "transformer.wte.weight")?;
-        let mut x = embedding(ids, &wte)?; // (B, T, C)
+        let mut x = embedding_chunks(ids, &self.p_chunks(tape, "transformer.wte.weight")?)?; // (B, T, C)
         x = add_positions(&x, &self.p(tape, "transformer.wpe.weight")?, 0)?;
         for i in 0..self.cfg.n_layer {
             let w = |n: &str| self.p(tape, &layer(i, n));
@@ -182,17 +190,22 @@ impl Gpt {
         self.lm_head(tape, &x)
     }
 
-    /// Logits for hidden states (..., C): (rows, V).
+    /// Logits for hidden states (..., C): (rows, V). A table split into row chunks gives one
+    /// product per chunk ([`tied_head`]).
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.n_embd;
         let rows = x.tensor().len() / c;
-        matmul(&x.reshape(&[rows, c])?, &self.p(tape, "transformer.wte.weight")?, false, true)
+        let x = x.reshape(&[rows, c])?;
+        match &self.p_chunks(tape, "transformer.wte.weight")?[..] {
+            [wte] => matmul(&x, wte, false, true),
+            chunks => tied_head(&x, chunks),
+        }
     }
 
     /// One KV cache per layer for batched generation of up to `max_len` tokens.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let hd = self.cfg.n_embd / self.cfg.n_head;
-        (0..self.cfg.n_layer).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, self.cfg.n_head, hd)).collect()
+        (0..self.cfg.n_layer).map(|_| KvCache::new(self.params.gpu(), batch, max_len, self.cfg.n_head, hd)).collect()
     }
 
     /// Inference step with the KV cache: ids (B, T_new) at positions cache.len()..; returns the
@@ -204,8 +217,7 @@ impl Gpt {
         if offset + tn > self.cfg.n_positions {
             return Err(Error::shape("Gpt::forward_cached", format!("position {} past the model's {}", offset + tn, self.cfg.n_positions)));
         }
-        let wte = self.p(None, "transformer.wte.weight")?;
-        let mut x = embedding(ids, &wte)?;
+        let mut x = embedding_chunks(ids, &self.p_chunks(None, "transformer.wte.weight")?)?;
         x = add_positions(&x, &self.p(None, "transformer.wpe.weight")?, offset)?;
         for (i, cache) in caches.iter_mut().enumerate() {
             let w = |n: &str| self.p(None, &layer(i, n));

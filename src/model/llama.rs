@@ -13,7 +13,7 @@ use crate::nn::normal;
 use crate::ops::activation::swiglu;
 use crate::ops::attention::{attention, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
-use crate::ops::embedding::embedding;
+use crate::ops::embedding::{embedding_chunks, tied_head};
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::rope;
@@ -132,6 +132,15 @@ impl Llama {
         }
     }
 
+    /// A parameter split into row chunks (a table bigger than one binding) as one Var per
+    /// chunk, on the tape or constant as [`Self::p`].
+    fn p_chunks(&self, tape: Option<&Tape>, name: &str) -> Result<Vec<Var>> {
+        match tape {
+            Some(t) if self.adapter.is_none() => self.params.chunk_vars(t, name),
+            _ => Ok(self.params.value_chunks(name)?.tensors().iter().cloned().map(Var::constant).collect()),
+        }
+    }
+
     /// Linear layer `name` of layer `i` (e.g. "self_attn.q_proj") on x (..., in), plus the
     /// adapter's update when one is attached, enabled and targets it: (..., out).
     fn proj(&self, tape: Option<&Tape>, x: &Var, i: usize, name: &str) -> Result<Var> {
@@ -158,7 +167,7 @@ impl Llama {
         let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let theta = self.cfg.rope_theta;
-        let mut x = embedding(ids, &self.p(tape, "model.embed_tokens.weight")?)?; // (B, T, C)
+        let mut x = embedding_chunks(ids, &self.p_chunks(tape, "model.embed_tokens.weight")?)?; // (B, T, C)
         for i in 0..self.cfg.num_hidden_layers {
             let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
@@ -176,11 +185,16 @@ impl Llama {
         if self.cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }
     }
 
-    /// Logits (rows, V) for hidden states (..., C).
+    /// Logits (rows, V) for hidden states (..., C). A head split into row chunks gives one
+    /// product per chunk ([`tied_head`]).
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.hidden_size;
         let rows = x.tensor().len() / c;
-        linear(&x.reshape(&[rows, c])?, &self.p(tape, self.head_name())?, None)
+        let x = x.reshape(&[rows, c])?;
+        match &self.p_chunks(tape, self.head_name())?[..] {
+            [w] => linear(&x, w, None),
+            chunks => tied_head(&x, chunks),
+        }
     }
 
     /// Logits (B·T, V) for ids (B, T).
@@ -192,7 +206,7 @@ impl Llama {
     /// One KV cache per layer.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let (hkv, d) = (Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
-        (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, hkv, d)).collect()
+        (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(self.params.gpu(), batch, max_len, hkv, d)).collect()
     }
 
     /// Inference with the KV cache; returns logits (B, V) of each row's last new token.
@@ -201,7 +215,7 @@ impl Llama {
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let c = self.cfg.hidden_size;
         let offset = caches.first().map(|k| k.len()).unwrap_or(0);
-        let mut x = embedding(ids, &self.p(None, "model.embed_tokens.weight")?)?;
+        let mut x = embedding_chunks(ids, &self.p_chunks(None, "model.embed_tokens.weight")?)?;
         for (i, cache) in caches.iter_mut().enumerate() {
             let h = rms_norm(&x, &self.p(None, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
             let q = self.proj(None, &h, i, "self_attn.q_proj")?.reshape(&[b, tn, hq, d])?;

@@ -104,7 +104,7 @@ impl Model {
         if cfg.target_modules.is_empty() {
             cfg.target_modules = LoraConfig::default_targets(&self.config());
         }
-        let lora = Lora::new(self.params().values().gpu(), &cfg, &self.lora_modules(), seed)?;
+        let lora = Lora::new(self.params().gpu(), &cfg, &self.lora_modules(), seed)?;
         *self.adapter_slot() = Some(lora);
         Ok(())
     }
@@ -157,7 +157,7 @@ impl Model {
     /// every tensor's name and shape is checked against this model.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
         self.check_no_adapter()?;
-        let lora = Lora::load(self.params().values().gpu(), dir, &self.lora_modules())?;
+        let lora = Lora::load(self.params().gpu(), dir, &self.lora_modules())?;
         *self.adapter_slot() = Some(lora);
         Ok(())
     }

@@ -85,7 +85,7 @@ pub struct SftReport {
 
 /// Upload a batch: ids (B, T), targets and mask (B·T).
 pub fn upload(model: &Model, b: &LmBatch) -> Result<(Tensor, Tensor, Tensor)> {
-    let gpu = model.params().values().gpu();
+    let gpu = model.params().gpu();
     Ok((
         Tensor::from_u32(gpu, &b.ids, &[b.batch, b.seq])?,
         Tensor::from_u32(gpu, &b.targets, &[b.batch * b.seq])?,
