@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Recompute each transformer block of the policy in the backward instead of keeping its
+    /// activations (less memory, one more forward per step; same losses and gradients).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainConfig {
@@ -48,6 +52,7 @@ impl Default for TrainConfig {
             adamw: AdamWConfig { max_grad_norm: Some(1.0), weight_decay: 0.0, ..AdamWConfig::default() },
             seed: 0,
             out_dir: None,
+            checkpoint_activations: false,
             progress: false,
         }
     }
@@ -163,6 +168,7 @@ pub(crate) fn run_steps(
     if cfg.steps == 0 || cfg.batch_size == 0 {
         return Err(Error::config(name, format!("steps {} and batch size {} must be positive", cfg.steps, cfg.batch_size)));
     }
+    model.set_checkpointing(cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;

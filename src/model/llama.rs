@@ -18,16 +18,20 @@ use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
 use crate::ops::rope::rope;
 use crate::params::{ParamSpec, ParamStore};
-use crate::tape::{Tape, Var};
+use crate::tape::{checkpoint, Tape, Var};
+use std::cell::Cell;
 use crate::tensor::Tensor;
 use crate::Gpu;
 
 /// A Llama-family model: config and parameters in one flat store, and optionally a LoRA adapter
-/// (then only the adapter trains).
+/// (then only the adapter trains). Cloning shares the store.
+#[derive(Clone)]
 pub struct Llama {
     pub cfg: LlamaConfig,
     pub params: ParamStore,
     pub adapter: Option<Lora>,
+    /// Recompute each block in the backward instead of keeping its activations.
+    pub checkpoint_activations: Cell<bool>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -114,13 +118,13 @@ impl Llama {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Llama { cfg, params, adapter: None })
+        Ok(Llama { cfg, params, adapter: None, checkpoint_activations: Cell::new(false) })
     }
 
     /// A model over an already filled store (checkpoint loading).
     pub fn from_params(cfg: LlamaConfig, params: ParamStore) -> Result<Llama> {
         Self::check(&cfg)?;
-        Ok(Llama { cfg, params, adapter: None })
+        Ok(Llama { cfg, params, adapter: None, checkpoint_activations: Cell::new(false) })
     }
 
     /// A parameter as a Var: on the tape when `tape` is given and no adapter is attached, else
@@ -162,21 +166,32 @@ impl Llama {
         add(x, &self.proj(tape, &swiglu(&g, &u)?, i, "mlp.down_proj")?)
     }
 
-    /// Final hidden states norm(x), (B, T, C), for ids (B, T).
-    pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
-        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+    /// Block `i` on x (B, T, C): attention then the gated MLP, each with its residual.
+    fn block(&self, tape: Option<&Tape>, x: &Var, i: usize, key_mask: Option<&Tensor>) -> Result<Var> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let theta = self.cfg.rope_theta;
+        let h = rms_norm(x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
+        let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
+        let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
+        let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
+        let (q, k) = (rope(&q, theta, 0, None)?, rope(&k, theta, 0, None)?);
+        let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
+        let x = add(x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
+        self.mlp(tape, &x, i)
+    }
+
+    /// Final hidden states norm(x), (B, T, C), for ids (B, T).
+    pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
         let mut x = embedding_chunks(ids, &self.p_chunks(tape, "model.embed_tokens.weight")?)?; // (B, T, C)
         for i in 0..self.cfg.num_hidden_layers {
-            let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
-            let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
-            let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
-            let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
-            let (q, k) = (rope(&q, theta, 0, None)?, rope(&k, theta, 0, None)?);
-            let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
-            x = add(&x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
-            x = self.mlp(tape, &x, i)?;
+            x = match tape {
+                Some(tape) if self.checkpoint_activations.get() => {
+                    let (me, mask) = (self.clone(), key_mask.cloned());
+                    checkpoint(tape, &x, move |tape, x| me.block(tape, x, i, mask.as_ref()))?
+                }
+                _ => self.block(tape, &x, i, key_mask)?,
+            };
         }
         rms_norm(&x, &self.p(tape, "model.norm.weight")?, self.cfg.rms_norm_eps)
     }

@@ -162,6 +162,16 @@ impl Model {
         Ok(())
     }
 
+    /// Recompute each transformer block in the backward instead of keeping its activations
+    /// (activation checkpointing: only block inputs stay alive between forward and backward).
+    /// Losses and gradients are bit-identical either way; the backward costs one more forward.
+    pub fn set_checkpointing(&self, on: bool) {
+        match self {
+            Model::Gpt(m) => m.checkpoint_activations.set(on),
+            Model::Llama(m) => m.checkpoint_activations.set(on),
+        }
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         match self {

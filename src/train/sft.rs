@@ -48,6 +48,10 @@ pub struct SftConfig {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Recompute each transformer block in the backward instead of keeping its activations
+    /// (less memory, one more forward per step; same losses and gradients).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for SftConfig {
@@ -66,6 +70,7 @@ impl Default for SftConfig {
             resume: false,
             seed: 0,
             progress: false,
+            checkpoint_activations: false,
         }
     }
 }
@@ -141,6 +146,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.seq_len > model.max_len() {
         return Err(Error::config("SFT", format!("batch {} x seq {} (the model takes up to {} tokens)", cfg.batch_size, cfg.seq_len, model.max_len())));
     }
+    model.set_checkpointing(cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;

@@ -26,6 +26,10 @@ pub struct CommonArgs {
     pub max_prompt_len: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Recompute each transformer block in the backward instead of keeping its activations:
+    /// less GPU memory, one more forward per step, the same losses and gradients.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
 }
 
 /// The checkpoint `dir` names: itself when it holds config.json, else the run's newest.
@@ -67,7 +71,7 @@ pub fn lengths(c: &CommonArgs, model: &Model) -> Result<(usize, usize)> {
 /// The trainers' shared settings; `warmup` steps of linear warmup, then cosine to lr/10.
 pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usize, schedule: Schedule, out: &Path) -> Result<TrainConfig> {
     let (max_len, max_prompt_len) = lengths(c, model)?;
-    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, ..Default::default() })
+    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, checkpoint_activations: c.checkpoint_activations, ..Default::default() })
 }
 
 /// Warmup over the first tenth of the run (at most 10 steps), cosine to lr/10.

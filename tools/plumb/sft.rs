@@ -54,6 +54,10 @@ pub struct SftArgs {
     /// Continue from `<out>/latest`.
     #[arg(long)]
     resume: bool,
+    /// Recompute each transformer block in the backward instead of keeping its activations:
+    /// less GPU memory, one more forward per step, the same losses and gradients.
+    #[arg(long)]
+    checkpoint_activations: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Samples to print at the end.
@@ -120,6 +124,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         resume: a.resume,
         seed: a.seed,
         progress: true,
+        checkpoint_activations: a.checkpoint_activations,
         ..SftConfig::default()
     };
     let report = sft::train(&model, train.as_ref(), eval.as_deref(), &cfg)?;
