@@ -169,6 +169,8 @@ pub(crate) fn run_steps(
         return Err(Error::config(name, format!("steps {} and batch size {} must be positive", cfg.steps, cfg.batch_size)));
     }
     model.set_checkpointing(cfg.checkpoint_activations);
+    // (pairs hold two rows each; the plan counts batch_size rows of max_len tokens)
+    crate::model::memory::remember_plan(model, cfg.batch_size, cfg.max_len, cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;

@@ -292,6 +292,12 @@ impl Gpu {
         self.0.max_binding
     }
 
+    /// The memory this device may use, if known: the forced [`GpuOptions::max_memory`], else
+    /// for a CPU adapter the system's available memory (wgpu does not report a GPU's).
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.0.max_memory.or_else(|| if self.is_cpu() { crate::model::memory::system_available() } else { None })
+    }
+
     /// Remember the run's memory plan (its text); an out-of-memory error quotes it.
     pub fn set_memory_plan(&self, plan: impl Into<String>) {
         *self.0.memory_plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.into());

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod gpt;
+pub mod memory;
 pub mod llama;
 pub mod presets;
 

@@ -147,6 +147,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
         return Err(Error::config("SFT", format!("batch {} x seq {} (the model takes up to {} tokens)", cfg.batch_size, cfg.seq_len, model.max_len())));
     }
     model.set_checkpointing(cfg.checkpoint_activations);
+    crate::model::memory::remember_plan(model, cfg.batch_size, cfg.seq_len, cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;
