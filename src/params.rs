@@ -206,10 +206,13 @@ impl std::fmt::Debug for ParamStore {
     }
 }
 
+/// The entries, the index by name, and (length, decay end) of each segment.
+type Laid = (Vec<ParamEntry>, HashMap<String, usize>, Vec<(usize, usize)>);
+
 /// Places the specs (decayed ones first) into segments of at most `limit` elements, splitting
 /// tensors bigger than one segment by rows. Returns the entries and, per segment, its length
 /// and decay end.
-fn lay_out(specs: &[ParamSpec], limit: usize) -> Result<(Vec<ParamEntry>, HashMap<String, usize>, Vec<(usize, usize)>)> {
+fn lay_out(specs: &[ParamSpec], limit: usize) -> Result<Laid> {
     const OP: &str = "ParamStore::new";
     let mut entries = Vec::with_capacity(specs.len());
     let mut by_name = HashMap::new();

@@ -143,6 +143,8 @@ pub fn plan(cfg: &ModelConfig, opts: &PlanOptions, max_binding: u64, budget: Opt
             let hits = |m: &LoraModule| targets.target_modules.iter().any(|t| m.name == *t || m.name.ends_with(&format!(".{t}")));
             let n: u64 = modules.iter().filter(|m| hits(m)).map(|m| padded(r * m.in_features) + padded(m.out_features * r)).sum();
             held.push(PlanItem { what: format!("LoRA adapter r={r} (f32)"), bytes: n });
+            // (the store allocates gradient buffers for the base too, which LoRA leaves unused)
+            held.push(PlanItem { what: "base gradients (allocated, unused by LoRA)".into(), bytes: weights });
             n
         }
         None => weights,
@@ -160,7 +162,7 @@ pub fn plan(cfg: &ModelConfig, opts: &PlanOptions, max_binding: u64, budget: Opt
     if opts.lora_rank.is_none() {
         temporaries.push(PlanItem { what: format!("embedding gradient ({vocab} x {c})"), bytes: 4 * vocab * c });
     }
-    temporaries.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    temporaries.sort_by_key(|i| std::cmp::Reverse(i.bytes));
     MemoryPlan {
         held,
         temporaries,
