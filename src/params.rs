@@ -349,6 +349,26 @@ impl ParamStore {
         v.tensors().iter().zip(g.tensors()).map(|(v, g)| tape.param(v.clone(), g.clone())).collect()
     }
 
+    /// Give the gradient buffers back (a frozen base under LoRA needs none: that is one more
+    /// copy of the model's size). From now on `grad`, `var` and the optimizer fail on this store
+    /// until [`ParamStore::restore_grads`].
+    pub fn release_grads(&mut self) -> Result<()> {
+        for s in &mut self.segments {
+            s.grads = Tensor::zeros(s.values.gpu(), &[ALIGN_ELEMS], DType::F32, "released gradients")?;
+        }
+        Ok(())
+    }
+
+    /// Zeroed gradient buffers again after [`ParamStore::release_grads`] (no-op otherwise).
+    pub fn restore_grads(&mut self) -> Result<()> {
+        for s in &mut self.segments {
+            if s.grads.len() != s.values.len() {
+                s.grads = Tensor::zeros(s.values.gpu(), s.values.shape(), DType::F32, "gradients")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Set every gradient (and the padding) to zero: one fill dispatch per segment.
     pub fn zero_grad(&self) -> Result<()> {
         self.segments.iter().try_for_each(|s| crate::ops::elementwise::fill(&s.grads, 0.0))

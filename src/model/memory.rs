@@ -143,8 +143,6 @@ pub fn plan(cfg: &ModelConfig, opts: &PlanOptions, max_binding: u64, budget: Opt
             let hits = |m: &LoraModule| targets.target_modules.iter().any(|t| m.name == *t || m.name.ends_with(&format!(".{t}")));
             let n: u64 = modules.iter().filter(|m| hits(m)).map(|m| padded(r * m.in_features) + padded(m.out_features * r)).sum();
             held.push(PlanItem { what: format!("LoRA adapter r={r} (f32)"), bytes: n });
-            // (the store allocates gradient buffers for the base too, which LoRA leaves unused)
-            held.push(PlanItem { what: "base gradients (allocated, unused by LoRA)".into(), bytes: weights });
             n
         }
         None => weights,

@@ -107,12 +107,26 @@ impl Model {
         }
         let lora = Lora::new(self.params().gpu(), &cfg, &self.lora_modules(), seed)?;
         *self.adapter_slot() = Some(lora);
-        Ok(())
+        self.params_mut().release_grads()
     }
 
-    /// Detach the adapter and return it (the model is the base model again).
+    fn params_mut(&mut self) -> &mut ParamStore {
+        match self {
+            Model::Gpt(m) => &mut m.params,
+            Model::Llama(m) => &mut m.params,
+        }
+    }
+
+    /// Detach the adapter and return it (the model is the base model again, with zeroed
+    /// gradient buffers: under the adapter the frozen base holds none).
     pub fn remove_lora(&mut self) -> Option<Lora> {
-        self.adapter_slot().take()
+        let lora = self.adapter_slot().take();
+        if let Err(e) = self.params_mut().restore_grads() {
+            // (out of memory here leaves the model usable for inference; training it fails
+            // later with the same error)
+            eprintln!("plumb: could not restore the base model's gradient buffers: {e}");
+        }
+        lora
     }
 
     /// Switch the adapter on or off; off, a forward pass is the base model's (the DPO/PPO
@@ -160,7 +174,7 @@ impl Model {
         self.check_no_adapter()?;
         let lora = Lora::load(self.params().gpu(), dir, &self.lora_modules())?;
         *self.adapter_slot() = Some(lora);
-        Ok(())
+        self.params_mut().release_grads()
     }
 
     /// Recompute each transformer block in the backward instead of keeping its activations
