@@ -169,6 +169,7 @@ fn loss_of(model: &Model, tape: Option<&Tape>, ids: &Tensor, tg: &Tensor) -> plu
 
 /// One optimizer step on (ids, tg); returns the loss before and after it.
 fn train_step(gpu: &Gpu, model: &Model, ids: &Tensor, tg: &Tensor, lr: f32) -> (f32, f32) {
+    gpu.reset_peak();
     let mut opt = AdamW::new(model.trainable(), AdamWConfig { max_grad_norm: Some(1.0), ..Default::default() }).unwrap();
     let tape = Tape::new();
     let loss = loss_of(model, Some(&tape), ids, tg);
