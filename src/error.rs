@@ -16,9 +16,13 @@ pub enum Error {
     /// The adapter refused to open a device.
     #[error("could not open a device on adapter `{adapter}`: {msg}")]
     Device { adapter: String, msg: String },
-    /// A GPU allocation failed.
-    #[error("out of GPU memory allocating `{what}` ({bytes} bytes); try a smaller batch or model")]
-    OutOfMemory { what: String, bytes: u64 },
+    /// A GPU allocation failed: the tensor, its size, what plumb already held, and the run's
+    /// memory plan (see `plumb info --model`).
+    #[error(
+        "out of GPU memory allocating `{what}` ({bytes} bytes, with {held} bytes already in use); \
+         try a smaller batch, `--checkpoint-activations`, LoRA or a smaller model. Memory plan:\n{plan}"
+    )]
+    OutOfMemory { what: String, bytes: u64, held: u64, plan: String },
     /// A tensor is larger than one buffer or one binding may be on this adapter.
     #[error("`{what}` needs {bytes} bytes but this adapter allows at most {limit} bytes per {kind}")]
     TooLarge { what: String, bytes: u64, limit: u64, kind: &'static str },

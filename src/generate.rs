@@ -44,7 +44,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Re
     if total > model.max_len() {
         return Err(Error::config("generate", format!("prompt {p} + {} new tokens exceeds the model's {} positions", cfg.max_new_tokens, model.max_len())));
     }
-    let gpu = model.params().values().gpu().clone();
+    let gpu = model.params().gpu().clone();
     // The weights do not change while generating: CPU adapters keep their texture copies.
     let _frozen = gpu.freeze_textures(model.params().values());
     let mut ids = Vec::with_capacity(b * p);
@@ -104,7 +104,7 @@ pub fn generate_stream(model: &Model, prompt: &[u32], cfg: &GenerateConfig, on_t
     if cfg.max_new_tokens == 0 {
         return Ok(new);
     }
-    let gpu = model.params().values().gpu().clone();
+    let gpu = model.params().gpu().clone();
     let _frozen = gpu.freeze_textures(model.params().values());
     let mut caches = model.new_caches(1, total)?;
     let state = SampleState::new(&gpu, 1, &cfg.stop_ids, cfg.seed)?;

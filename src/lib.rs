@@ -23,6 +23,6 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{format_profile, FrozenTextures, Gpu, GpuOptions, KernelVariant, ProfileRow};
-pub use params::{ParamSpec, ParamStore};
+pub use params::{ParamSpec, ParamStore, RowChunks};
 pub use tape::{Grads, Tape, Var};
 pub use tensor::{DType, Tensor};

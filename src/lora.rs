@@ -104,7 +104,9 @@ pub fn tensor_name(module: &str, ab: &str) -> String {
 }
 
 /// An attached adapter: its config (targets resolved), the adapted modules and A/B for each in
-/// one flat store of its own.
+/// one flat store of its own. Cloning shares the store (a checkpointed block keeps a clone to
+/// recompute its forward in the backward).
+#[derive(Clone)]
 pub struct Lora {
     pub cfg: LoraConfig,
     pub params: ParamStore,

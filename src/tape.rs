@@ -186,6 +186,26 @@ impl Var {
         }
     }
 
+    /// Like [`Var::from_op`], but recorded on `tape` (while it records) even when no input is
+    /// on it: for ops whose backward has effects of its own, such as a checkpointed block that
+    /// adds its parameters' gradients (see [`checkpoint`]).
+    pub fn from_op_on(
+        tape: &Tape,
+        out: Tensor,
+        inputs: &[&Var],
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Var {
+        if !tape.recording() {
+            return Var::constant(out);
+        }
+        let ids = inputs
+            .iter()
+            .map(|v| v.node.as_ref().filter(|(t, _)| Rc::ptr_eq(&t.0, &tape.0)).map(|(_, id)| *id))
+            .collect();
+        let id = tape.push(Node { inputs: ids, backward: Some(Box::new(backward)), sink: None, keep: false });
+        Var { t: out, node: Some((tape.clone(), id)) }
+    }
+
     /// True when a gradient will flow into this value.
     pub fn requires_grad(&self) -> bool {
         self.node.is_some()
@@ -216,4 +236,25 @@ impl Var {
         let out = self.t.reshape(shape)?;
         Ok(Var::from_op(out, &[self], move |g| Ok(vec![Some(g.reshape(&old)?)])))
     }
+}
+
+/// Activation checkpointing: `f(x)` as ONE op on `tape` that keeps only its input. The forward
+/// runs `f(None, x)` (nothing recorded, the block's activations freed at once); the backward
+/// runs `f(Some(sub), x)` again on a fresh sub-tape, backpropagates the output gradient through
+/// it (parameter leaves add into their gradient buffers as usual) and hands back x's gradient.
+/// The recomputed forward is the same dispatches on the same values and the sub-tape walks the
+/// same nodes in the same order, so losses and gradients are bit-identical to not checkpointing.
+pub fn checkpoint(tape: &Tape, x: &Var, f: impl Fn(Option<&Tape>, &Var) -> Result<Var> + 'static) -> Result<Var> {
+    let out = f(None, &Var::constant(x.tensor().clone()))?;
+    let input = x.tensor().clone();
+    Ok(Var::from_op_on(tape, out.tensor().clone(), &[x], move |g| {
+        let sub = Tape::new();
+        let leaf = sub.var(input);
+        let y = f(Some(&sub), &leaf)?;
+        if !y.requires_grad() {
+            return Ok(vec![None]);
+        }
+        let grads = sub.backward_with(&y, g.clone())?;
+        Ok(vec![grads.get(&leaf).cloned()])
+    }))
 }

@@ -289,6 +289,21 @@ fn embedding_table() {
         |v| emb::embedding(v[0].tensor(), &v[1]),
         |d| emb::reference::embedding(&d[0].iter().map(|&i| i as u32).collect::<Vec<_>>(), &d[1], 130),
     ));
+    // A table split into row chunks (storage past the binding limit): 4 + 3 + 2 rows.
+    for c in [1usize, 33] {
+        cases.push(Case::new(
+            format!("embedding 3 row chunks C={c}"),
+            vec![fixed_index(&[ids.len()], ids.clone()), Input::f(&[4, c]), Input::f(&[3, c]), Input::f(&[2, c])],
+            |v| emb::embedding_chunks(v[0].tensor(), &v[1..]),
+            move |d| emb::reference::embedding(&d[0].iter().map(|&i| i as u32).collect::<Vec<_>>(), &d[1..].concat(), c),
+        ));
+        cases.push(Case::new(
+            format!("tied_head (5,{c}) 3 row chunks"),
+            vec![Input::f(&[5, c]), Input::f(&[4, c]), Input::f(&[3, c]), Input::f(&[2, c])],
+            |v| emb::tied_head(&v[0], &v[1..]),
+            move |d| emb::reference::tied_head(&d[0], &d[1..].concat(), c),
+        ));
+    }
     for (b, t, c, rows, offset) in [(1, 1, 1, 1, 0), (2, 5, 7, 9, 3), (3, 33, 130, 40, 0), (7, 1, 4, 64, 63)] {
         cases.push(Case::new(
             format!("add_positions ({b},{t},{c}) P={rows} offset {offset}"),

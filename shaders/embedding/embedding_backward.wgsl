@@ -4,14 +4,20 @@
 //               the same id (or N), links[2n+1] = 1 if n is the first token with its id.
 //               O(N^2) compares of cached u32s: cheap next to the matmuls for N up to ~10^4-10^5.
 //   accumulate: one thread per (first token n, channel c) follows the chain from n and writes
-//               d_table[ids[n], c]. Rows of ids that do not occur are zeroed beforehand by the
-//               host code; ids >= V get no gradient.
+//               d_table[ids[n] - row_start, c] when the id lies in the row chunk
+//               row_start .. row_start + rows (an unsplit table: 0 .. V). Rows of ids that do
+//               not occur are zeroed beforehand by the host code; ids >= V get no gradient.
+//               The links are computed once and serve every chunk.
 
 struct Params {
     tokens: u32,
     cols: u32,
-    vocab: u32,
-    _pad: u32,
+    row_start: u32,
+    rows: u32,
+    zero_outside: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +52,9 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let n = i / p.cols;
     let c = i % p.cols;
     let id = ids[n];
-    if (links[2u * n + 1u] == 0u || id >= p.vocab) { return; }
+    // (unsigned: ids below row_start wrap past rows)
+    let row = id - p.row_start;
+    if (links[2u * n + 1u] == 0u || row >= p.rows) { return; }
     // accumulate: the chain of tokens with this id, in token order
     var s = 0.0;
     var k = n;
@@ -55,5 +63,5 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         k = links[2u * k];
     }
     // store
-    dtable[id * p.cols + c] = s;
+    dtable[row * p.cols + c] = s;
 }

@@ -47,6 +47,10 @@ pub struct TrainConfig {
     /// Per-step callback and cancel flag; a stopped run saves a checkpoint under `out_dir`.
     #[serde(skip)]
     pub control: RunControl,
+    /// Recompute each transformer block of the policy in the backward instead of keeping its
+    /// activations (less memory, one more forward per step; same losses and gradients).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +64,7 @@ impl Default for TrainConfig {
             adamw: AdamWConfig { max_grad_norm: Some(1.0), weight_decay: 0.0, ..AdamWConfig::default() },
             seed: 0,
             out_dir: None,
+            checkpoint_activations: false,
             progress: false,
             run: RunOptions::default(),
             resume: false,
@@ -202,6 +207,9 @@ pub(crate) fn run_steps(
     if cfg.steps == 0 || cfg.batch_size == 0 {
         return Err(Error::config(name, format!("steps {} and batch size {} must be positive", cfg.steps, cfg.batch_size)));
     }
+    model.set_checkpointing(cfg.checkpoint_activations);
+    // (pairs hold two rows each; the plan counts batch_size rows of max_len tokens)
+    crate::model::memory::remember_plan(model, cfg.batch_size, cfg.max_len, cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;

@@ -82,7 +82,7 @@ impl Dpo {
         if n == 0 {
             return Err(Error::config("DPO", "no preference pairs"));
         }
-        let gpu = policy.params().values().gpu().clone();
+        let gpu = policy.params().gpu().clone();
         let b = cfg.train.batch_size;
         let mut loss_cfg = cfg.loss.clone();
         let uses_bco = loss_cfg.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair);
@@ -150,7 +150,7 @@ fn logps_and_logit_sums(model: &Model, tape: &Tape, s: &SeqTensors) -> Result<(c
 /// and store them in the file (atomically), so DPO can train with `Reference::Precomputed` and
 /// one model in memory. Returns the number of pairs.
 pub fn precompute_reference(reference: &Model, path: &Path, cfg: &DpoTrainConfig) -> Result<usize> {
-    let gpu = reference.params().values().gpu().clone();
+    let gpu = reference.params().gpu().clone();
     let (values, provenance) = {
         let data = PreferenceDataset::open(path)?;
         let provenance = super::provenance::ReferenceProvenance::of(reference, data.dataset(), cfg)?;

@@ -113,7 +113,7 @@ impl Grpo {
         if use_ref && matches!(reference, Reference::None | Reference::Precomputed) {
             return Err(Error::config("GRPO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
         }
-        let gpu = policy.params().values().gpu().clone();
+        let gpu = policy.params().gpu().clone();
         let loss_cfg = GrpoLossConfig {
             loss_type: cfg.loss_type,
             importance_sampling_level: cfg.importance_sampling_level,

@@ -178,7 +178,7 @@ impl Kto {
         if matches!(reference, Reference::Precomputed) {
             return Err(Error::config("KTO reference", "precomputed reference log-probs are not supported for KTO; use a reference model or LoRA adapters"));
         }
-        let gpu = policy.params().values().gpu().clone();
+        let gpu = policy.params().gpu().clone();
         let describe = serde_json::json!({
             "beta": cfg.loss.beta,
             "loss_type": cfg.loss.loss_type.name(),

@@ -153,7 +153,7 @@ impl Ppo {
         if cfg.minibatches == 0 || !b.is_multiple_of(cfg.minibatches) || cfg.ppo_epochs == 0 {
             return Err(Error::config("PPO", format!("{} minibatches must divide the batch of {b}; epochs {} must be positive", cfg.minibatches, cfg.ppo_epochs)));
         }
-        let gpu = policy.params().values().gpu().clone();
+        let gpu = policy.params().gpu().clone();
         let head = ValueHead::new(&gpu, policy.hidden_size())?;
         let mut head_opt = AdamW::new(&head.params, AdamWConfig { ..cfg.train.adamw })?;
         let mut kl_coef = cfg.kl_coef;
@@ -195,7 +195,7 @@ impl Ppo {
     /// Score a rollout: old log-probs and values, reference KL, rewards, GAE, whitening.
     fn score(&self, policy: &Model, head: &ValueHead, ro: &Rollout, rewards: &Rewards, reference: &Reference, kl_coef: f32) -> Result<Scored> {
         let cfg = &self.cfg;
-        let gpu = policy.params().values().gpu();
+        let gpu = policy.params().gpu();
         let s = ro.batch.upload(gpu)?;
         let (b, t) = (s.rows, s.seq);
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
@@ -252,7 +252,7 @@ impl Ppo {
     /// One PPO update on the rollout rows `rows`; returns [loss, approxkl, clipfrac, pg, vf, vf clipfrac].
     #[allow(clippy::too_many_arguments)]
     fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32) -> Result<Vec<f32>> {
-        let gpu = policy.params().values().gpu();
+        let gpu = policy.params().gpu();
         let t = ro.batch.seq;
         let sub = select_rows(&ro.batch, rows);
         let s = sub.upload(gpu)?;

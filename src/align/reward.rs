@@ -56,7 +56,7 @@ impl RewardModel {
     /// whose head is N(0, 0.02) (HF's init), deterministic in `seed`.
     pub fn from_model(base: &Model, seed: u64) -> Result<RewardModel> {
         let cfg = base.config();
-        let store = ParamStore::new(base.params().values().gpu(), &specs(&cfg))?;
+        let store = ParamStore::new(base.params().gpu(), &specs(&cfg))?;
         let c = base.hidden_size();
         let mut tensors = base.params().read_all()?;
         tensors.push((SCORE.to_string(), vec![1, c], normal(c, 0.02, seed ^ 0x5c0e)));
@@ -78,7 +78,7 @@ impl RewardModel {
 
     /// Score token rows (prompt ++ completion), `batch` at a time; returns one reward per row.
     pub fn score_rows(&self, rows: &[(&[u32], &[u32])], max_len: usize, pad: u32, batch: usize) -> Result<Vec<f32>> {
-        let gpu = self.model.params().values().gpu();
+        let gpu = self.model.params().gpu();
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(batch.max(1)) {
             let s = SeqBatch::right_padded(chunk, max_len, max_len - 1, pad)?.upload(gpu)?;
@@ -171,7 +171,7 @@ impl Reward {
         if n == 0 {
             return Err(Error::config("reward training", "no preference pairs"));
         }
-        let gpu = rm.model.params().values().gpu().clone();
+        let gpu = rm.model.params().gpu().clone();
         let b = cfg.train.batch_size;
         run_steps("reward", &cfg.train, &rm.model, serde_json::to_value(cfg).expect("json"), |step, lr, opt| {
             let batch: Vec<_> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
@@ -194,7 +194,7 @@ impl Reward {
 
     /// Held-out accuracy and mean margin of `rm` on `pairs` (all of them).
     pub fn evaluate(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<(f32, f32)> {
-        let gpu = rm.model.params().values().gpu().clone();
+        let gpu = rm.model.params().gpu().clone();
         let (mut correct, mut margin) = (0usize, 0.0f64);
         let all: Vec<_> = (0..pairs.len()).map(|i| pairs.pair(i)).collect::<Result<_>>()?;
         for chunk in all.chunks(self.cfg.train.batch_size.max(1)) {

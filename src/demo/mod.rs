@@ -335,7 +335,7 @@ fn win_rate(a: &[f32], b: &[f32]) -> f32 {
 
 /// KL(π ‖ π_sft) per completion, estimated on π's own samples: mean of Σ_t log π − log π_sft.
 fn kl_to(model: &Model, sft: &Model, prompts: &[Vec<u32>], samples: &[Vec<u32>], pad: u32) -> Result<f32> {
-    let gpu = model.params().values().gpu();
+    let gpu = model.params().gpu();
     let mut total = 0.0f64;
     for (p, s) in prompts.chunks(32).zip(samples.chunks(32)) {
         let ps: Vec<&[u32]> = p.iter().map(Vec::as_slice).collect();

@@ -5,6 +5,10 @@
 //! Adapter choice: a discrete GPU, then an integrated one, then anything else (lavapipe).
 //! `PLUMB_BACKEND=vulkan|metal|dx12|gl` restricts the backend, `PLUMB_ADAPTER=<substring>`
 //! picks by name, and `PLUMB_KERNELS=register|tiled` overrides the kernel variant.
+//! `PLUMB_MAX_BINDING=4MiB` lays parameter stores out as if the adapter allowed at most that
+//! many bytes per buffer and storage binding, so the segmented and row-chunked storage paths of
+//! big models run with small ones on any adapter (tests, CI). `PLUMB_MAX_MEMORY=300MiB` caps
+//! the buffer pool (a run that would pass it fails with the out-of-memory error).
 
 mod kernels;
 mod pool;
@@ -53,6 +57,33 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Force a kernel variant instead of choosing by device type.
     pub kernels: Option<KernelVariant>,
+    /// Lay parameter stores out as if the adapter allowed at most this many bytes per buffer
+    /// and storage binding (when below its real limits), e.g. `Some(4 << 20)`: runs the
+    /// segmented and row-chunked paths of big models with small ones. Other tensors keep the
+    /// real limits. From `PLUMB_MAX_BINDING` (`4MiB`, `16KiB`, `1GiB`, or bytes).
+    pub max_binding: Option<u64>,
+    /// Fail allocations that would make the buffer pool hold more than this many bytes, with
+    /// the same out-of-memory error a full GPU gives: tests the error path, and keeps a run
+    /// inside a budget. From `PLUMB_MAX_MEMORY` (`300MiB`, ...).
+    pub max_memory: Option<u64>,
+}
+
+/// Parses a byte count with an optional binary unit: `4194304`, `4MiB`, `4M`, `512KiB`, `1GiB`.
+pub fn parse_bytes(what: &str, s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        u => return Err(Error::config(what, format!("`{s}`: unknown unit `{u}` (use B, KiB, MiB or GiB)"))),
+    };
+    let n: u64 = num.parse().map_err(|_| Error::config(what, format!("`{s}` is not a byte count such as 4MiB")))?;
+    n.checked_shl(shift)
+        .filter(|&b| b >> shift == n && b > 0)
+        .ok_or_else(|| Error::config(what, format!("`{s}` must be a positive size below 2^64 bytes")))
 }
 
 impl GpuOptions {
@@ -63,6 +94,8 @@ impl GpuOptions {
             backend: var("PLUMB_BACKEND"),
             adapter: var("PLUMB_ADAPTER"),
             kernels: var("PLUMB_KERNELS").map(|s| KernelVariant::parse(&s)).transpose()?,
+            max_binding: var("PLUMB_MAX_BINDING").map(|s| parse_bytes("PLUMB_MAX_BINDING", &s)).transpose()?,
+            max_memory: var("PLUMB_MAX_MEMORY").map(|s| parse_bytes("PLUMB_MAX_MEMORY", &s)).transpose()?,
         })
     }
 }
@@ -148,6 +181,12 @@ pub(crate) struct GpuInner {
     pub(crate) rec: Mutex<recorder::Recorder>,
     pub(crate) profiler: Mutex<profile::Profiler>,
     pub(crate) textures: Mutex<texture::TexturePool>,
+    /// Most bytes per parameter-store buffer: the adapter's limits or the forced one.
+    max_binding: u64,
+    /// Budget of the buffer pool in bytes ([`GpuOptions::max_memory`]).
+    pub(crate) max_memory: Option<u64>,
+    /// The memory plan of the run, quoted by out-of-memory errors (see [`Gpu::set_memory_plan`]).
+    pub(crate) memory_plan: Mutex<Option<String>>,
 }
 
 /// A handle to the opened device. Cheap to clone; every tensor keeps one.
@@ -220,6 +259,9 @@ impl Gpu {
             KernelVariant::Tiled
         });
         let limits = summary.limits.clone();
+        let real = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        // A multiple of 256, so that row chunks and segments keep their alignment.
+        let max_binding = (opts.max_binding.map_or(real, |m| m.min(real)) / 256 * 256).max(256);
         Ok(Gpu(Arc::new(GpuInner {
             device,
             queue,
@@ -230,6 +272,9 @@ impl Gpu {
             rec: Mutex::new(recorder::Recorder::new(&limits)),
             profiler: Mutex::new(profile::Profiler::from_env()),
             textures: Mutex::new(texture::TexturePool::default()),
+            max_binding,
+            max_memory: opts.max_memory,
+            memory_plan: Mutex::new(None),
         })))
     }
 
@@ -241,6 +286,25 @@ impl Gpu {
     /// The device's limits (the adapter's real ones).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.0.summary.limits
+    }
+
+    /// Most bytes one parameter-store buffer (and so one storage binding) holds here: the
+    /// smaller of the adapter's `max_buffer_size` and `max_storage_buffer_binding_size`, or the
+    /// forced [`GpuOptions::max_binding`], rounded down to 256. Bigger parameters are split by
+    /// rows ([`crate::params::RowChunks`]).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.0.max_binding
+    }
+
+    /// The memory this device may use, if known: the forced [`GpuOptions::max_memory`], else
+    /// for a CPU adapter the system's available memory (wgpu does not report a GPU's).
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.0.max_memory.or_else(|| if self.is_cpu() { crate::model::memory::system_available() } else { None })
+    }
+
+    /// Remember the run's memory plan (its text); an out-of-memory error quotes it.
+    pub fn set_memory_plan(&self, plan: impl Into<String>) {
+        *self.0.memory_plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.into());
     }
 
     /// True where f16 shaders can run on this device.

@@ -68,18 +68,13 @@ impl Drop for PoolBuffer {
 /// Take a buffer of at least `bytes` from the pool, or allocate one. `what` names the tensor in
 /// errors (out of memory, larger than the adapter allows).
 pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<PoolBuffer>> {
-    let limits = &gpu.summary.limits;
     let size = size_class(bytes);
-    let max_buf = limits.max_buffer_size;
-    if bytes > max_buf {
-        return Err(Error::TooLarge { what: what.into(), bytes, limit: max_buf, kind: "buffer" });
-    }
-    let max_bind = limits.max_storage_buffer_binding_size;
+    let max_bind = gpu.summary.limits.max_storage_buffer_binding_size.min(gpu.summary.limits.max_buffer_size);
     if bytes > max_bind {
         return Err(Error::TooLarge { what: what.into(), bytes, limit: max_bind, kind: "storage binding" });
     }
-    // A class may round past the limits; then allocate exactly (rounded to 256).
-    let size = if size > max_buf.min(max_bind) { bytes.div_ceil(256) * 256 } else { size };
+    // A class may round past the limit; then allocate exactly (rounded to 256).
+    let size = if size > max_bind { bytes.div_ceil(256) * 256 } else { size };
     let reused = {
         let mut p = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
         // The same class, else the smallest idle buffer of a larger one up to twice the size:
@@ -106,7 +101,7 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
                 Some(b) => b,
                 None => {
                     gpu.pool.lock().unwrap_or_else(|e| e.into_inner()).trim();
-                    create(gpu, size, what).ok_or_else(|| Error::OutOfMemory { what: what.into(), bytes: size })?
+                    create(gpu, size, what).ok_or_else(|| out_of_memory(gpu, what, size))?
                 }
             };
             let mut p = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,8 +114,27 @@ pub(crate) fn alloc(gpu: &Arc<GpuInner>, bytes: u64, what: &str) -> Result<Arc<P
     Ok(Arc::new(PoolBuffer { buffer: Some(buffer), size, gpu: gpu.clone() }))
 }
 
-/// Allocate a fresh buffer, catching out-of-memory in an error scope (None if it failed).
+/// The out-of-memory error for `what`: its size, what the pool holds and the run's plan.
+fn out_of_memory(gpu: &GpuInner, what: &str, bytes: u64) -> Error {
+    let in_use = gpu.pool.lock().unwrap_or_else(|e| e.into_inner()).in_use_bytes;
+    let plan = gpu.memory_plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Error::OutOfMemory {
+        what: what.into(),
+        bytes,
+        held: in_use,
+        plan: plan.unwrap_or_else(|| "no memory plan was set (`plumb info --model ...` prints one)".into()),
+    }
+}
+
+/// Allocate a fresh buffer, catching out-of-memory in an error scope (None if it failed, or
+/// if the pool would pass its budget).
 fn create(gpu: &GpuInner, size: u64, what: &str) -> Option<wgpu::Buffer> {
+    if let Some(budget) = gpu.max_memory {
+        let p = gpu.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if p.in_use_bytes + p.cached_bytes + size > budget {
+            return None;
+        }
+    }
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let b = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(what),

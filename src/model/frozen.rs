@@ -55,7 +55,7 @@ impl FrozenBase {
     /// transposed first), one tensor at a time through the host. Returns the frozen matrices and
     /// a new store holding every other parameter; the caller drops the old store.
     pub fn freeze(params: &ParamStore, names: &[String], transposed: &[String], kind: StoredType) -> Result<(FrozenBase, ParamStore)> {
-        let gpu = params.values().gpu().clone();
+        let gpu = params.gpu().clone();
         let mut frozen = FrozenBase::default();
         let mut rest = Vec::new();
         for e in params.entries() {

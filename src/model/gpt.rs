@@ -14,16 +14,18 @@ use super::frozen::FrozenBase;
 use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
-use crate::ops::embedding::{add_positions, embedding};
+use crate::ops::embedding::{add_positions, embedding_chunks, tied_head};
 use crate::ops::matmul::matmul;
 use crate::ops::norm::layer_norm;
 use crate::params::{ParamSpec, ParamStore};
-use crate::tape::{Tape, Var};
+use crate::tape::{checkpoint, Tape, Var};
+use std::cell::Cell;
 use crate::tensor::Tensor;
 use crate::Gpu;
 
 /// A GPT-2 model: its config and all its parameters in one flat store, and optionally a LoRA
-/// adapter (then only the adapter trains).
+/// adapter (then only the adapter trains). Cloning shares the store.
+#[derive(Clone)]
 pub struct Gpt {
     pub cfg: GptConfig,
     pub params: ParamStore,
@@ -31,6 +33,8 @@ pub struct Gpt {
     /// Weight matrices kept in stored form (`Model::freeze_base`, Conv1D weights transposed to
     /// (out, in)); they are not in `params`.
     pub frozen: Option<FrozenBase>,
+    /// Recompute each block in the backward instead of keeping its activations.
+    pub checkpoint_activations: Cell<bool>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -110,13 +114,13 @@ impl Gpt {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Gpt { cfg, params, adapter: None, frozen: None })
+        Ok(Gpt { cfg, params, adapter: None, frozen: None, checkpoint_activations: Cell::new(false) })
     }
 
     /// A model whose parameters come from a store already filled (checkpoint loading).
     pub fn from_params(cfg: GptConfig, params: ParamStore) -> Result<Gpt> {
         Self::check(&cfg)?;
-        Ok(Gpt { cfg, params, adapter: None, frozen: None })
+        Ok(Gpt { cfg, params, adapter: None, frozen: None, checkpoint_activations: Cell::new(false) })
     }
 
     fn gelu_kind(&self) -> GeluKind {
@@ -141,7 +145,16 @@ impl Gpt {
     fn embed(&self, tape: Option<&Tape>, ids: &Tensor) -> Result<Var> {
         match self.frozen("transformer.wte.weight") {
             Some(q) => Ok(Var::constant(quant_embedding(ids, q)?)),
-            None => embedding(ids, &self.p(tape, "transformer.wte.weight")?),
+            None => embedding_chunks(ids, &self.p_chunks(tape, "transformer.wte.weight")?),
+        }
+    }
+
+    /// A parameter split into row chunks (a table bigger than one binding) as one Var per
+    /// chunk, on the tape or constant as [`Self::p`].
+    fn p_chunks(&self, tape: Option<&Tape>, name: &str) -> Result<Vec<Var>> {
+        match tape {
+            Some(t) if self.adapter.is_none() => self.params.chunk_vars(t, name),
+            _ => Ok(self.params.value_chunks(name)?.tensors().iter().cloned().map(Var::constant).collect()),
         }
     }
 
@@ -170,6 +183,19 @@ impl Gpt {
         gelu_conv1d(h, self.gelu_kind(), &self.p(tape, &format!("{name}.weight"))?, &self.p(tape, &format!("{name}.bias"))?)
     }
 
+    /// Block `i` on x (B, T, C): `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`.
+    fn block(&self, tape: Option<&Tape>, x: &Var, i: usize, key_mask: Option<&Tensor>) -> Result<Var> {
+        let (h, eps) = (self.cfg.n_head, self.cfg.layer_norm_epsilon);
+        let w = |n: &str| self.p(tape, &layer(i, n));
+        let hn = layer_norm(x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
+        let qkv = self.conv(tape, &hn, i, "attn.c_attn")?; // (B, T, 3C)
+        let a = attention_fused_qkv(&qkv, h, h, key_mask, &AttentionConfig::default())?; // (B, T, C)
+        let x = add(x, &self.conv(tape, &a, i, "attn.c_proj")?)?;
+        let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
+        let h = self.conv(tape, &hn, i, "mlp.c_fc")?; // (B, T, 4C)
+        add(&x, &self.mlp_proj(tape, &h, i)?)
+    }
+
     /// The final hidden states ln_f(x), (B, T, C), for token ids (B, T). With a tape, every
     /// op is recorded for backward; without one nothing is. `key_mask` (B, T) u32 marks
     /// padding keys with 0.
@@ -178,19 +204,17 @@ impl Gpt {
         if t > self.cfg.n_positions {
             return Err(Error::shape("Gpt::forward", format!("sequence of {t} tokens, the model has {} positions", self.cfg.n_positions)));
         }
-        let (c, h, eps) = (self.cfg.n_embd, self.cfg.n_head, self.cfg.layer_norm_epsilon);
-        let attn_cfg = AttentionConfig::default();
+        let (c, eps) = (self.cfg.n_embd, self.cfg.layer_norm_epsilon);
         let mut x = self.embed(tape, ids)?; // (B, T, C)
         x = add_positions(&x, &self.p(tape, "transformer.wpe.weight")?, 0)?;
         for i in 0..self.cfg.n_layer {
-            let w = |n: &str| self.p(tape, &layer(i, n));
-            let hn = layer_norm(&x, &w("ln_1.weight")?, &w("ln_1.bias")?, eps)?;
-            let qkv = self.conv(tape, &hn, i, "attn.c_attn")?; // (B, T, 3C)
-            let a = attention_fused_qkv(&qkv, h, h, key_mask, &attn_cfg)?; // (B, T, C)
-            x = add(&x, &self.conv(tape, &a, i, "attn.c_proj")?)?;
-            let hn = layer_norm(&x, &w("ln_2.weight")?, &w("ln_2.bias")?, eps)?;
-            let h = self.conv(tape, &hn, i, "mlp.c_fc")?; // (B, T, 4C)
-            x = add(&x, &self.mlp_proj(tape, &h, i)?)?;
+            x = match tape {
+                Some(tape) if self.checkpoint_activations.get() => {
+                    let (me, mask) = (self.clone(), key_mask.cloned());
+                    checkpoint(tape, &x, move |tape, x| me.block(tape, x, i, mask.as_ref()))?
+                }
+                _ => self.block(tape, &x, i, key_mask)?,
+            };
         }
         let x = layer_norm(&x, &self.p(tape, "transformer.ln_f.weight")?, &self.p(tape, "transformer.ln_f.bias")?, eps)?;
         debug_assert_eq!(x.shape(), &[b, t, c]);
@@ -203,14 +227,18 @@ impl Gpt {
         self.lm_head(tape, &x)
     }
 
-    /// Logits for hidden states (..., C): (rows, V).
+    /// Logits for hidden states (..., C): (rows, V). A table split into row chunks gives one
+    /// product per chunk ([`tied_head`]).
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.n_embd;
         let rows = x.tensor().len() / c;
         let x = x.reshape(&[rows, c])?;
         match self.frozen("transformer.wte.weight") {
             Some(q) => quant_linear(&x, q, None),
-            None => matmul(&x, &self.p(tape, "transformer.wte.weight")?, false, true),
+            None => match &self.p_chunks(tape, "transformer.wte.weight")?[..] {
+                [wte] => matmul(&x, wte, false, true),
+                chunks => tied_head(&x, chunks),
+            },
         }
     }
 
@@ -219,14 +247,14 @@ impl Gpt {
     pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
         match self.frozen("transformer.wte.weight") {
             Some(q) => crate::ops::vocab_head::vocab_head_stored(x, q, labels),
-            None => crate::ops::vocab_head::vocab_head(x, &[self.p(tape, "transformer.wte.weight")?], labels),
+            None => crate::ops::vocab_head::vocab_head(x, &self.p_chunks(tape, "transformer.wte.weight")?, labels),
         }
     }
 
     /// One KV cache per layer for batched generation of up to `max_len` tokens.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let hd = self.cfg.n_embd / self.cfg.n_head;
-        (0..self.cfg.n_layer).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, self.cfg.n_head, hd)).collect()
+        (0..self.cfg.n_layer).map(|_| KvCache::new(self.params.gpu(), batch, max_len, self.cfg.n_head, hd)).collect()
     }
 
     /// Inference step with the KV cache: ids (B, T_new) at positions cache.len()..; returns the

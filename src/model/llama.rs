@@ -14,24 +14,28 @@ use crate::nn::normal;
 use crate::ops::activation::swiglu;
 use crate::ops::attention::{attention, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
-use crate::ops::embedding::embedding;
+use crate::ops::embedding::{embedding_chunks, tied_head};
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
 use crate::ops::quant::{quant_embedding, quant_linear, QuantTensor};
 use crate::ops::rope::{rope, rope_table};
 use crate::params::{ParamSpec, ParamStore};
-use crate::tape::{Tape, Var};
+use crate::tape::{checkpoint, Tape, Var};
+use std::cell::Cell;
 use crate::tensor::Tensor;
 use crate::Gpu;
 
 /// A Llama-family model: config and parameters in one flat store, and optionally a LoRA adapter
-/// (then only the adapter trains).
+/// (then only the adapter trains). Cloning shares the store.
+#[derive(Clone)]
 pub struct Llama {
     pub cfg: LlamaConfig,
     pub params: ParamStore,
     pub adapter: Option<Lora>,
     /// Weight matrices kept in stored form (`Model::freeze_base`); they are not in `params`.
     pub frozen: Option<FrozenBase>,
+    /// Recompute each block in the backward instead of keeping its activations.
+    pub checkpoint_activations: Cell<bool>,
 }
 
 fn layer(i: usize, name: &str) -> String {
@@ -118,13 +122,13 @@ impl Llama {
             };
             params.set(&s.name, &data)?;
         }
-        Ok(Llama { cfg, params, adapter: None, frozen: None })
+        Ok(Llama { cfg, params, adapter: None, frozen: None, checkpoint_activations: Cell::new(false) })
     }
 
     /// A model over an already filled store (checkpoint loading).
     pub fn from_params(cfg: LlamaConfig, params: ParamStore) -> Result<Llama> {
         Self::check(&cfg)?;
-        Ok(Llama { cfg, params, adapter: None, frozen: None })
+        Ok(Llama { cfg, params, adapter: None, frozen: None, checkpoint_activations: Cell::new(false) })
     }
 
     /// A parameter as a Var: on the tape when `tape` is given and no adapter is attached, else
@@ -145,7 +149,16 @@ impl Llama {
     fn embed(&self, tape: Option<&Tape>, ids: &Tensor) -> Result<Var> {
         match self.frozen("model.embed_tokens.weight") {
             Some(q) => Ok(Var::constant(quant_embedding(ids, q)?)),
-            None => embedding(ids, &self.p(tape, "model.embed_tokens.weight")?),
+            None => embedding_chunks(ids, &self.p_chunks(tape, "model.embed_tokens.weight")?),
+        }
+    }
+
+    /// A parameter split into row chunks (a table bigger than one binding) as one Var per
+    /// chunk, on the tape or constant as [`Self::p`].
+    fn p_chunks(&self, tape: Option<&Tape>, name: &str) -> Result<Vec<Var>> {
+        match tape {
+            Some(t) if self.adapter.is_none() => self.params.chunk_vars(t, name),
+            _ => Ok(self.params.value_chunks(name)?.tensors().iter().cloned().map(Var::constant).collect()),
         }
     }
 
@@ -178,7 +191,7 @@ impl Llama {
         let Some(s) = &self.cfg.rope_scaling else { return Ok(None) };
         let d = Self::head_dim(&self.cfg);
         let f: Vec<f32> = s.inv_freq(self.cfg.rope_theta as f64, d).iter().map(|&v| v as f32).collect();
-        Tensor::from_f32(self.params.values().gpu(), &f, &[d / 2]).map(Some)
+        Tensor::from_f32(self.params.gpu(), &f, &[d / 2]).map(Some)
     }
 
     /// RoPE on (B, T, H, D) at positions offset + t, with the scaled frequencies when given.
@@ -189,21 +202,33 @@ impl Llama {
         }
     }
 
+    /// Block `i` on x (B, T, C): attention then the gated MLP, each with its residual; `freqs`
+    /// are the scaled RoPE frequencies when the config has `rope_scaling`.
+    fn block(&self, tape: Option<&Tape>, x: &Var, i: usize, key_mask: Option<&Tensor>, freqs: &Option<Tensor>) -> Result<Var> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
+        let h = rms_norm(x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
+        let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
+        let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
+        let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
+        let (q, k) = (self.rope(&q, freqs, 0)?, self.rope(&k, freqs, 0)?);
+        let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
+        let x = add(x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
+        self.mlp(tape, &x, i)
+    }
+
     /// Final hidden states norm(x), (B, T, C), for ids (B, T).
     pub fn hidden(&self, tape: Option<&Tape>, ids: &Tensor, key_mask: Option<&Tensor>) -> Result<Var> {
-        let (b, t) = (ids.shape()[0], ids.shape()[1]);
-        let (hq, hkv, d) = (self.cfg.num_attention_heads, Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
         let freqs = self.rope_freqs()?;
         let mut x = self.embed(tape, ids)?; // (B, T, C)
         for i in 0..self.cfg.num_hidden_layers {
-            let h = rms_norm(&x, &self.p(tape, &layer(i, "input_layernorm.weight"))?, self.cfg.rms_norm_eps)?;
-            let q = self.proj(tape, &h, i, "self_attn.q_proj")?.reshape(&[b, t, hq, d])?;
-            let k = self.proj(tape, &h, i, "self_attn.k_proj")?.reshape(&[b, t, hkv, d])?;
-            let v = self.proj(tape, &h, i, "self_attn.v_proj")?.reshape(&[b, t, hkv, d])?;
-            let (q, k) = (self.rope(&q, &freqs, 0)?, self.rope(&k, &freqs, 0)?);
-            let a = attention(&q, &k, &v, key_mask, &AttentionConfig::default())?.reshape(&[b, t, hq * d])?;
-            x = add(&x, &self.proj(tape, &a, i, "self_attn.o_proj")?)?;
-            x = self.mlp(tape, &x, i)?;
+            x = match tape {
+                Some(tape) if self.checkpoint_activations.get() => {
+                    let (me, mask, f) = (self.clone(), key_mask.cloned(), freqs.clone());
+                    checkpoint(tape, &x, move |tape, x| me.block(tape, x, i, mask.as_ref(), &f))?
+                }
+                _ => self.block(tape, &x, i, key_mask, &freqs)?,
+            };
         }
         rms_norm(&x, &self.p(tape, "model.norm.weight")?, self.cfg.rms_norm_eps)
     }
@@ -212,14 +237,18 @@ impl Llama {
         if self.cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }
     }
 
-    /// Logits (rows, V) for hidden states (..., C).
+    /// Logits (rows, V) for hidden states (..., C). A head split into row chunks gives one
+    /// product per chunk ([`tied_head`]).
     pub fn lm_head(&self, tape: Option<&Tape>, x: &Var) -> Result<Var> {
         let c = self.cfg.hidden_size;
         let rows = x.tensor().len() / c;
         let x = x.reshape(&[rows, c])?;
         match self.frozen(self.head_name()) {
             Some(q) => quant_linear(&x, q, None),
-            None => linear(&x, &self.p(tape, self.head_name())?, None),
+            None => match &self.p_chunks(tape, self.head_name())?[..] {
+                [w] => linear(&x, w, None),
+                chunks => tied_head(&x, chunks),
+            },
         }
     }
 
@@ -234,14 +263,14 @@ impl Llama {
     pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
         match self.frozen(self.head_name()) {
             Some(q) => crate::ops::vocab_head::vocab_head_stored(x, q, labels),
-            None => crate::ops::vocab_head::vocab_head(x, &[self.p(tape, self.head_name())?], labels),
+            None => crate::ops::vocab_head::vocab_head(x, &self.p_chunks(tape, self.head_name())?, labels),
         }
     }
 
     /// One KV cache per layer.
     pub fn new_caches(&self, batch: usize, max_len: usize) -> Result<Vec<KvCache>> {
         let (hkv, d) = (Self::kv_heads(&self.cfg), Self::head_dim(&self.cfg));
-        (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(self.params.values().gpu(), batch, max_len, hkv, d)).collect()
+        (0..self.cfg.num_hidden_layers).map(|_| KvCache::new(self.params.gpu(), batch, max_len, hkv, d)).collect()
     }
 
     /// Inference with the KV cache; returns logits (B, V) of each row's last new token.

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod frozen;
 pub mod gpt;
+pub mod memory;
 pub mod llama;
 pub mod presets;
 
@@ -106,14 +107,28 @@ impl Model {
         if cfg.target_modules.is_empty() {
             cfg.target_modules = LoraConfig::default_targets(&self.config());
         }
-        let lora = Lora::new(self.params().values().gpu(), &cfg, &self.lora_modules(), seed)?;
+        let lora = Lora::new(self.params().gpu(), &cfg, &self.lora_modules(), seed)?;
         *self.adapter_slot() = Some(lora);
-        Ok(())
+        self.params_mut().release_grads()
     }
 
-    /// Detach the adapter and return it (the model is the base model again).
+    fn params_mut(&mut self) -> &mut ParamStore {
+        match self {
+            Model::Gpt(m) => &mut m.params,
+            Model::Llama(m) => &mut m.params,
+        }
+    }
+
+    /// Detach the adapter and return it (the model is the base model again, with zeroed
+    /// gradient buffers: under the adapter the frozen base holds none).
     pub fn remove_lora(&mut self) -> Option<Lora> {
-        self.adapter_slot().take()
+        let lora = self.adapter_slot().take();
+        if let Err(e) = self.params_mut().restore_grads() {
+            // (out of memory here leaves the model usable for inference; training it fails
+            // later with the same error)
+            eprintln!("plumb: could not restore the base model's gradient buffers: {e}");
+        }
+        lora
     }
 
     /// Switch the adapter on or off; off, a forward pass is the base model's (the DPO/PPO
@@ -147,7 +162,7 @@ impl Model {
                 (specs.into_iter().filter(|s| s.shape.len() == 2).map(|s| s.name).collect(), vec![])
             }
         };
-        let gpu = self.params().values().gpu().clone();
+        let gpu = self.params().gpu().clone();
         let (frozen, rest) = FrozenBase::freeze(self.params(), &names, &transposed, kind)?;
         match self {
             Model::Gpt(m) => (m.params, m.frozen) = (rest, Some(frozen)),
@@ -204,9 +219,19 @@ impl Model {
     /// every tensor's name and shape is checked against this model.
     pub fn load_lora(&mut self, dir: &Path) -> Result<()> {
         self.check_no_adapter()?;
-        let lora = Lora::load(self.params().values().gpu(), dir, &self.lora_modules())?;
+        let lora = Lora::load(self.params().gpu(), dir, &self.lora_modules())?;
         *self.adapter_slot() = Some(lora);
-        Ok(())
+        self.params_mut().release_grads()
+    }
+
+    /// Recompute each transformer block in the backward instead of keeping its activations
+    /// (activation checkpointing: only block inputs stay alive between forward and backward).
+    /// Losses and gradients are bit-identical either way; the backward costs one more forward.
+    pub fn set_checkpointing(&self, on: bool) {
+        match self {
+            Model::Gpt(m) => m.checkpoint_activations.set(on),
+            Model::Llama(m) => m.checkpoint_activations.set(on),
+        }
     }
 
     /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) and labels (...)

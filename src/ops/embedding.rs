@@ -1,4 +1,10 @@
-//! Embeddings: the token lookup `table[ids]` and GPT-2's learned position embeddings.
+//! Embeddings: the token lookup `table[ids]`, the tied output head `x · tableᵀ`, and GPT-2's
+//! learned position embeddings.
+//!
+//! A table bigger than one storage binding comes as [`RowChunks`] (see src/params.rs): the
+//! lookup runs once per chunk, each writing the rows of the ids it holds (the first also zeroes
+//! the rest), the backward computes the token links once and fills each chunk's gradient, and
+//! the tied head is one product per chunk written side by side into the logits.
 //!
 //! Token ids at or beyond the vocabulary size never read out of bounds: their output row is
 //! zero and they contribute no gradient. The table gradient is deterministic and uses no
@@ -12,6 +18,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, ShaderSource};
 use crate::shader;
+use crate::ops::elementwise::{add_into_last, slice_last_forward};
+use crate::ops::matmul::linear;
+use crate::params::RowChunks;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
 
@@ -30,8 +39,26 @@ const CPU_MAX_TOKENS: usize = 65535;
 struct TokenParams {
     tokens: u32,
     cols: u32,
-    vocab: u32,
-    _pad: u32,
+    /// First table row of the chunk.
+    row_start: u32,
+    /// Rows in the chunk.
+    rows: u32,
+    /// 1: outputs of ids outside the chunk are written as 0 (the first chunk).
+    zero_outside: u32,
+    _pad: [u32; 3],
+}
+
+impl TokenParams {
+    fn new(tokens: usize, cols: usize, row_start: usize, rows: usize, first: bool) -> TokenParams {
+        TokenParams {
+            tokens: tokens as u32,
+            cols: cols as u32,
+            row_start: row_start as u32,
+            rows: rows as u32,
+            zero_outside: first as u32,
+            _pad: [0; 3],
+        }
+    }
 }
 
 #[repr(C)]
@@ -57,20 +84,36 @@ fn table_dims(op: &'static str, table: &Tensor) -> Result<(usize, usize)> {
 /// `out[..., :] = table[ids[...], :]`: ids u32 (...), table (V, C), out (..., C). Ids >= V give
 /// rows of zeros.
 pub fn embedding_forward(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+    embedding_forward_chunks(ids, &RowChunks::whole(table.clone()))
+}
+
+/// [`embedding_forward`] over a table split into row chunks: one gather per chunk.
+pub fn embedding_forward_chunks(ids: &Tensor, table: &RowChunks) -> Result<Tensor> {
     ids.expect_dtype("embedding", DType::U32)?;
-    let (vocab, cols) = table_dims("embedding", table)?;
-    let gpu = table.gpu();
+    let mut cols = 0;
+    for t in table.tensors() {
+        cols = table_dims("embedding", t)?.1;
+    }
+    let gpu = ids.gpu();
     let mut shape = ids.shape().to_vec();
     shape.push(cols);
     let out = Tensor::empty(gpu, &shape, DType::F32, "embedding out")?;
-    let p = TokenParams { tokens: ids.len() as u32, cols: cols as u32, vocab: vocab as u32, _pad: 0 };
-    let binds = [out.binding(), ids.binding(), table.binding()];
-    gpu.dispatch(&Kernel::new(&EMBEDDING, "gather"), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(out.len(), 256))?;
+    for (k, (t, &start)) in table.tensors().iter().zip(table.starts()).enumerate() {
+        let p = TokenParams::new(ids.len(), cols, start, t.shape()[0], k == 0);
+        let binds = [out.binding(), ids.binding(), t.binding()];
+        gpu.dispatch(&Kernel::new(&EMBEDDING, "gather"), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(out.len(), 256))?;
+    }
     Ok(out)
 }
 
 /// The table gradient (V, C) from dout (..., C) and the ids (...). Deterministic, no atomics.
 pub fn embedding_backward(dout: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor> {
+    Ok(embedding_backward_chunks(dout, ids, &[(0, vocab)])?.remove(0))
+}
+
+/// The gradient of each row chunk `(first row, rows)` of the table, from dout (..., C) and the
+/// ids (...): the token links are computed once, then one pass per chunk.
+pub fn embedding_backward_chunks(dout: &Tensor, ids: &Tensor, chunks: &[(usize, usize)]) -> Result<Vec<Tensor>> {
     const OP: &str = "embedding_backward";
     ids.expect_dtype(OP, DType::U32)?;
     dout.expect_dtype(OP, DType::F32)?;
@@ -86,22 +129,71 @@ pub fn embedding_backward(dout: &Tensor, ids: &Tensor, vocab: usize) -> Result<T
              iterations) take at most {CPU_MAX_TOKENS} tokens per backward call"
         )));
     }
-    let dtable = Tensor::zeros(gpu, &[vocab, cols], DType::F32, "embedding dtable")?;
     let links = Tensor::empty(gpu, &[tokens, 2], DType::U32, "embedding token links")?;
-    let p = TokenParams { tokens: tokens as u32, cols: cols as u32, vocab: vocab as u32, _pad: 0 };
-    let params = bytemuck::bytes_of(&p);
-    gpu.dispatch(&Kernel::new(&EMBEDDING_BACKWARD, "link"), params, &[links.binding(), ids.binding()], gpu.groups_1d(tokens, 64))?;
-    let binds = [links.binding(), ids.binding(), dtable.binding(), dout.binding()];
-    gpu.dispatch(&Kernel::new(&EMBEDDING_BACKWARD, "accumulate"), params, &binds, gpu.groups_1d(tokens * cols, 256))?;
-    Ok(dtable)
+    let p = TokenParams::new(tokens, cols, 0, 0, false);
+    let link = Kernel::new(&EMBEDDING_BACKWARD, "link");
+    gpu.dispatch(&link, bytemuck::bytes_of(&p), &[links.binding(), ids.binding()], gpu.groups_1d(tokens, 64))?;
+    let mut grads = Vec::with_capacity(chunks.len());
+    for &(start, rows) in chunks {
+        let dtable = Tensor::zeros(gpu, &[rows, cols], DType::F32, "embedding dtable")?;
+        let p = TokenParams::new(tokens, cols, start, rows, false);
+        let binds = [links.binding(), ids.binding(), dtable.binding(), dout.binding()];
+        let k = Kernel::new(&EMBEDDING_BACKWARD, "accumulate");
+        gpu.dispatch(&k, bytemuck::bytes_of(&p), &binds, gpu.groups_1d(tokens * cols, 256))?;
+        grads.push(dtable);
+    }
+    Ok(grads)
 }
 
 /// Token embedding on the tape: ids u32 (...) (no gradient), table (V, C) -> (..., C).
 pub fn embedding(ids: &Tensor, table: &Var) -> Result<Var> {
-    let out = embedding_forward(ids, table.tensor())?;
+    embedding_chunks(ids, std::slice::from_ref(table))
+}
+
+/// Token embedding from a table given as row chunks (each a Var (rows_k, C), in row order):
+/// each chunk gets the gradient of its own rows.
+pub fn embedding_chunks(ids: &Tensor, chunks: &[Var]) -> Result<Var> {
+    let table = RowChunks::new(chunks.iter().map(|v| v.tensor().clone()).collect())?;
+    let out = embedding_forward_chunks(ids, &table)?;
     let ids = ids.clone();
-    let vocab = table.shape()[0];
-    Ok(Var::from_op(out, &[table], move |g| Ok(vec![Some(embedding_backward(g, &ids, vocab)?)])))
+    let ranges: Vec<(usize, usize)> = table.tensors().iter().zip(table.starts()).map(|(t, &s)| (s, t.shape()[0])).collect();
+    let inputs: Vec<&Var> = chunks.iter().collect();
+    Ok(Var::from_op(out, &inputs, move |g| Ok(embedding_backward_chunks(g, &ids, &ranges)?.into_iter().map(Some).collect())))
+}
+
+/// The tied output head: logits (rows, V) = x (rows, C) · tableᵀ, with the (V, C) table given
+/// as row chunks. One chunk is one matmul; several are one matmul each, written side by side
+/// into the logits (whose backward hands each product its own columns).
+pub fn tied_head(x: &Var, chunks: &[Var]) -> Result<Var> {
+    let parts: Vec<Var> = chunks.iter().map(|w| linear(x, w, None)).collect::<Result<_>>()?;
+    match &parts[..] {
+        [one] => Ok(one.clone()),
+        _ => concat_last(&parts),
+    }
+}
+
+/// Tensors (rows, w_k) side by side as (rows, sum w_k); the gradient is sliced back.
+fn concat_last(parts: &[Var]) -> Result<Var> {
+    let rows = parts[0].shape()[0];
+    let widths: Vec<usize> = parts.iter().map(|p| p.tensor().last_dim()).collect();
+    let total: usize = widths.iter().sum();
+    let gpu = parts[0].tensor().gpu();
+    let out = Tensor::zeros(gpu, &[rows, total], DType::F32, "tied head logits")?;
+    let mut start = 0;
+    for p in parts {
+        add_into_last(&out, p.tensor(), start)?;
+        start += p.tensor().last_dim();
+    }
+    let inputs: Vec<&Var> = parts.iter().collect();
+    Ok(Var::from_op(out, &inputs, move |g| {
+        let mut start = 0;
+        let mut grads = Vec::with_capacity(widths.len());
+        for &w in &widths {
+            grads.push(Some(slice_last_forward(g, start, w)?));
+            start += w;
+        }
+        Ok(grads)
+    }))
 }
 
 /// Checks x (..., T, C) against a (rows, C) position table and the offset; returns (batch, T).
@@ -182,6 +274,14 @@ pub mod reference {
             }
         }
         out
+    }
+
+    /// Logits (rows, V) = x (rows, C) · tableᵀ for a (V, C) table.
+    pub fn tied_head(x: &[f64], table: &[f64], cols: usize) -> Vec<f64> {
+        let vocab = table.len() / cols;
+        x.chunks(cols)
+            .flat_map(|r| (0..vocab).map(move |v| r.iter().zip(&table[v * cols..(v + 1) * cols]).map(|(a, b)| a * b).sum::<f64>()))
+            .collect()
     }
 
     /// `x[b, t, :] + wpe[offset + t, :]` for x (B, T, C).

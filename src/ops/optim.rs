@@ -1,7 +1,8 @@
 //! The optimizer over the flat parameter store: the global gradient norm (two deterministic
-//! passes, no atomics) and AdamW as ONE fused dispatch over the whole flat buffer, with
-//! decoupled weight decay for the elements below `decay_end` and, optionally, clipping by the
-//! global norm read from a one-element GPU buffer: a step never reads anything back.
+//! passes, no atomics) and AdamW as ONE fused dispatch per flat buffer (one for a model that
+//! fits a storage binding, one per segment past it), with decoupled weight decay for the
+//! elements below each segment's `decay_end` and, optionally, clipping by the global norm of
+//! every segment read from a one-element GPU buffer: a step never reads anything back.
 
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;
@@ -34,17 +35,33 @@ struct NormParams {
 /// Global L2 norm `sqrt(sum(g^2))` of an f32 tensor, as a one-element GPU tensor. Two passes:
 /// per-thread partial sums of squares over a fixed grid, then one workgroup sums them.
 pub fn grad_norm(grads: &Tensor) -> Result<Tensor> {
-    grads.expect_dtype("grad_norm", DType::F32)?;
-    let gpu = grads.gpu();
-    let n = grads.len();
-    let groups = n.div_ceil(WG as usize * ELEMS_PER_THREAD).clamp(1, MAX_PARTIAL_GROUPS);
-    // (threads is a multiple of 256, so the partials are whole vec4s)
-    let threads = groups * WG as usize;
+    grad_norm_of(&[grads])
+}
+
+/// Global L2 norm over several f32 tensors together (the segments of a parameter store): each
+/// tensor's partial sums go side by side into one buffer, then one workgroup sums them all.
+/// With one tensor this is exactly [`grad_norm`].
+pub fn grad_norm_of(parts: &[&Tensor]) -> Result<Tensor> {
+    let first = parts.first().ok_or_else(|| Error::shape("grad_norm", "no tensors"))?;
+    let gpu = first.gpu();
+    // (each grid is a multiple of 256 threads, so every share starts 1 KiB-aligned and the
+    // partials are whole vec4s)
+    let grids: Vec<usize> = parts
+        .iter()
+        .map(|g| g.len().div_ceil(WG as usize * ELEMS_PER_THREAD).clamp(1, MAX_PARTIAL_GROUPS))
+        .collect();
+    let threads: usize = grids.iter().sum::<usize>() * WG as usize;
     let partials = Tensor::empty(gpu, &[threads], DType::F32, "grad norm partials")?;
-    let p = NormParams { n: n as u32, threads: threads as u32, _pad: [0; 2] };
-    // Pass 1: partial sums of squares, one per thread of a fixed grid.
+    // Pass 1: partial sums of squares, one per thread of a fixed grid per tensor.
     let k = Kernel::new(&GRAD_NORM, "partial_squares");
-    gpu.dispatch(&k, bytemuck::bytes_of(&p), &[partials.binding(), grads.binding_vec4()], [groups as u32, 1, 1])?;
+    let mut at = 0;
+    for (g, &groups) in parts.iter().zip(&grids) {
+        g.expect_dtype("grad_norm", DType::F32)?;
+        let share = partials.view(at, &[groups * WG as usize])?;
+        let p = NormParams { n: g.len() as u32, threads: share.len() as u32, _pad: [0; 2] };
+        gpu.dispatch(&k, bytemuck::bytes_of(&p), &[share.binding(), g.binding_vec4()], [groups as u32, 1, 1])?;
+        at += share.len();
+    }
     // Pass 2: one workgroup sums the partials and takes the square root.
     let norm = Tensor::empty(gpu, &[1], DType::F32, "grad norm")?;
     let p = NormParams { n: threads as u32, threads: 0, _pad: [0; 2] };
@@ -115,7 +132,8 @@ struct AdamWParams {
     _pad: [u32; 2],
 }
 
-/// AdamW's state as host vectors, for checkpoints (m and v over the padded flat buffer).
+/// AdamW's state as host vectors, for checkpoints (m and v over the padded flat buffers, the
+/// segments one after another).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWState {
     /// Steps taken so far.
@@ -126,11 +144,12 @@ pub struct AdamWState {
     pub v: Vec<f32>,
 }
 
-/// AdamW over a [`ParamStore`]: flat first and second moments and the step count.
+/// AdamW over a [`ParamStore`]: flat first and second moments (one pair per segment of the
+/// store) and the step count.
 pub struct AdamW {
     cfg: AdamWConfig,
-    m: Tensor,
-    v: Tensor,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
     step: u64,
 }
 
@@ -138,10 +157,13 @@ impl AdamW {
     /// Zeroed moments sized for `store`.
     pub fn new(store: &ParamStore, cfg: AdamWConfig) -> Result<AdamW> {
         cfg.validate()?;
-        let gpu = store.values().gpu();
-        let n = store.padded_len();
-        let m = Tensor::zeros(gpu, &[n], DType::F32, "adamw m")?;
-        let v = Tensor::zeros(gpu, &[n], DType::F32, "adamw v")?;
+        let gpu = store.gpu();
+        let (mut m, mut v) = (vec![], vec![]);
+        for seg in store.segments() {
+            let n = seg.values.len();
+            m.push(Tensor::zeros(gpu, &[n], DType::F32, "adamw m")?);
+            v.push(Tensor::zeros(gpu, &[n], DType::F32, "adamw v")?);
+        }
         Ok(AdamW { cfg, m, v, step: 0 })
     }
 
@@ -159,8 +181,9 @@ impl AdamW {
     /// one fused dispatch (plus two for the norm when clipping). Returns the global gradient
     /// norm (before clipping) as a one-element GPU tensor when `max_grad_norm` is set.
     pub fn step(&mut self, store: &ParamStore, lr: f32) -> Result<Option<Tensor>> {
-        if store.padded_len() != self.m.len() {
-            return Err(Error::shape("AdamW::step", format!("store has {} elements, optimizer {}", store.padded_len(), self.m.len())));
+        let lens: Vec<usize> = store.segments().iter().map(|s| s.values.len()).collect();
+        if lens != self.m.iter().map(Tensor::len).collect::<Vec<_>>() {
+            return Err(Error::shape("AdamW::step", format!("store segments {lens:?} do not match the optimizer's {:?}", self.m.iter().map(Tensor::len).collect::<Vec<_>>())));
         }
         if !(lr >= 0.0 && lr.is_finite()) {
             return Err(Error::config("AdamW learning rate", format!("{lr} must be finite and non-negative")));
@@ -168,73 +191,91 @@ impl AdamW {
         self.step += 1;
         let c = &self.cfg;
         let t = self.step as f64;
-        let p = AdamWParams {
-            n: store.padded_len() as u32,
-            decay_end: store.decay_end() as u32,
-            lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            bias_correction1: (1.0 - (c.beta1 as f64).powf(t)) as f32,
-            bias_correction2_sqrt: (1.0 - (c.beta2 as f64).powf(t)).sqrt() as f32,
-            max_norm: c.max_grad_norm.unwrap_or(0.0),
-            _pad: [0; 2],
-        };
-        let gpu = store.values().gpu();
-        // One thread per vec4: the padded length is a multiple of 64.
-        let groups = gpu.groups_1d(store.padded_len() / 4, WG);
-        let mut binds = vec![store.values().binding_vec4(), store.grads().binding_vec4(), self.m.binding_vec4(), self.v.binding_vec4()];
         let norm = match c.max_grad_norm {
-            Some(_) => Some(grad_norm(store.grads())?),
+            Some(_) => Some(grad_norm_of(&store.segments().iter().map(|s| &s.grads).collect::<Vec<_>>())?),
             None => None,
         };
-        let entry = match &norm {
-            Some(nrm) => {
-                binds.push(nrm.binding());
-                "adamw_clip"
-            }
-            None => "adamw",
-        };
-        // CPU adapters where buffer loads are costly (the register feed, see `RegisterFeed`): p,
-        // g, m and v from texture copies (only p, m and v are written). Where they are cheap the
-        // copies cost more than they save (3.7 ms from the buffers against 4.2 ms plus the
-        // copies for a W2 step on lavapipe with AVX-512), and they hold 4x the model's size.
-        let state = [store.values(), store.grads(), &self.m, &self.v];
-        let textures = if feed_textures() { tensor_textures(&state)? } else { None };
-        if let Some((tex, shift)) = textures {
-            let p = AdamWParams { _pad: [shift, 0], ..p };
-            let mut bufs = vec![(1, binds[0]), (3, binds[2]), (4, binds[3])];
-            if let Some(nrm) = &norm {
-                bufs.push((5, nrm.binding()));
-            }
-            let views: Vec<(u32, &wgpu::TextureView)> = tex.iter().enumerate().map(|(i, t)| (6 + i as u32, &t.view)).collect();
-            let entry = if norm.is_some() { "adamw_clip_texture" } else { "adamw_texture" };
-            gpu.dispatch_bound(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &views, &bufs, groups)?;
-            return Ok(norm);
+        for (k, seg) in store.segments().iter().enumerate() {
+            let p = AdamWParams {
+                n: seg.values.len() as u32,
+                decay_end: seg.decay_end as u32,
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                bias_correction1: (1.0 - (c.beta1 as f64).powf(t)) as f32,
+                bias_correction2_sqrt: (1.0 - (c.beta2 as f64).powf(t)).sqrt() as f32,
+                max_norm: c.max_grad_norm.unwrap_or(0.0),
+                _pad: [0; 2],
+            };
+            update_segment(&seg.values, &seg.grads, &self.m[k], &self.v[k], norm.as_ref(), p)?;
         }
-        gpu.dispatch(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &binds, groups)?;
         Ok(norm)
     }
 
     /// The moments and step count, read back for a checkpoint.
     pub fn state(&self) -> Result<AdamWState> {
-        Ok(AdamWState { step: self.step, m: self.m.to_f32_vec()?, v: self.v.to_f32_vec()? })
+        let read = |ts: &[Tensor]| -> Result<Vec<f32>> {
+            let mut out = Vec::new();
+            for t in ts {
+                out.extend(t.to_f32_vec()?);
+            }
+            Ok(out)
+        };
+        Ok(AdamWState { step: self.step, m: read(&self.m)?, v: read(&self.v)? })
     }
 
     /// Restore moments and step count saved by [`AdamW::state`] for the same parameter layout.
     pub fn load_state(&mut self, s: &AdamWState) -> Result<()> {
-        if s.m.len() != self.m.len() || s.v.len() != self.v.len() {
+        let n: usize = self.m.iter().map(Tensor::len).sum();
+        if s.m.len() != n || s.v.len() != n {
             return Err(Error::shape(
                 "AdamW::load_state",
-                format!("state has {} / {} moments, optimizer needs {}", s.m.len(), s.v.len(), self.m.len()),
+                format!("state has {} / {} moments, optimizer needs {n}", s.m.len(), s.v.len()),
             ));
         }
-        self.m.write_f32(&s.m)?;
-        self.v.write_f32(&s.v)?;
+        let mut at = 0;
+        for (m, v) in self.m.iter().zip(&self.v) {
+            m.write_f32(&s.m[at..at + m.len()])?;
+            v.write_f32(&s.v[at..at + v.len()])?;
+            at += m.len();
+        }
         self.step = s.step;
         Ok(())
     }
+}
+
+/// One fused AdamW dispatch over one flat buffer (a segment) and its moments.
+fn update_segment(values: &Tensor, grads: &Tensor, m: &Tensor, v: &Tensor, norm: Option<&Tensor>, p: AdamWParams) -> Result<()> {
+    let gpu = values.gpu();
+    // One thread per vec4: a segment's length is a multiple of 64.
+    let groups = gpu.groups_1d(values.len() / 4, WG);
+    let mut binds = vec![values.binding_vec4(), grads.binding_vec4(), m.binding_vec4(), v.binding_vec4()];
+    let entry = match norm {
+        Some(nrm) => {
+            binds.push(nrm.binding());
+            "adamw_clip"
+        }
+        None => "adamw",
+    };
+    // CPU adapters where buffer loads are costly (the register feed, see `RegisterFeed`): p,
+    // g, m and v from texture copies (only p, m and v are written). Where they are cheap the
+    // copies cost more than they save (3.7 ms from the buffers against 4.2 ms plus the
+    // copies for a W2 step on lavapipe with AVX-512), and they hold 4x the model's size.
+    let state = [values, grads, m, v];
+    let textures = if feed_textures() { tensor_textures(&state)? } else { None };
+    if let Some((tex, shift)) = textures {
+        let p = AdamWParams { _pad: [shift, 0], ..p };
+        let mut bufs = vec![(1, binds[0]), (3, binds[2]), (4, binds[3])];
+        if let Some(nrm) = norm {
+            bufs.push((5, nrm.binding()));
+        }
+        let views: Vec<(u32, &wgpu::TextureView)> = tex.iter().enumerate().map(|(i, t)| (6 + i as u32, &t.view)).collect();
+        let entry = if norm.is_some() { "adamw_clip_texture" } else { "adamw_texture" };
+        return gpu.dispatch_bound(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &views, &bufs, groups);
+    }
+    gpu.dispatch(&Kernel::new(&ADAMW, entry), bytemuck::bytes_of(&p), &binds, groups)
 }
 
 /// CPU references in f64.

@@ -28,7 +28,7 @@ pub struct RunOptions {
 
 /// Settings a resumed run may change without changing what the run computes up to now.
 const FREE_ON_RESUME: &[&str] =
-    &["steps", "schedule.total", "eval_every", "eval_batches", "save_every", "out_dir", "resume", "progress", "run"];
+    &["steps", "schedule.total", "eval_every", "eval_batches", "save_every", "out_dir", "resume", "progress", "run", "checkpoint_activations"];
 
 /// An open, locked run directory. The lock lasts as long as this value.
 #[derive(Debug)]

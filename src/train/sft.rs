@@ -55,6 +55,10 @@ pub struct SftConfig {
     /// Per-step callback and cancel flag; a stopped run saves a checkpoint under `out_dir`.
     #[serde(skip)]
     pub control: super::control::RunControl,
+    /// Recompute each transformer block in the backward instead of keeping its activations
+    /// (less memory, one more forward per step; same losses and gradients).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for SftConfig {
@@ -75,6 +79,7 @@ impl Default for SftConfig {
             seed: 0,
             progress: false,
             control: Default::default(),
+            checkpoint_activations: false,
         }
     }
 }
@@ -94,7 +99,7 @@ pub struct SftReport {
 
 /// Upload a batch: ids (B, T), targets and mask (B·T).
 pub fn upload(model: &Model, b: &LmBatch) -> Result<(Tensor, Tensor, Tensor)> {
-    let gpu = model.params().values().gpu();
+    let gpu = model.params().gpu();
     Ok((
         Tensor::from_u32(gpu, &b.ids, &[b.batch, b.seq])?,
         Tensor::from_u32(gpu, &b.targets, &[b.batch * b.seq])?,
@@ -156,6 +161,8 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     if cfg.steps == 0 || cfg.grad_accum == 0 {
         return Err(Error::config("SFT", format!("steps {} and grad_accum {} must be positive", cfg.steps, cfg.grad_accum)));
     }
+    model.set_checkpointing(cfg.checkpoint_activations);
+    crate::model::memory::remember_plan(model, cfg.batch_size, cfg.seq_len, cfg.checkpoint_activations);
     let mut schedule = cfg.schedule.clone();
     if schedule.total == 0 {
         schedule.total = cfg.steps;

@@ -32,6 +32,10 @@ pub struct CommonArgs {
     /// Skip the checksum check of the data file's token ids (a full read) before training.
     #[arg(long)]
     pub no_verify: bool,
+    /// Recompute each transformer block in the backward instead of keeping its activations:
+    /// less GPU memory, one more forward per step, the same losses and gradients.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
 }
 
 /// The checkpoint `dir` names: itself when it holds config.json, else the run's newest.
@@ -74,7 +78,7 @@ pub fn lengths(c: &CommonArgs, model: &Model) -> Result<(usize, usize)> {
 pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usize, schedule: Schedule, out: &Path) -> Result<TrainConfig> {
     let (max_len, max_prompt_len) = lengths(c, model)?;
     let run = plumb::train::rundir::RunOptions { overwrite: c.overwrite, ..Default::default() };
-    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, run, ..Default::default() })
+    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, run, checkpoint_activations: c.checkpoint_activations, ..Default::default() })
 }
 
 /// Warmup over the first tenth of the run (at most 10 steps), cosine to lr/10.

@@ -1,7 +1,11 @@
 //! `plumb info`: what wgpu sees on this machine and which adapter plumb picks, so a user can
-//! tell at a glance whether a GPU driver is installed and whether f16 is available.
+//! tell at a glance whether a GPU driver is installed and whether f16 is available. With
+//! `--model` it prints the memory plan of a training step on the chosen adapter (weights,
+//! gradients, moments, activations, largest temporaries) and whether it fits.
 
 use plumb::gpu::{list_adapters, GpuOptions};
+use plumb::model::memory::{plan, PlanOptions};
+use plumb::model::presets;
 use plumb::Gpu;
 
 #[derive(clap::Args)]
@@ -9,6 +13,22 @@ pub struct InfoArgs {
     /// Only list adapters of this backend (vulkan, metal, dx12, gl); default: PLUMB_BACKEND or all.
     #[arg(long)]
     backend: Option<String>,
+    /// Print the memory plan of training this model: a preset name, a checkpoint directory or
+    /// a config.json.
+    #[arg(long)]
+    model: Option<String>,
+    /// Plan for a LoRA adapter of this rank (default targets) instead of full fine-tuning.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// Sequences per step for the plan.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per sequence for the plan.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Plan with activation checkpointing.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 pub fn run(args: InfoArgs) -> plumb::Result<()> {
@@ -26,5 +46,21 @@ pub fn run(args: InfoArgs) -> plumb::Result<()> {
     println!("chosen: {} ({:?}, {:?})", gpu.adapter().info.name, gpu.adapter().info.backend, gpu.adapter().info.device_type);
     println!("kernel variant: {:?} (override with PLUMB_KERNELS=register|tiled)", gpu.variant());
     println!("f16 matmul: {}", if gpu.has_f16() { "available" } else { "not available (f32 path)" });
+    if let Some(m) = &args.model {
+        let cfg = presets::resolve(m)?;
+        let opts = PlanOptions {
+            batch_size: args.batch_size,
+            seq_len: args.seq_len,
+            lora_rank: args.lora,
+            checkpoint_activations: args.checkpoint_activations,
+        };
+        let p = plan(&cfg, &opts, gpu.max_binding_bytes(), gpu.memory_budget());
+        println!();
+        println!("memory plan: {m}, batch {} x {} tokens, {}", args.batch_size, args.seq_len, match args.lora {
+            Some(r) => format!("LoRA r={r}"),
+            None => "full fine-tuning".into(),
+        });
+        println!("{p}");
+    }
     Ok(())
 }

@@ -64,6 +64,10 @@ pub struct SftArgs {
     /// Skip the checksum check of the data files' token ids (a full read) before training.
     #[arg(long)]
     no_verify: bool,
+    /// Recompute each transformer block in the backward instead of keeping its activations:
+    /// less GPU memory, one more forward per step, the same losses and gradients.
+    #[arg(long)]
+    checkpoint_activations: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Samples to print at the end.
@@ -137,6 +141,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         run: RunOptions { overwrite: a.overwrite, allow_changed_settings: a.allow_changed_settings },
         seed: a.seed,
         progress: true,
+        checkpoint_activations: a.checkpoint_activations,
         ..SftConfig::default()
     };
     let report = sft::train(&model, train.as_ref(), eval.as_deref(), &cfg)?;
