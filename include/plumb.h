@@ -186,6 +186,33 @@ enum PlumbStatus plumb_data_add_pair_tokens(struct PlumbData *data,
                                             const uint32_t *rejected,
                                             size_t n_rejected);
 
+// Add one answer with its thumbs up (`desirable` true) or down, for KTO: the prompt and the
+// model's completion as the user saw them.
+//
+// # Safety
+// `data` comes from `plumb_data_new`; the strings are NUL-terminated.
+enum PlumbStatus plumb_data_add_feedback(struct PlumbData *data,
+                                         const char *prompt,
+                                         const char *completion,
+                                         bool desirable);
+
+// Add one answer with its feedback as token ids (the prompt may be empty, the completion may not).
+//
+// # Safety
+// `data` comes from `plumb_data_new`; each array holds the number of values given with it.
+enum PlumbStatus plumb_data_add_feedback_tokens(struct PlumbData *data,
+                                                const uint32_t *prompt,
+                                                size_t n_prompt,
+                                                const uint32_t *completion,
+                                                size_t n_completion,
+                                                bool desirable);
+
+// The number of answers with feedback (KTO) added so far.
+//
+// # Safety
+// `data` comes from `plumb_data_new`; the output is NULL or writable.
+enum PlumbStatus plumb_data_feedback_count(const struct PlumbData *data, size_t *n_feedback);
+
 // The number of SFT texts and of preference pairs added so far.
 //
 // # Safety
@@ -228,9 +255,10 @@ enum PlumbStatus plumb_gpu_describe(const struct PlumbGpu *gpu, char **out);
 void plumb_gpu_free(struct PlumbGpu *gpu);
 
 // Load a model and its tokenizer onto `gpu`. `path` is a Hugging Face directory
-// (`config.json` + `model.safetensors`). `tokenizer_path` is a `tokenizer.json`; NULL means
+// (`config.json` + `model.safetensors`) or a `.gguf` file (llama, qwen2 or gpt2 architecture).
+// `tokenizer_path` is a `tokenizer.json`; NULL means the GGUF file's own tokenizer, or
 // `path/tokenizer.json` when it exists (without one, the text functions fail and token ids
-// still work). GGUF files are not supported by this build yet (`PLUMB_STATUS_UNSUPPORTED`).
+// still work).
 // Free with `plumb_model_free`.
 //
 // # Safety
@@ -286,10 +314,10 @@ enum PlumbStatus plumb_detokenize(const struct PlumbModel *model,
                                   size_t n_ids,
                                   char **out);
 
-// Render a conversation as the model expects it, as a new string for `plumb_string_free`.
-// This build renders ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), the template of Qwen,
-// SmolLM and many fine-tunes; with `add_generation_prompt` it ends with the opening of an
-// assistant turn. Tokenize the result with `add_special` false.
+// Render a conversation as the model expects it, as a new string for `plumb_string_free`: the
+// model's own Jinja chat template (from its GGUF file or `tokenizer_config.json`), or ChatML
+// (`<|im_start|>role\ncontent<|im_end|>\n`) when it has none. With `add_generation_prompt` it
+// ends with the opening of an assistant turn. Tokenize the result with `add_special` false.
 //
 // # Safety
 // `messages` holds `n_messages` messages whose strings are NUL-terminated; `out` is writable.
