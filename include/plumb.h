@@ -392,7 +392,7 @@ enum PlumbStatus plumb_lora_merge(const struct PlumbModel *model);
 // "out_dir": "/data/run1"}`. Data comes from `data` (texts for SFT, pairs for DPO) or, when
 // `data` is NULL, from the prepared file named by the config's `"data"`. DPO's reference is the
 // model with its adapter switched off, or without an adapter a second copy of the weights
-// loaded from the model's directory. `on_progress` (may be NULL) runs after every step.
+// of the model (`Model::try_clone`). `on_progress` (may be NULL) runs after every step.
 //
 // Stopped by the callback or `plumb_model_cancel`, it returns `PLUMB_STATUS_CANCELLED`, keeps
 // the steps done and, with `out_dir`, leaves a checkpoint there: the same call with

@@ -1,5 +1,6 @@
 //! Fuzzing in the normal test run: thousands of seeded mutations of a valid input per parser
-//! (dataset file, JSONL importer, config.json, safetensors, tokenizer.json), each call wrapped in
+//! (dataset file, JSONL importer, config.json, safetensors, tokenizer.json, GGUF model file with
+//! its metadata, tokenizer and block-quantized tensors), each call wrapped in
 //! `catch_unwind`. Every input must either load or be rejected with a clean error that names the
 //! file; zero panics. The mutator (bit flips, interesting bytes, cuts, insertions, duplicated
 //! chunks, and for JSON: values swapped for hostile ones, keys dropped) is seeded, so a failure
@@ -248,6 +249,105 @@ fn fuzz_tokenizer_loader() {
         let _ = t.identity();
         Ok(())
     });
+    assert!(rejected > 1000 && ok > 0, "{ok} ok, {rejected} rejected");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A complete small Llama GGUF (v3): config keys, a byte-level BPE tokenizer with merges and
+/// special tokens, a chat template, and tensors in F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (rows of
+/// 32 and 64, so every block type has whole blocks).
+fn small_llama_gguf() -> Vec<u8> {
+    use plumb::gguf::model::{gguf_name, Arch};
+    use plumb::gguf::types::GgmlType;
+    use plumb::gguf::writer::GgufWriter;
+    use plumb::gguf::Value;
+    use plumb::ops::quant::{quantize, StoredType};
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    tokens.extend("abcdefgh ".chars().map(|c| if c == ' ' { "\u{120}".to_string() } else { c.to_string() }));
+    tokens.extend(["ab", "abc", "\u{120}a"].map(String::from));
+    let vocab = 32; // the rest are padding tokens
+    while tokens.len() < vocab {
+        tokens.push(format!("<pad{}>", tokens.len()));
+    }
+    let mut w = GgufWriter::new();
+    let kv = |w: &mut GgufWriter, k: &str, v: Value| w.set(k, v);
+    kv(&mut w, "general.architecture", Value::Str("llama".into()));
+    kv(&mut w, "general.type", Value::Str("model".into()));
+    for (k, v) in [("context_length", 64u32), ("embedding_length", 32), ("block_count", 1), ("feed_forward_length", 64), ("attention.head_count", 2), ("attention.head_count_kv", 1)] {
+        kv(&mut w, &format!("llama.{k}"), Value::U32(v));
+    }
+    kv(&mut w, "llama.rope.freq_base", Value::F32(10000.0));
+    kv(&mut w, "llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
+    kv(&mut w, "tokenizer.ggml.model", Value::Str("gpt2".into()));
+    kv(&mut w, "tokenizer.ggml.pre", Value::Str("smollm".into()));
+    kv(&mut w, "tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| Value::Str(t.clone())).collect()));
+    kv(&mut w, "tokenizer.ggml.token_type", Value::Array((0..vocab).map(|i| Value::I32(if i < 2 { 3 } else { 1 })).collect()));
+    kv(&mut w, "tokenizer.ggml.merges", Value::Array(["a b", "ab c", "\u{120} a"].iter().map(|m| Value::Str(m.to_string())).collect()));
+    kv(&mut w, "tokenizer.ggml.bos_token_id", Value::U32(0));
+    kv(&mut w, "tokenizer.ggml.eos_token_id", Value::U32(1));
+    kv(&mut w, "tokenizer.ggml.add_bos_token", Value::Bool(true));
+    kv(&mut w, "tokenizer.chat_template", Value::Str("{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}".into()));
+    let cfg = plumb::model::ModelConfig::Llama(plumb::model::LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: Some(1),
+        max_position_embeddings: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: true,
+        attention_bias: Some(false),
+        hidden_act: "silu".into(),
+        rope_scaling: None,
+    });
+    let kinds = [StoredType::Q8_0, StoredType::Q4_0, StoredType::Q4_1, StoredType::F16, StoredType::Bf16];
+    for (k, spec) in plumb::model::Model::param_specs(&cfg).iter().enumerate() {
+        let name = gguf_name(Arch::Llama, &spec.name).expect("a GGUF name for every Llama tensor");
+        let n: usize = spec.shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7 + k * 13) % 17) as f32 / 17.0 - 0.5).collect();
+        if spec.shape.len() == 1 {
+            w.add_f32(&name, GgmlType::F32, &spec.shape, &values).unwrap();
+        } else {
+            let kind = kinds[k % kinds.len()];
+            let (rows, cols) = (spec.shape[0], spec.shape[1]);
+            let bytes = quantize(kind, &values, rows, cols).unwrap();
+            let ty = GgmlType::from_id(kind.ggml_type()).unwrap();
+            w.add_raw(&name, ty, &spec.shape, bytes).unwrap();
+        }
+    }
+    w.to_bytes()
+}
+
+#[test]
+fn fuzz_gguf_reader() {
+    use plumb::gguf::model::GgufModelInfo;
+    use plumb::gguf::tokenizer::tokenizer_from_gguf;
+    use plumb::gguf::GgufFile;
+    let dir = scratch("gguf");
+    let good = small_llama_gguf();
+    // The seed input itself is a model the reader accepts whole.
+    let read_all = |p: &Path| -> plumb::Result<()> {
+        let g = GgufFile::open(p)?;
+        let tok = tokenizer_from_gguf(&g)?;
+        let ids = tok.encode_with_special_tokens("abc ab a")?;
+        tok.decode(&ids)?;
+        let info = GgufModelInfo::read(&g)?;
+        for spec in plumb::model::Model::param_specs(&info.config) {
+            info.tensor_f32(&g, &spec.name, &spec.shape)?;
+            info.stored(&g, &spec.name)?;
+        }
+        if let Some(src) = g.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            let _ = src.len();
+        }
+        Ok(())
+    };
+    let seed_path = dir.join("good.gguf");
+    std::fs::write(&seed_path, &good).unwrap();
+    read_all(&seed_path).expect("the seed GGUF loads");
+    let inputs = mutants(7, &good, false, 3000);
+    let (ok, rejected) = run_target("gguf", &inputs, &dir.join("mutant.gguf"), read_all);
     assert!(rejected > 1000 && ok > 0, "{ok} ok, {rejected} rejected");
     std::fs::remove_dir_all(&dir).ok();
 }

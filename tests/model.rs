@@ -110,3 +110,27 @@ fn sampling_is_reproducible_for_a_seed() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+/// `Model::try_clone` is a deep copy: the same logits, and training the original leaves the
+/// copy as it was (a frozen reference without loading the weights again).
+#[test]
+fn try_clone_is_a_deep_copy() {
+    let Some(gpu) = common::gpu() else { return };
+    for preset in ["gpt-nano", "llama-nano"] {
+        let model = Model::new(&gpu, &presets::resolve(preset).unwrap(), 3).unwrap();
+        let copy = model.try_clone().unwrap();
+        let (ids, tg) = fixed_batch(2, 8, 1);
+        let ids = Tensor::from_u32(&gpu, &ids, &[2, 8]).unwrap();
+        let tg = Tensor::from_u32(&gpu, &tg, &[16]).unwrap();
+        let logits = |m: &Model| m.forward(None, &ids, None).unwrap().tensor().to_f32_vec().unwrap();
+        let before = logits(&model);
+        assert_eq!(before, logits(&copy), "{preset}: the copy computes what the original does");
+        let mut opt = AdamW::new(model.params(), AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        let tape = Tape::new();
+        let loss = cross_entropy(&model.forward(Some(&tape), &ids, None).unwrap(), &tg, None).unwrap();
+        tape.backward(&loss).unwrap();
+        opt.step(model.params(), 1e-2).unwrap();
+        assert_ne!(logits(&model), before, "{preset}: the original trained");
+        assert_eq!(logits(&copy), before, "{preset}: the copy did not move with it");
+    }
+}

@@ -22,10 +22,11 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 /// What one model handle holds; reached only through [`PlumbModel::lock`].
 pub(crate) struct Loaded {
-    pub gpu: Gpu,
+    /// The device the model lives on (kept with it, so the model outlives a freed `PlumbGpu`).
+    pub _gpu: Gpu,
     pub model: Model,
     pub tokenizer: Option<Tokenizer>,
-    /// Where the weights came from (DPO without an adapter loads its reference from here).
+    /// Where the weights came from (named in errors).
     pub path: PathBuf,
 }
 
@@ -111,7 +112,7 @@ pub unsafe extern "C" fn plumb_model_load(gpu: *const PlumbGpu, path: *const c_c
                 ));
             }
         }
-        let m = PlumbModel { state: Mutex::new(Loaded { gpu, model, tokenizer, path }), control: RunControl::new() };
+        let m = PlumbModel { state: Mutex::new(Loaded { _gpu: gpu, model, tokenizer, path }), control: RunControl::new() };
         put(out, Box::into_raw(Box::new(m)));
         Ok(())
     })

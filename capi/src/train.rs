@@ -10,7 +10,6 @@ use crate::ffi::{guard, put, put_string, ref_arg, str_arg, CError, CResult, Plum
 use crate::model::{Loaded, PlumbModel};
 use plumb_rs::align::{Completion, Completions, Dpo, DpoTrainConfig, Kto, KtoTrainConfig, Pair, Pairs, Reference, TrainConfig};
 use plumb_rs::data::{Dataset, DatasetKind, PreferenceDataset, SftDataset, TokenStream, UnpairedDataset};
-use plumb_rs::model::Model;
 use plumb_rs::ops::dpo::DpoConfig;
 use plumb_rs::ops::kto::{KtoConfig, KtoLoss};
 use plumb_rs::train::batch::{BatchSource, SftSource, StreamSource};
@@ -133,7 +132,7 @@ impl Callback {
 /// "out_dir": "/data/run1"}`. Data comes from `data` (texts for SFT, pairs for DPO) or, when
 /// `data` is NULL, from the prepared file named by the config's `"data"`. DPO's reference is the
 /// model with its adapter switched off, or without an adapter a second copy of the weights
-/// loaded from the model's directory. `on_progress` (may be NULL) runs after every step.
+/// of the model (`Model::try_clone`). `on_progress` (may be NULL) runs after every step.
 ///
 /// Stopped by the callback or `plumb_model_cancel`, it returns `PLUMB_STATUS_CANCELLED`, keeps
 /// the steps done and, with `out_dir`, leaves a checkpoint there: the same call with
@@ -314,7 +313,7 @@ fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
     let records = if m.model.lora().is_some() {
         dpo.train(&m.model, pairs, Reference::Adapters)?
     } else {
-        let reference = Model::load(&m.gpu, &m.path)?;
+        let reference = m.model.try_clone()?;
         dpo.train(&m.model, pairs, Reference::Model(&reference))?
     };
     Ok((records, steps))
@@ -367,7 +366,7 @@ fn train_kto(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
     let metrics = if m.model.lora().is_some() {
         kto.train(&m.model, rows, Reference::Adapters)?
     } else {
-        let reference = Model::load(&m.gpu, &m.path)?;
+        let reference = m.model.try_clone()?;
         kto.train(&m.model, rows, Reference::Model(&reference))?
     };
     let records = metrics.iter().map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null)).collect();

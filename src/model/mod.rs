@@ -356,6 +356,20 @@ impl Model {
         Self::from_config_and_params(cfg, store)
     }
 
+    /// A deep copy on the same GPU: its own parameter store with the base weights copied (not
+    /// shared, unlike `clone` of the architecture structs), no adapter. This is the frozen
+    /// reference of DPO, KTO or PPO without loading the weights again; a model whose base is in
+    /// stored form (`freeze_base`) is refused (use its adapters-off reference instead).
+    pub fn try_clone(&self) -> Result<Model> {
+        if self.frozen().is_some() {
+            return Err(Error::config("Model::try_clone", "the base is in stored form (freeze_base): use the adapters-off reference (Reference::Adapters)"));
+        }
+        let cfg = self.config();
+        let store = ParamStore::new(self.params().gpu(), &Self::param_specs(&cfg))?;
+        store.write_all(&self.params().read_all()?)?;
+        Model::from_config_and_params(cfg, store)
+    }
+
     /// A model over an already filled store in Hugging Face names (checkpoint and GGUF loading).
     pub fn from_config_and_params(cfg: ModelConfig, store: ParamStore) -> Result<Model> {
         Ok(match cfg {
