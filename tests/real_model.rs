@@ -2,7 +2,7 @@
 //! when absent, required under CI=true): plumb's GGUF reader, config, tokenizer and chat template on
 //! the real file, and an independent f64 plain-Rust forward of it (tests/gguf_ref) that generates
 //! readable English greedily from the chat prompt; the engine on the real embedding and first
-//! block against that reference.
+//! block, and on the whole model (past one storage binding), against that reference.
 
 mod common;
 mod gguf_ref;
@@ -94,8 +94,12 @@ fn chat_prompt(g: &GgufFile) -> Vec<u32> {
     tok.encode(&text).unwrap()
 }
 
+/// The independent f64 reference generates readable English greedily from the chat prompt; the
+/// engine, with the whole real model loaded from the GGUF (30 layers, 540 MB of f32 parameters
+/// split over several storage bindings), gives the same logits (≤ 1e-3 relative) on the last
+/// prompt positions and the same greedy tokens.
 #[test]
-fn smollm2_reference_forward_generates_english() {
+fn smollm2_whole_model_on_the_engine_matches_the_f64_reference() {
     let Some(path) = smollm2_path() else { return };
     let g = GgufFile::open(&path).unwrap();
     let tok = tokenizer_from_gguf(&g).unwrap();
@@ -104,8 +108,12 @@ fn smollm2_reference_forward_generates_english() {
     let mut m = RefLlama::new(&rg);
     let t0 = std::time::Instant::now();
     let mut logits = Vec::new();
-    for &t in &prompt {
+    let mut last_prompt_logits = Vec::new();
+    for (pos, &t) in prompt.iter().enumerate() {
         logits = m.step(t);
+        if pos + 3 >= prompt.len() {
+            last_prompt_logits.push((pos, logits.clone()));
+        }
     }
     let mut out = Vec::new();
     for _ in 0..20 {
@@ -117,7 +125,7 @@ fn smollm2_reference_forward_generates_english() {
         logits = m.step(next);
     }
     let text = tok.decode(&out).unwrap();
-    eprintln!("{} prompt + {} generated tokens in {:.1?}: {text:?}", prompt.len(), out.len(), t0.elapsed());
+    eprintln!("reference: {} prompt + {} generated tokens in {:.1?}: {text:?}", prompt.len(), out.len(), t0.elapsed());
     assert!(logits.iter().all(|v| v.is_finite()));
     // Readable English: mostly letters and spaces, several words, a few of them common ones.
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -127,6 +135,36 @@ fn smollm2_reference_forward_generates_english() {
     let common = ["the", "a", "is", "of", "and", "movie", "film", "that", "with", "about"];
     assert!(words.iter().filter(|w| common.contains(&w.to_lowercase().trim_matches(|c: char| !c.is_alphabetic()))).count() >= 2, "{text:?}");
     assert!(text.to_lowercase().contains("movie") || text.to_lowercase().contains("film"), "{text:?}");
+
+    // The engine: the whole model, dequantized to f32, in as many bindings as the adapter needs.
+    let Some(gpu) = common::gpu() else { return };
+    let t1 = std::time::Instant::now();
+    let model = plumb::model::Model::load(&gpu, &path).unwrap();
+    let t = prompt.len();
+    let ids = plumb::Tensor::from_u32(&gpu, &prompt, &[1, t]).unwrap();
+    let got = model.forward(None, &ids, None).unwrap().to_f32_vec().unwrap();
+    let v = model.vocab_size();
+    let mut worst = 0.0f64;
+    for (pos, want) in &last_prompt_logits {
+        let row = &got[pos * v..(pos + 1) * v];
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = want.iter().zip(row).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
+        worst = worst.max(err / scale);
+    }
+    eprintln!("engine vs f64 reference, whole model, last 3 prompt positions: max |error| / max |logit| = {worst:.2e}");
+    assert!(worst <= 1e-3, "relative error {worst}");
+    let cfg = plumb::generate::GenerateConfig {
+        max_new_tokens: 20,
+        sampling: plumb::ops::sample::SamplingConfig { temperature: 0.0, ..Default::default() },
+        stop_ids: tok.eos_id().into_iter().collect(),
+        ..Default::default()
+    };
+    let mut engine = plumb::generate::generate(&model, &[prompt.clone()], &cfg).unwrap().remove(0);
+    if engine.last() == tok.eos_id().as_ref() {
+        engine.pop();
+    }
+    eprintln!("engine: load + forward + 20 greedy tokens in {:.1?}: {:?}", t1.elapsed(), tok.decode(&engine).unwrap());
+    assert_eq!(engine, out, "the engine's greedy tokens are the reference's");
 }
 
 #[test]

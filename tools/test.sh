@@ -13,5 +13,7 @@ cargo test -p plumb-capi-header
 cargo test -p plumb-capi
 PLUMB_BACKEND=gl cargo test --test "gradcheck_*"
 # Storage past the binding limit: parameter stores laid out as if a binding held 16 KiB, so the
-# small models' embeddings are split into row chunks over many segments.
-PLUMB_MAX_BINDING=16KiB cargo test --test "gradcheck_*" --test model --test big_shapes_chunked
+# small models' embeddings are split into row chunks over many segments. (The f32-base half of
+# the stored-form LoRA comparison is skipped there: at 16 KiB its MLP matrices, not only the
+# embedding, pass one binding, and only embeddings and heads are read in row chunks.)
+PLUMB_MAX_BINDING=16KiB cargo test --test "gradcheck_*" --test model --test big_shapes_chunked -- --skip lora_step_on_a_stored_form_base_matches_the_f32_base
