@@ -165,6 +165,36 @@ fn smollm2_whole_model_on_the_engine_matches_the_f64_reference() {
     }
     eprintln!("engine: load + forward + 20 greedy tokens in {:.1?}: {:?}", t1.elapsed(), tok.decode(&engine).unwrap());
     assert_eq!(engine, out, "the engine's greedy tokens are the reference's");
+    drop(model);
+
+    // The same with the matrices kept as the file stores them (Q4_1 blocks, a Q8_0 embedding),
+    // dequantized inside the kernels: no f32 copy of the model on the GPU.
+    let t2 = std::time::Instant::now();
+    let stored = plumb::gguf::model::load_model_stored(&gpu, &path).unwrap();
+    let frozen = stored.frozen().expect("the matrices are in stored form");
+    eprintln!(
+        "stored form: {} matrices in {:.1} MiB on the GPU, f32 rest {} parameters",
+        frozen.len(),
+        frozen.bytes() as f64 / 1048576.0,
+        stored.params().numel()
+    );
+    assert!(frozen.bytes() < 120 << 20 && stored.params().numel() < 100_000, "no f32 copy of the matrices");
+    let got = stored.forward(None, &ids, None).unwrap().to_f32_vec().unwrap();
+    let mut worst = 0.0f64;
+    for (pos, want) in &last_prompt_logits {
+        let row = &got[pos * v..(pos + 1) * v];
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = want.iter().zip(row).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
+        worst = worst.max(err / scale);
+    }
+    eprintln!("stored-form engine vs f64 reference, last 3 prompt positions: max |error| / max |logit| = {worst:.2e}");
+    assert!(worst <= 1e-3, "relative error {worst}");
+    let mut engine = plumb::generate::generate(&stored, &[prompt.clone()], &cfg).unwrap().remove(0);
+    if engine.last() == tok.eos_id().as_ref() {
+        engine.pop();
+    }
+    eprintln!("stored-form engine: load + forward + 20 greedy tokens in {:.1?}", t2.elapsed());
+    assert_eq!(engine, out, "the stored-form engine's greedy tokens are the reference's");
 }
 
 #[test]

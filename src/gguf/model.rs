@@ -360,6 +360,44 @@ pub fn load_model(gpu: &crate::Gpu, path: &Path) -> Result<Model> {
     Model::from_config_and_params(info.config, store)
 }
 
+/// Load a GGUF model with its weight matrices kept on the GPU as the file stores them (F16,
+/// BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K blocks, dequantized inside the matmul and the embedding
+/// lookup: [`crate::model::FrozenBase`]); norms, biases and matrices the file keeps in F32 go
+/// to an f32 parameter store. No f32 copy of the model is made. The matrices are frozen: attach
+/// a LoRA adapter to fine-tune (its reference is then the base with the adapter off).
+pub fn load_model_stored(gpu: &crate::Gpu, path: &Path) -> Result<Model> {
+    use crate::model::FrozenBase;
+    use crate::ops::quant::{QuantTensor, StoredType};
+    let g = GgufFile::open(path)?;
+    let info = GgufModelInfo::read(&g)?;
+    let (names, _) = Model::frozen_names(&info.config);
+    let mut frozen = FrozenBase::default();
+    let mut rest = Vec::new();
+    for spec in Model::param_specs(&info.config) {
+        if names.contains(&spec.name) {
+            let t = info.stored(&g, &spec.name)?;
+            if let Some(kind) = StoredType::from_ggml_type(t.ty.id()) {
+                // (out, in) as the quant kernels read it: GGUF's own layout, GPT-2's Conv1D included.
+                let shape = [t.shape[0], t.shape.get(1).copied().unwrap_or(1)];
+                let want = if is_conv1d(info.arch, &spec.name) { [spec.shape[1], spec.shape[0]] } else { [spec.shape[0], spec.shape[1]] };
+                if shape != want {
+                    return Err(Error::format(path, format!("tensor `{}` has shape {:?}, the model expects {want:?}", spec.name, t.shape)));
+                }
+                frozen.insert(spec.name.clone(), QuantTensor::from_bytes(gpu, kind, shape, &t.data)?);
+                continue;
+            }
+        }
+        rest.push(spec);
+    }
+    let store = ParamStore::new(gpu, &rest)?;
+    for s in &rest {
+        store.set(&s.name, &info.tensor_f32(&g, &s.name, &s.shape)?)?;
+    }
+    let mut model = Model::from_config_and_params(info.config, store.clone())?;
+    model.set_frozen(store, frozen);
+    Ok(model)
+}
+
 /// The architecture a plumb config is written as.
 fn arch_of(cfg: &ModelConfig) -> Arch {
     match cfg {

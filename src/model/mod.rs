@@ -150,27 +150,36 @@ impl Model {
         if self.frozen().is_some() {
             return Err(Error::config("freeze_base", "the base is already frozen"));
         }
-        let (names, transposed): (Vec<String>, Vec<String>) = match self {
-            Model::Gpt(m) => {
-                let names: Vec<String> = Gpt::lora_modules(&m.cfg).into_iter().map(|l| format!("{}.weight", l.name)).collect();
+        let (names, transposed) = Self::frozen_names(&self.config());
+        let gpu = self.params().gpu().clone();
+        let (frozen, rest) = FrozenBase::freeze(self.params(), &names, &transposed, kind)?;
+        self.set_frozen(rest, frozen);
+        // The old store's buffers go back to the pool: hand them back to the driver.
+        gpu.trim_pool();
+        Ok(())
+    }
+
+    /// The matrices a frozen base keeps in stored form for `cfg` (the token embedding, the LM
+    /// head, every block projection), and those of them stored (in, out) in the parameter store
+    /// (GPT-2's Conv1D).
+    pub(crate) fn frozen_names(cfg: &ModelConfig) -> (Vec<String>, Vec<String>) {
+        match cfg {
+            ModelConfig::Gpt(c) => {
+                let names: Vec<String> = Gpt::lora_modules(c).into_iter().map(|l| format!("{}.weight", l.name)).collect();
                 let mut all = names.clone();
                 all.push("transformer.wte.weight".into());
                 (all, names)
             }
-            Model::Llama(m) => {
-                let specs = Llama::param_specs(&m.cfg);
-                (specs.into_iter().filter(|s| s.shape.len() == 2).map(|s| s.name).collect(), vec![])
-            }
-        };
-        let gpu = self.params().gpu().clone();
-        let (frozen, rest) = FrozenBase::freeze(self.params(), &names, &transposed, kind)?;
-        match self {
-            Model::Gpt(m) => (m.params, m.frozen) = (rest, Some(frozen)),
-            Model::Llama(m) => (m.params, m.frozen) = (rest, Some(frozen)),
+            ModelConfig::Llama(c) => (Llama::param_specs(c).into_iter().filter(|s| s.shape.len() == 2).map(|s| s.name).collect(), vec![]),
         }
-        // The old store's buffers go back to the pool: hand them back to the driver.
-        gpu.trim_pool();
-        Ok(())
+    }
+
+    /// Replace the parameter store by `params` (everything not frozen) and keep `frozen`.
+    pub(crate) fn set_frozen(&mut self, params: ParamStore, frozen: FrozenBase) {
+        match self {
+            Model::Gpt(m) => (m.params, m.frozen) = (params, Some(frozen)),
+            Model::Llama(m) => (m.params, m.frozen) = (params, Some(frozen)),
+        }
     }
 
     /// The stored-form matrices, when [`Model::freeze_base`] (or a loader) froze the base.
