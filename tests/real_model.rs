@@ -94,6 +94,30 @@ fn chat_prompt(g: &GgufFile) -> Vec<u32> {
     tok.encode(&text).unwrap()
 }
 
+/// Max |error| / max |logit| of the engine's logits of `ids` (1, T) against the reference's at
+/// the given positions.
+fn worst_relative_error(model: &plumb::model::Model, ids: &plumb::Tensor, want: &[(usize, Vec<f64>)]) -> f64 {
+    let got = model.forward(None, ids, None).unwrap().to_f32_vec().unwrap();
+    let v = model.vocab_size();
+    let mut worst = 0.0f64;
+    for (pos, want) in want {
+        let row = &got[pos * v..(pos + 1) * v];
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = want.iter().zip(row).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
+        worst = worst.max(err / scale);
+    }
+    worst
+}
+
+/// The engine's greedy continuation of `prompt`, without the stop token.
+fn greedy(model: &plumb::model::Model, prompt: &[u32], cfg: &plumb::generate::GenerateConfig, eos: Option<u32>) -> Vec<u32> {
+    let mut out = plumb::generate::generate(model, &[prompt.to_vec()], cfg).unwrap().remove(0);
+    if out.last() == eos.as_ref() {
+        out.pop();
+    }
+    out
+}
+
 /// The independent f64 reference generates readable English greedily from the chat prompt; the
 /// engine, with the whole real model loaded from the GGUF (30 layers, 540 MB of f32 parameters
 /// split over several storage bindings), gives the same logits (≤ 1e-3 relative) on the last
@@ -142,15 +166,7 @@ fn smollm2_whole_model_on_the_engine_matches_the_f64_reference() {
     let model = plumb::model::Model::load(&gpu, &path).unwrap();
     let t = prompt.len();
     let ids = plumb::Tensor::from_u32(&gpu, &prompt, &[1, t]).unwrap();
-    let got = model.forward(None, &ids, None).unwrap().to_f32_vec().unwrap();
-    let v = model.vocab_size();
-    let mut worst = 0.0f64;
-    for (pos, want) in &last_prompt_logits {
-        let row = &got[pos * v..(pos + 1) * v];
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let err = want.iter().zip(row).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
-        worst = worst.max(err / scale);
-    }
+    let worst = worst_relative_error(&model, &ids, &last_prompt_logits);
     eprintln!("engine vs f64 reference, whole model, last 3 prompt positions: max |error| / max |logit| = {worst:.2e}");
     assert!(worst <= 1e-3, "relative error {worst}");
     let cfg = plumb::generate::GenerateConfig {
@@ -159,10 +175,7 @@ fn smollm2_whole_model_on_the_engine_matches_the_f64_reference() {
         stop_ids: tok.eos_id().into_iter().collect(),
         ..Default::default()
     };
-    let mut engine = plumb::generate::generate(&model, &[prompt.clone()], &cfg).unwrap().remove(0);
-    if engine.last() == tok.eos_id().as_ref() {
-        engine.pop();
-    }
+    let engine = greedy(&model, &prompt, &cfg, tok.eos_id());
     eprintln!("engine: load + forward + 20 greedy tokens in {:.1?}: {:?}", t1.elapsed(), tok.decode(&engine).unwrap());
     assert_eq!(engine, out, "the engine's greedy tokens are the reference's");
     drop(model);
@@ -179,20 +192,10 @@ fn smollm2_whole_model_on_the_engine_matches_the_f64_reference() {
         stored.params().numel()
     );
     assert!(frozen.bytes() < 120 << 20 && stored.params().numel() < 100_000, "no f32 copy of the matrices");
-    let got = stored.forward(None, &ids, None).unwrap().to_f32_vec().unwrap();
-    let mut worst = 0.0f64;
-    for (pos, want) in &last_prompt_logits {
-        let row = &got[pos * v..(pos + 1) * v];
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let err = want.iter().zip(row).fold(0.0f64, |m, (a, &b)| m.max((a - b as f64).abs()));
-        worst = worst.max(err / scale);
-    }
+    let worst = worst_relative_error(&stored, &ids, &last_prompt_logits);
     eprintln!("stored-form engine vs f64 reference, last 3 prompt positions: max |error| / max |logit| = {worst:.2e}");
     assert!(worst <= 1e-3, "relative error {worst}");
-    let mut engine = plumb::generate::generate(&stored, &[prompt.clone()], &cfg).unwrap().remove(0);
-    if engine.last() == tok.eos_id().as_ref() {
-        engine.pop();
-    }
+    let engine = greedy(&stored, &prompt, &cfg, tok.eos_id());
     eprintln!("stored-form engine: load + forward + 20 greedy tokens in {:.1?}", t2.elapsed());
     assert_eq!(engine, out, "the stored-form engine's greedy tokens are the reference's");
 }

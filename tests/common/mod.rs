@@ -2,6 +2,7 @@
 //! gradient-check harness that every op goes through.
 #![allow(dead_code)]
 
+pub mod f64_ops;
 pub mod gradcheck;
 
 use plumb::{Gpu, GpuOptions};
