@@ -10,6 +10,7 @@ cargo test --all-targets
 cargo test --doc
 # The C ABI: header freshness, then the C/C++ programs against libplumb.so/.a (one under valgrind).
 cargo test -p plumb-capi-header
+cargo build -p plumb-capi   # libplumb.so / libplumb.a: a cdylib/staticlib is not built for its own tests
 cargo test -p plumb-capi
 PLUMB_BACKEND=gl cargo test --test "gradcheck_*"
 # Storage past the binding limit: parameter stores laid out as if a binding held 16 KiB, so the

@@ -15,7 +15,7 @@ fn root() -> PathBuf {
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().expect("deps dir").to_path_buf();
-    assert!(dir.join("libplumb.so").exists(), "{}: no libplumb.so (cargo builds it for `cargo test -p plumb-capi`)", dir.display());
+    assert!(dir.join("libplumb.so").exists(), "{}: no libplumb.so: run `cargo build -p plumb-capi` before `cargo test -p plumb-capi`", dir.display());
     dir
 }
 
