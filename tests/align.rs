@@ -8,23 +8,6 @@ use plumb::model::{presets, Model};
 use plumb::ops::dpo::{DpoConfig, DpoLoss};
 use plumb::train::schedule::Schedule;
 
-/// Pairs whose chosen completions use letters a-h and rejected ones letters q-x, after a
-/// random prompt of digits: a preference any model can learn.
-fn synthetic_pairs(n: usize, seed: u64) -> Vec<Pair> {
-    let r = common::rand_vec(n * 20, seed, 0.0, 8.0);
-    (0..n)
-        .map(|i| {
-            let x = &r[i * 20..(i + 1) * 20];
-            Pair {
-                prompt: x[..4].iter().map(|v| b'0' as u32 + *v as u32).collect(),
-                chosen: x[4..12].iter().map(|v| b'a' as u32 + *v as u32).collect(),
-                rejected: x[12..20].iter().map(|v| b'q' as u32 + *v as u32).collect(),
-                reference: None,
-            }
-        })
-        .collect()
-}
-
 fn train_cfg(steps: usize, lr: f32) -> TrainConfig {
     TrainConfig { steps, batch_size: 8, max_len: 32, max_prompt_len: 8, schedule: Schedule::constant(lr), ..Default::default() }
 }
@@ -35,7 +18,7 @@ fn dpo_drives_accuracy_to_one_with_growing_margins() {
     let cfg = presets::resolve("gpt-nano").unwrap();
     let policy = Model::new(&gpu, &cfg, 1).unwrap();
     let reference = Model::new(&gpu, &cfg, 1).unwrap();
-    let pairs = synthetic_pairs(32, 3);
+    let pairs = common::synthetic_pairs(32, 3);
     let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(40, 2e-3), ..Default::default() });
     let m = dpo.train(&policy, &pairs, Reference::Model(&reference)).unwrap();
     let get = |i: usize, k: &str| m[i][k].as_f64().unwrap();
@@ -57,7 +40,7 @@ fn every_dpo_loss_type_trains_towards_the_chosen() {
     let Some(gpu) = common::gpu() else { return };
     let cfg = presets::resolve("gpt-nano").unwrap();
     let reference = Model::new(&gpu, &cfg, 2).unwrap();
-    let pairs = synthetic_pairs(16, 4);
+    let pairs = common::synthetic_pairs(16, 4);
     for kind in DpoLoss::ALL {
         let policy = Model::new(&gpu, &cfg, 2).unwrap();
         let mut losses = vec![(kind, 1.0)];
@@ -80,7 +63,7 @@ fn precomputed_reference_equals_live_reference() {
     let Some(gpu) = common::gpu() else { return };
     let cfg = presets::resolve("gpt-nano").unwrap();
     let reference = Model::new(&gpu, &cfg, 5).unwrap();
-    let pairs = synthetic_pairs(8, 6);
+    let pairs = common::synthetic_pairs(8, 6);
     let dir = std::env::temp_dir().join(format!("plumb-align-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("prefs.bin");
@@ -154,7 +137,7 @@ fn lora_dpo_trains_only_adapters_against_the_base_model() {
     let mut policy = Model::new(&gpu, &cfg, 8).unwrap();
     let base = policy.params().read_all().unwrap();
     policy.add_lora(&plumb::lora::LoraConfig { r: 4, alpha: 8.0, ..Default::default() }, 8).unwrap();
-    let pairs = synthetic_pairs(16, 9);
+    let pairs = common::synthetic_pairs(16, 9);
     let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(15, 5e-3), ..Default::default() });
     let m = dpo.train(&policy, &pairs, Reference::Adapters).unwrap();
     let margin = |i: usize| m[i]["rewards/margins"].as_f64().unwrap();

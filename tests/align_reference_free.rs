@@ -3,32 +3,16 @@
 //! above the rejected one's on a synthetic preference set, through `Dpo` with
 //! `Reference::None`.
 mod common;
-use plumb::align::{Dpo, DpoTrainConfig, Pair, Reference, TrainConfig};
+use plumb::align::{Dpo, DpoTrainConfig, Reference, TrainConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::dpo::DpoConfig;
 use plumb::train::schedule::Schedule;
-
-/// Chosen completions use letters a-h, rejected ones q-x, after a prompt of digits.
-fn synthetic_pairs(n: usize, seed: u64) -> Vec<Pair> {
-    let r = common::rand_vec(n * 20, seed, 0.0, 8.0);
-    (0..n)
-        .map(|i| {
-            let x = &r[i * 20..(i + 1) * 20];
-            Pair {
-                prompt: x[..4].iter().map(|v| b'0' as u32 + *v as u32).collect(),
-                chosen: x[4..12].iter().map(|v| b'a' as u32 + *v as u32).collect(),
-                rejected: x[12..20].iter().map(|v| b'q' as u32 + *v as u32).collect(),
-                reference: None,
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn orpo_and_simpo_learn_the_preference_without_a_reference() {
     let Some(gpu) = common::gpu() else { return };
     let cfg = presets::resolve("gpt-nano").unwrap();
-    let pairs = synthetic_pairs(32, 7);
+    let pairs = common::synthetic_pairs(32, 7);
     for (name, loss) in [("orpo", DpoConfig::orpo(0.5)), ("simpo", DpoConfig::simpo(2.0, 0.5))] {
         let policy = Model::new(&gpu, &cfg, 5).unwrap();
         let train = TrainConfig { steps: 20, batch_size: 8, max_len: 32, max_prompt_len: 8, schedule: Schedule::constant(2e-3), ..Default::default() };

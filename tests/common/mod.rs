@@ -42,3 +42,20 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f64], atol: f64, rtol: f64) {
     let i = worst.1;
     assert!(worst.0 <= 1.0, "{what}: element {i}: gpu {} vs reference {} (err ratio {:.3})", a[i], b[i], worst.0);
 }
+
+/// Pairs whose chosen completions use letters a-h and rejected ones letters q-x, after a
+/// random prompt of digits: a preference any model can learn.
+pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<plumb::align::Pair> {
+    let r = rand_vec(n * 20, seed, 0.0, 8.0);
+    (0..n)
+        .map(|i| {
+            let x = &r[i * 20..(i + 1) * 20];
+            plumb::align::Pair {
+                prompt: x[..4].iter().map(|v| b'0' as u32 + *v as u32).collect(),
+                chosen: x[4..12].iter().map(|v| b'a' as u32 + *v as u32).collect(),
+                rejected: x[12..20].iter().map(|v| b'q' as u32 + *v as u32).collect(),
+                reference: None,
+            }
+        })
+        .collect()
+}
