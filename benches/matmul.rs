@@ -3,8 +3,9 @@
 //! Criterion reports elem/s with one element per FLOP (2·M·N·K), i.e. FLOP/s; every iteration
 //! ends with a host read so the GPU work is inside the timing. A plain summary line per shape
 //! follows the W1 rule: 3 untimed warm-ups, the median of 7 timed runs, GFLOP/s = 2MNK/t.
-//! `PLUMB_KERNELS=register|tiled` picks the kernel variant, `PLUMB_MATMUL_FEED=buffer|texture`
-//! how the register kernels read their operands (default: by CPU, see `ops::matmul`).
+//! `PLUMB_KERNELS=register|tiled` picks the kernel variant, `PLUMB_REGISTER_FEED=buffer|texture`
+//! (or this bench's older `PLUMB_MATMUL_FEED`) how the register kernels read their operands
+//! (default: by CPU, see `gpu::feed`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use plumb::ops::matmul::{matmul_forward, RegisterFeed};
