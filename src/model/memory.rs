@@ -179,7 +179,6 @@ fn lora_modules(cfg: &ModelConfig) -> Vec<LoraModule> {
     }
 }
 
-
 /// Plan a step of `model` as it stands (its config, its adapter's rank) and hand the plan to
 /// its device, so that an out-of-memory error quotes it. Trainers call this before the first
 /// step.
