@@ -3,7 +3,7 @@
 //! global, so two devices in one process can run different kernel variants side by side.
 //!
 //! On lavapipe a storage-buffer load is built one SIMD lane at a time while a texel fetch is a
-//! vector gather, so large operands are read from texture copies (see [`super::texture`]) and,
+//! vector gather, so large operands are read from texture copies (see `gpu::texture`) and,
 //! with 8-lane subgroups, shared across a subgroup. Three switches:
 //! - [`RegisterFeed`]: matmul's operands and AdamW's state from buffers or textures;
 //! - elementwise textures: the elementwise, activation and normalisation kernels' inputs (and
