@@ -13,14 +13,15 @@
 //! switched off, or from values precomputed into the preference file
 //! ([`precompute_reference`]), so that training holds one model in memory.
 
-use super::common::{run_steps, shuffled, to_json, Pair, Pairs, Reference, TrainConfig};
-use super::reward::{pair_rows, split_pairs};
+use super::batching::{pair_rows, split_pair_tensor, split_pairs, step_indices, Pair, Pairs};
+use super::common::{json_loss, stamp_json, to_json, TrainConfig};
+use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqTensors};
+use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::data::PreferenceDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
-use crate::ops::elementwise::slice_last_forward;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use std::path::Path;
@@ -40,34 +41,6 @@ pub struct Dpo {
     pub cfg: DpoTrainConfig,
 }
 
-/// Chosen (even) and rejected (odd) values of a (2N) tensor, as two (N) tensors.
-fn split_tensor(x: &Tensor, n: usize) -> Result<(Tensor, Tensor)> {
-    let x = x.reshape(&[n, 2])?;
-    Ok((slice_last_forward(&x, 0, 1)?.reshape(&[n])?, slice_last_forward(&x, 1, 1)?.reshape(&[n])?))
-}
-
-/// The reference's sequence log-probs (2N) for the rows of `s` (chosen, rejected interleaved).
-pub(crate) fn reference_logps(policy: &Model, reference: &Reference, s: &SeqTensors, pairs: &[Pair]) -> Result<Tensor> {
-    let gpu = s.ids.gpu();
-    match reference {
-        Reference::Model(m) => Ok(sequence_logps(m, None, s)?.tensor().clone()),
-        Reference::Adapters => with_adapters_off(policy, || Ok(sequence_logps(policy, None, s)?.tensor().clone())),
-        Reference::Precomputed => {
-            let mut v = Vec::with_capacity(2 * pairs.len());
-            for (i, p) in pairs.iter().enumerate() {
-                let r = p.reference.ok_or_else(|| {
-                    Error::config("reference", format!("pair {i} has no precomputed reference log-probs (run `plumb dpo --precompute-ref` first)"))
-                })?;
-                v.extend(r);
-            }
-            Tensor::from_f32(gpu, &v, &[v.len()])
-        }
-        Reference::None => Tensor::zeros(gpu, &[2 * pairs.len()], crate::tensor::DType::F32, "no reference"),
-    }
-}
-
-pub(crate) use super::common::with_adapters_off;
-
 impl Dpo {
     pub fn new(cfg: DpoTrainConfig) -> Dpo {
         Dpo { cfg }
@@ -78,56 +51,119 @@ impl Dpo {
     /// logits/*), the loss and the gradient norm.
     pub fn train(&self, policy: &Model, pairs: &dyn Pairs, reference: Reference) -> Result<Vec<serde_json::Value>> {
         let cfg = &self.cfg;
-        let n = pairs.len();
-        if n == 0 {
+        cfg.train.check("DPO")?;
+        if pairs.is_empty() {
             return Err(Error::config("DPO", "no preference pairs"));
         }
-        let gpu = policy.params().gpu().clone();
-        let b = cfg.train.batch_size;
-        let mut loss_cfg = cfg.loss.clone();
-        let uses_bco = loss_cfg.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair);
-        let (mut reward_sum, mut reward_count) = (0.0f64, 0usize);
-        let describe = serde_json::json!({
-            "beta": loss_cfg.beta,
-            "losses": loss_cfg.losses.iter().map(|(k, w)| format!("{}:{w}", k.name())).collect::<Vec<_>>(),
-            "label_smoothing": loss_cfg.label_smoothing,
-            "reference": reference.describe(),
-        });
-        run_steps("dpo", &cfg.train, policy, describe, |step, lr, opt| {
-            let batch: Vec<Pair> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
-            let s = rows.upload(&gpu)?;
-            let refs = reference_logps(policy, &reference, &s, &batch)?;
-            let (rc, rr) = split_tensor(&refs, b)?;
-            let (lc, lr_) = split_tensor(&s.completion_len, b)?;
-            let tape = Tape::new();
-            let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
-            let (pc, pr) = split_pairs(&logps, b)?;
-            let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
-            tape.backward(&loss)?;
-            let norm = opt.step(policy.trainable(), lr)?;
-            policy.trainable().zero_grad()?;
-            let stats = metrics.tensor().to_f32_vec()?; // the step's submit: [loss, metrics...]
-            let m: Vec<(&str, f32)> = DPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).collect();
-            let mut rec = to_json(&m);
-            rec["loss"] = stats[0].into();
-            let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
-            for (k, name) in ["logits/chosen", "logits/rejected"].iter().enumerate() {
-                let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
-                rec[*name] = (s / l.max(1.0)).into();
-            }
-            if let Some(nm) = norm {
-                rec["grad_norm"] = nm.scalar()?.into();
-            }
-            if uses_bco {
-                // bco_pair's δ: the running mean of the implicit rewards seen so far.
-                let get = |k: &str| m.iter().find(|(n, _)| *n == k).map(|x| x.1 as f64).unwrap_or(0.0);
-                reward_sum += (get("rewards/chosen") + get("rewards/rejected")) * b as f64;
-                reward_count += 2 * b;
-                loss_cfg.bco_delta = (reward_sum / reward_count as f64) as f32;
-            }
-            Ok(rec)
-        })
+        let run = cfg.train.loop_config(2 * cfg.train.batch_size);
+        let mut method = DpoMethod { policy, pairs, reference, cfg, bco: BcoMean::default() };
+        Ok(trainer::train(&run, policy, &mut method)?.metrics)
+    }
+}
+
+/// bco_pair's δ: the running mean of every implicit reward seen so far (per-run state, saved in
+/// checkpoints; TRL's `RunningMoments`).
+#[derive(Clone, Copy, Debug, Default)]
+struct BcoMean {
+    sum: f64,
+    count: u64,
+}
+
+impl BcoMean {
+    fn delta(&self) -> f32 {
+        if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 }
+    }
+}
+
+/// DPO's step in the training loop: the pairs' log-probs, the reference's, the fused loss.
+struct DpoMethod<'a> {
+    policy: &'a Model,
+    pairs: &'a dyn Pairs,
+    reference: Reference<'a>,
+    cfg: &'a DpoTrainConfig,
+    bco: BcoMean,
+}
+
+impl Method for DpoMethod<'_> {
+    type Metrics = serde_json::Value;
+
+    fn name(&self) -> &'static str {
+        "dpo"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let l = &self.cfg.loss;
+        self.cfg.train.settings(serde_json::json!({
+            "beta": l.beta,
+            "losses": l.losses.iter().map(|(k, w)| format!("{}:{w}", k.name())).collect::<Vec<_>>(),
+            "label_smoothing": l.label_smoothing,
+            "reference": self.reference.describe(),
+        }))
+    }
+
+    fn step(&mut self, st: Step) -> Result<serde_json::Value> {
+        let (cfg, policy, b) = (self.cfg, self.policy, self.cfg.train.batch_size);
+        // 1. the batch: chosen and rejected rows side by side, and the reference's log-probs
+        let batch: Vec<Pair> = step_indices(cfg.train.seed, self.pairs.len(), st.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
+        let s = rows.upload(policy.params().gpu())?;
+        let stored: Option<Vec<f32>> = batch.iter().map(|p| p.reference).collect::<Option<Vec<[f32; 2]>>>().map(|v| v.concat());
+        if matches!(self.reference, Reference::Precomputed) && stored.is_none() {
+            let i = batch.iter().position(|p| p.reference.is_none()).unwrap_or(0);
+            return Err(Error::config("reference", format!("pair {i} has no precomputed reference log-probs (run `plumb dpo --precompute-ref` first)")));
+        }
+        let refs = self.reference.sequence_logps(policy, &s, stored.as_deref(), "DPO")?;
+        let (rc, rr) = split_pair_tensor(&refs, b)?;
+        let (lc, lr_) = split_pair_tensor(&s.completion_len, b)?;
+        // 2. the policy's log-probs on the tape, the fused loss (bco_pair's δ from the run so far)
+        let tape = Tape::new();
+        let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
+        let (pc, pr) = split_pairs(&logps, b)?;
+        let loss_cfg = DpoConfig { bco_delta: self.bco.delta(), ..cfg.loss.clone() };
+        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
+        tape.backward(&loss)?;
+        let norm = st.opt.step(policy.trainable(), st.lr)?;
+        policy.trainable().zero_grad()?;
+        // 3. the metrics: the step's submit, [loss, metrics...]
+        let stats = metrics.tensor().to_f32_vec()?;
+        let m: Vec<(&str, f32)> = DPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).collect();
+        let mut rec = to_json(&m);
+        rec["loss"] = stats[0].into();
+        let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
+        for (k, name) in ["logits/chosen", "logits/rejected"].iter().enumerate() {
+            let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
+            rec[*name] = (s / l.max(1.0)).into();
+        }
+        if let Some(nm) = norm {
+            rec["grad_norm"] = nm.scalar()?.into();
+        }
+        if cfg.loss.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair) {
+            let get = |k: &str| m.iter().find(|(n, _)| *n == k).map(|x| x.1 as f64).unwrap_or(0.0);
+            self.bco.sum += (get("rewards/chosen") + get("rewards/rejected")) * b as f64;
+            self.bco.count += 2 * b as u64;
+        }
+        Ok(rec)
+    }
+
+    fn loss(m: &serde_json::Value) -> f32 {
+        json_loss(m)
+    }
+
+    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        stamp_json(m, done, lr, elapsed_s)
+    }
+
+    fn state(&self) -> Result<MethodState> {
+        Ok(MethodState { values: serde_json::json!({"bco_reward_sum": self.bco.sum, "bco_reward_count": self.bco.count}), tensors: vec![] })
+    }
+
+    fn restore(&mut self, s: MethodState) -> Result<()> {
+        let sum = s.values["bco_reward_sum"].as_f64();
+        let count = s.values["bco_reward_count"].as_u64();
+        if let (Some(sum), Some(count)) = (sum, count) {
+            self.bco = BcoMean { sum, count };
+        }
+        Ok(())
     }
 }
 

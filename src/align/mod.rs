@@ -16,17 +16,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batching;
 mod common;
 pub mod dpo;
 pub mod grpo;
 pub mod kto;
 pub mod ppo;
 pub mod provenance;
+pub mod reference;
 pub mod reward;
 pub mod rollout;
 pub mod seqs;
 
-pub use common::{shuffled, Pair, Pairs, Reference, TrainConfig};
+pub use batching::{shuffled, Pair, Pairs};
+pub use common::TrainConfig;
+pub use reference::Reference;
 pub use dpo::{precompute_reference, Dpo, DpoTrainConfig};
 pub use reward::{Reward, RewardConfig, RewardModel};
 pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};

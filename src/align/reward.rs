@@ -9,8 +9,10 @@
 //! `score.weight` (1, C), kept in the same flat parameter store as the trunk, so one AdamW and
 //! one gradient clip cover both and the checkpoint loads into `AutoModelForSequenceClassification`.
 
-use super::common::{run_steps, shuffled, to_json, Pairs, TrainConfig};
+use super::batching::{pair_rows, split_pairs, step_indices, Pairs};
+use super::common::{json_loss, stamp_json, to_json, TrainConfig};
 use super::seqs::{SeqBatch, SeqTensors};
+use crate::train::trainer::{self, Method, Step};
 use crate::error::{Error, Result};
 use crate::model::{Gpt, Llama, Model, ModelConfig};
 use crate::nn::normal;
@@ -140,20 +142,6 @@ impl Default for RewardConfig {
     }
 }
 
-/// Two right-padded rows per pair: chosen at even rows, rejected at odd rows.
-pub(crate) fn pair_rows(pairs: &[super::common::Pair], cfg: &TrainConfig, pad: u32) -> Result<SeqBatch> {
-    let rows: Vec<(&[u32], &[u32])> =
-        pairs.iter().flat_map(|p| [(p.prompt.as_slice(), p.chosen.as_slice()), (p.prompt.as_slice(), p.rejected.as_slice())]).collect();
-    SeqBatch::right_padded(&rows, cfg.max_len, cfg.max_prompt_len, pad)
-}
-
-/// Every other element of a (2N) Var: even (chosen) or odd (rejected) rows, as (N).
-pub(crate) fn split_pairs(x: &Var, n: usize) -> Result<(Var, Var)> {
-    use crate::ops::elementwise::slice_last;
-    let x = x.reshape(&[n, 2])?;
-    Ok((slice_last(&x, 0, 1)?.reshape(&[n])?, slice_last(&x, 1, 1)?.reshape(&[n])?))
-}
-
 /// Trains reward models: `Reward::new(cfg).train(&rm, &pairs)`.
 pub struct Reward {
     pub cfg: RewardConfig,
@@ -167,29 +155,12 @@ impl Reward {
     /// Train `rm` on `pairs`; returns each step's metrics (loss, accuracy, margin, rewards).
     pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<serde_json::Value>> {
         let cfg = &self.cfg;
-        let n = pairs.len();
-        if n == 0 {
+        cfg.train.check("reward training")?;
+        if pairs.is_empty() {
             return Err(Error::config("reward training", "no preference pairs"));
         }
-        let gpu = rm.model.params().gpu().clone();
-        let b = cfg.train.batch_size;
-        run_steps("reward", &cfg.train, &rm.model, serde_json::to_value(cfg).expect("json"), |step, lr, opt| {
-            let batch: Vec<_> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let s = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(&gpu)?;
-            let tape = Tape::new();
-            let (rc, rr) = split_pairs(&rm.scores(Some(&tape), &s)?, b)?;
-            let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
-            tape.backward(&loss)?;
-            let norm = opt.step(rm.model.trainable(), lr)?;
-            rm.model.trainable().zero_grad()?;
-            let mut m = metrics.tensor().to_f32_vec()?; // the step's one submit
-            let mut rec = to_json(&metrics_named(&m));
-            rec["loss"] = m.remove(0).into();
-            if let Some(n) = norm {
-                rec["grad_norm"] = n.scalar()?.into();
-            }
-            Ok(rec)
-        })
+        let run = cfg.train.loop_config(2 * cfg.train.batch_size);
+        Ok(trainer::train(&run, &rm.model, &mut RewardMethod { rm, pairs, cfg })?.metrics)
     }
 
     /// Held-out accuracy and mean margin of `rm` on `pairs` (all of them).
@@ -207,6 +178,53 @@ impl Reward {
         }
         let n = all.len().max(1) as f64;
         Ok(((correct as f64 / n) as f32, (margin / n) as f32))
+    }
+}
+
+/// The reward model's step in the training loop: Bradley-Terry on a batch of pairs.
+struct RewardMethod<'a> {
+    rm: &'a RewardModel,
+    pairs: &'a dyn Pairs,
+    cfg: &'a RewardConfig,
+}
+
+impl Method for RewardMethod<'_> {
+    type Metrics = serde_json::Value;
+
+    fn name(&self) -> &'static str {
+        "reward"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        self.cfg.train.settings(serde_json::to_value(self.cfg).expect("json"))
+    }
+
+    fn step(&mut self, s: Step) -> Result<serde_json::Value> {
+        let (cfg, b) = (self.cfg, self.cfg.train.batch_size);
+        let model = &self.rm.model;
+        let batch: Vec<_> = step_indices(cfg.train.seed, self.pairs.len(), s.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(model.params().gpu())?;
+        let tape = Tape::new();
+        let (rc, rr) = split_pairs(&self.rm.scores(Some(&tape), &rows)?, b)?;
+        let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
+        tape.backward(&loss)?;
+        let norm = s.opt.step(model.trainable(), s.lr)?;
+        model.trainable().zero_grad()?;
+        let mut m = metrics.tensor().to_f32_vec()?; // the step's one submit
+        let mut rec = to_json(&metrics_named(&m));
+        rec["loss"] = m.remove(0).into();
+        if let Some(n) = norm {
+            rec["grad_norm"] = n.scalar()?.into();
+        }
+        Ok(rec)
+    }
+
+    fn loss(m: &serde_json::Value) -> f32 {
+        json_loss(m)
+    }
+
+    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        stamp_json(m, done, lr, elapsed_s)
     }
 }
 
