@@ -79,7 +79,8 @@ impl std::str::FromStr for ScaleRewards {
 impl Default for GrpoConfig {
     fn default() -> Self {
         GrpoConfig {
-            train: TrainConfig { schedule: crate::train::schedule::Schedule::constant(1e-5), ..Default::default() },
+            // 4 prompts × 8 generations = 32 completions a step
+            train: TrainConfig { batch_size: 4, schedule: crate::train::schedule::Schedule::constant(1e-5), ..Default::default() },
             rollout: RolloutConfig::default(),
             num_generations: 8,
             epsilon: 0.2,
