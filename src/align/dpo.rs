@@ -27,13 +27,20 @@ use crate::tensor::Tensor;
 use std::path::Path;
 
 /// DPO settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DpoTrainConfig {
+    /// Default: 200 steps of 8 pairs, peak learning rate 5e-5.
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
+}
+
+impl Default for DpoTrainConfig {
+    fn default() -> Self {
+        DpoTrainConfig { train: TrainConfig { steps: 200, ..TrainConfig::default() }, loss: DpoConfig::default(), pad_id: 0 }
+    }
 }
 
 /// Trains a policy on preference pairs: `Dpo::new(cfg).train(&policy, &pairs, Reference::Model(&sft))`.

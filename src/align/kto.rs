@@ -90,7 +90,7 @@ impl Completions for UnpairedDataset {
 }
 
 /// KTO settings: the shared training settings and the loss's (TRL's KTOConfig names).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KtoTrainConfig {
     /// Steps, rows per step (at least 2 for `kto`: the KL rows pair rows of one batch), lengths,
     /// schedule, seed, output.
@@ -99,6 +99,14 @@ pub struct KtoTrainConfig {
     pub loss: KtoConfig,
     /// Pad token id.
     pub pad_id: u32,
+}
+
+impl Default for KtoTrainConfig {
+    /// 200 steps of 8 rows at a peak learning rate of 5e-5 (TRL's KTOConfig says 1e-6 for
+    /// large models; small ones take more).
+    fn default() -> Self {
+        KtoTrainConfig { train: TrainConfig { steps: 200, ..TrainConfig::default() }, loss: KtoConfig::default(), pad_id: 0 }
+    }
 }
 
 /// One step's metrics, with TRL's names in `metrics.jsonl`. Means over the desirable

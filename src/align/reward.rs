@@ -138,7 +138,8 @@ pub struct RewardConfig {
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        RewardConfig { train: TrainConfig::default(), center_coef: 0.0, pad_id: 0 }
+        let schedule = crate::train::schedule::Schedule { lr: 1e-4, warmup: 10, total: 0, min_lr: 1e-5 };
+        RewardConfig { train: TrainConfig { steps: 200, batch_size: 16, schedule, ..TrainConfig::default() }, center_coef: 0.0, pad_id: 0 }
     }
 }
 
