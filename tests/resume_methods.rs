@@ -183,7 +183,7 @@ fn ppo_with_value_head_and_adaptive_kl_resumes_exactly() {
         };
         let m = Ppo::new(cfg).train(&nano(&gpu, 6), &prompts(), &Rewards::Fn(&lowercase_share), Reference::Model(&reference)).unwrap();
         if !resume && m.len() == STEPS {
-            let coefs: Vec<f64> = m.iter().map(|r| r["objective/kl_coef"].as_f64().unwrap()).collect();
+            let coefs: Vec<f32> = m.iter().map(|r| r.objective_kl_coef).collect();
             assert!(coefs.windows(2).all(|w| w[0] != w[1]), "the adaptive KL coefficient must change each step: {coefs:?}");
         }
     });

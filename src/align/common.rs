@@ -109,20 +109,3 @@ impl TrainConfig {
         Ok(())
     }
 }
-
-/// Metric `(name, value)` pairs into a JSON object.
-pub(crate) fn to_json(pairs: &[(&str, f32)]) -> serde_json::Value {
-    serde_json::Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect())
-}
-
-/// The loop's bookkeeping into a JSON metrics record (the methods whose metrics are JSON).
-pub(crate) fn stamp_json(m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64) {
-    m["step"] = done.into();
-    m["lr"] = lr.into();
-    m["elapsed_s"] = elapsed_s.into();
-}
-
-/// A JSON record's "loss" (NaN when absent, which the loop refuses).
-pub(crate) fn json_loss(m: &serde_json::Value) -> f32 {
-    m["loss"].as_f64().unwrap_or(f64::NAN) as f32
-}

@@ -14,7 +14,7 @@
 //! ([`precompute_reference`]), so that training holds one model in memory.
 
 use super::batching::{pair_rows, split_pair_tensor, split_pairs, step_indices, Pair, Pairs};
-use super::common::{json_loss, stamp_json, to_json, TrainConfig};
+use super::common::TrainConfig;
 use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqTensors};
 use crate::train::trainer::{self, Method, MethodState, Step};
@@ -24,6 +24,7 @@ use crate::model::Model;
 use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// DPO settings.
@@ -43,6 +44,43 @@ impl Default for DpoTrainConfig {
     }
 }
 
+/// One DPO step's metrics, with TRL's names in `metrics.jsonl` (means over the batch's pairs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DpoMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
+    /// Mean implicit reward β(π_c − ρ_c) of the chosen completions.
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f32,
+    /// Mean implicit reward β(π_r − ρ_r) of the rejected completions.
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f32,
+    /// Mean of `rewards/chosen − rewards/rejected` per pair.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f32,
+    /// Share of pairs whose chosen reward is above the rejected one.
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f32,
+    /// Mean sequence log-prob of the chosen completions.
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f32,
+    /// Mean sequence log-prob of the rejected completions.
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f32,
+    /// Mean vocabulary logit over the chosen completions' tokens.
+    #[serde(rename = "logits/chosen")]
+    pub logits_chosen: f32,
+    /// Mean vocabulary logit over the rejected completions' tokens.
+    #[serde(rename = "logits/rejected")]
+    pub logits_rejected: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
+}
+
 /// Trains a policy on preference pairs: `Dpo::new(cfg).train(&policy, &pairs, Reference::Model(&sft))`.
 pub struct Dpo {
     pub cfg: DpoTrainConfig,
@@ -56,7 +94,7 @@ impl Dpo {
     /// Train `policy` on `pairs` against `reference`; returns each step's metrics with TRL's
     /// names (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/*,
     /// logits/*), the loss and the gradient norm.
-    pub fn train(&self, policy: &Model, pairs: &dyn Pairs, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, pairs: &dyn Pairs, reference: Reference) -> Result<Vec<DpoMetrics>> {
         let cfg = &self.cfg;
         cfg.train.check("DPO")?;
         if pairs.is_empty() {
@@ -92,7 +130,7 @@ struct DpoMethod<'a> {
 }
 
 impl Method for DpoMethod<'_> {
-    type Metrics = serde_json::Value;
+    type Metrics = DpoMetrics;
 
     fn name(&self) -> &'static str {
         "dpo"
@@ -108,7 +146,7 @@ impl Method for DpoMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<serde_json::Value> {
+    fn step(&mut self, st: Step) -> Result<DpoMetrics> {
         let (cfg, policy, b) = (self.cfg, self.policy, self.cfg.train.batch_size);
         // 1. the batch: chosen and rejected rows side by side, and the reference's log-probs
         let batch: Vec<Pair> = step_indices(cfg.train.seed, self.pairs.len(), st.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
@@ -131,33 +169,40 @@ impl Method for DpoMethod<'_> {
         tape.backward(&loss)?;
         let norm = st.opt.step(policy.trainable(), st.lr)?;
         policy.trainable().zero_grad()?;
-        // 3. the metrics: the step's submit, [loss, metrics...]
+        // 3. the metrics: the step's submit, [loss, the metrics of DPO_METRIC_NAMES]
         let stats = metrics.tensor().to_f32_vec()?;
-        let m: Vec<(&str, f32)> = DPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).collect();
-        let mut rec = to_json(&m);
-        rec["loss"] = stats[0].into();
         let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
-        for (k, name) in ["logits/chosen", "logits/rejected"].iter().enumerate() {
+        let mean_logit = |k: usize| {
             let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
-            rec[*name] = (s / l.max(1.0)).into();
-        }
-        if let Some(nm) = norm {
-            rec["grad_norm"] = nm.scalar()?.into();
-        }
+            s / l.max(1.0)
+        };
+        debug_assert_eq!(DPO_METRIC_NAMES[..4], ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]);
+        let m = DpoMetrics {
+            loss: stats[0],
+            grad_norm: norm.map(|n| n.scalar()).transpose()?,
+            rewards_chosen: stats[1],
+            rewards_rejected: stats[2],
+            rewards_margins: stats[3],
+            rewards_accuracies: stats[4],
+            logps_chosen: stats[5],
+            logps_rejected: stats[6],
+            logits_chosen: mean_logit(0),
+            logits_rejected: mean_logit(1),
+            ..Default::default()
+        };
         if cfg.loss.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair) {
-            let get = |k: &str| m.iter().find(|(n, _)| *n == k).map(|x| x.1 as f64).unwrap_or(0.0);
-            self.bco.sum += (get("rewards/chosen") + get("rewards/rejected")) * b as f64;
+            self.bco.sum += (m.rewards_chosen as f64 + m.rewards_rejected as f64) * b as f64;
             self.bco.count += 2 * b as u64;
         }
-        Ok(rec)
+        Ok(m)
     }
 
-    fn loss(m: &serde_json::Value) -> f32 {
-        json_loss(m)
+    fn loss(m: &DpoMetrics) -> f32 {
+        m.loss
     }
 
-    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
-        stamp_json(m, done, lr, elapsed_s)
+    fn stamp(&self, m: &mut DpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
 
     fn state(&self) -> Result<MethodState> {

@@ -17,7 +17,7 @@
 //! `num_iterations = 1`) π_old is the policy itself, so ρ = 1 in value and only its gradient acts.
 
 use super::batching::{prompt_groups, sampling_seed};
-use super::common::{json_loss, stamp_json, to_json, TrainConfig};
+use super::common::TrainConfig;
 use super::reference::{tempered_logps, Reference};
 use super::rollout::{sample, Rewards, RolloutConfig};
 use crate::train::trainer::{self, Method, Step};
@@ -27,6 +27,7 @@ use crate::ops::grpo::{grpo_variant_loss, GrpoLossConfig, GrpoLossType, Importan
 use crate::ops::ppo::group_advantages;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
 /// GRPO settings (TRL's GRPOConfig names).
 #[derive(Clone, Debug)]
@@ -94,6 +95,32 @@ impl Default for GrpoConfig {
     }
 }
 
+/// One GRPO step's metrics, with TRL's names in `metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrpoMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Mean reward of the step's completions.
+    pub reward: f32,
+    /// Their (unbiased) standard deviation.
+    pub reward_std: f32,
+    /// Mean k3 KL to the reference per completion token; absent when β = 0 (no reference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f32>,
+    /// Share of tokens clipped below 1 − ε, above 1 + ε_high, and either.
+    #[serde(rename = "clip_ratio/low_mean")]
+    pub clip_ratio_low_mean: f32,
+    #[serde(rename = "clip_ratio/high_mean")]
+    pub clip_ratio_high_mean: f32,
+    #[serde(rename = "clip_ratio/region_mean")]
+    pub clip_ratio_region_mean: f32,
+    /// Mean completion length in tokens.
+    pub completion_length: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
+}
+
 /// Trains a policy with GRPO: `Grpo::new(cfg).train(&policy, &prompts, &Rewards::Fn(&f), Reference::None)`.
 pub struct Grpo {
     pub cfg: GrpoConfig,
@@ -106,7 +133,7 @@ impl Grpo {
 
     /// Run `cfg.train.steps` steps on `prompts`; returns each step's metrics with TRL's names
     /// (reward, reward_std, kl, clip_ratio/*, completion_length).
-    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<GrpoMetrics>> {
         let cfg = &self.cfg;
         cfg.train.check("GRPO")?;
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
@@ -141,7 +168,7 @@ struct GrpoMethod<'a> {
 }
 
 impl Method for GrpoMethod<'_> {
-    type Metrics = serde_json::Value;
+    type Metrics = GrpoMetrics;
 
     fn name(&self) -> &'static str {
         "grpo"
@@ -157,7 +184,7 @@ impl Method for GrpoMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<serde_json::Value> {
+    fn step(&mut self, st: Step) -> Result<GrpoMetrics> {
         let (cfg, policy) = (self.cfg, self.policy);
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
         let gpu = policy.params().gpu();
@@ -202,21 +229,26 @@ impl Method for GrpoMethod<'_> {
         policy.trainable().zero_grad()?;
         // 4. the metrics: the step's submit, [loss, kl, clip ratios]
         let stats = stats.to_f32_vec()?;
-        let named: Vec<(&str, f32)> = GRPO_VARIANT_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).skip(usize::from(!use_ref)).collect();
-        let mut rec = to_json(&named);
-        rec["loss"] = stats[0].into();
-        rec["reward"] = (r.iter().sum::<f32>() / r.len() as f32).into();
-        rec["reward_std"] = unbiased_std(&r).into();
-        rec["completion_length"] = completion_length.into();
-        Ok(rec)
+        debug_assert_eq!(GRPO_VARIANT_METRIC_NAMES, ["kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]);
+        Ok(GrpoMetrics {
+            loss: stats[0],
+            reward: r.iter().sum::<f32>() / r.len() as f32,
+            reward_std: unbiased_std(&r),
+            kl: use_ref.then_some(stats[1]),
+            clip_ratio_low_mean: stats[2],
+            clip_ratio_high_mean: stats[3],
+            clip_ratio_region_mean: stats[4],
+            completion_length,
+            ..Default::default()
+        })
     }
 
-    fn loss(m: &serde_json::Value) -> f32 {
-        json_loss(m)
+    fn loss(m: &GrpoMetrics) -> f32 {
+        m.loss
     }
 
-    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
-        stamp_json(m, done, lr, elapsed_s)
+    fn stamp(&self, m: &mut GrpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
 }
 

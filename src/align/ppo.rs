@@ -13,7 +13,7 @@
 //! The value head (TRL's `v_head.summary`) reads the policy's last hidden states (shared trunk).
 
 use super::batching::{prompt_groups, sampling_seed, shuffled};
-use super::common::{json_loss, stamp_json, TrainConfig};
+use super::common::TrainConfig;
 use super::reference::{tempered_logps, Reference};
 use super::rollout::{sample, Rewards, Rollout, RolloutConfig};
 use super::seqs::SeqBatch;
@@ -29,6 +29,7 @@ use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::Gpu;
+use serde::{Deserialize, Serialize};
 
 /// PPO settings (TRL's PPOConfig names where they exist).
 #[derive(Clone, Debug)]
@@ -108,6 +109,53 @@ struct Scored {
     metrics: serde_json::Value,
 }
 
+/// One PPO step's metrics, with TRL's names in `metrics.jsonl` (the update's values are means
+/// over the step's epochs and minibatches).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PpoMetrics {
+    #[serde(default)]
+    pub step: usize,
+    /// Mean PPO loss (policy + vf_coef · value) of the updates.
+    pub loss: f32,
+    #[serde(default)]
+    pub lr: f32,
+    /// Mean summed per-token KL to the reference per completion.
+    #[serde(rename = "objective/kl")]
+    pub objective_kl: f32,
+    /// Mean summed per-token entropy per completion.
+    #[serde(rename = "objective/entropy")]
+    pub objective_entropy: f32,
+    /// Mean reward-model (or function) score, before penalties and clipping.
+    #[serde(rename = "objective/scores")]
+    pub objective_scores: f32,
+    /// −β_KL · objective/kl.
+    #[serde(rename = "objective/non_score_reward")]
+    pub objective_non_score_reward: f32,
+    /// Mean shaped score minus the KL penalty.
+    #[serde(rename = "objective/rlhf_reward")]
+    pub objective_rlhf_reward: f32,
+    /// β_KL used this step (moves with the adaptive controller).
+    #[serde(rename = "objective/kl_coef")]
+    pub objective_kl_coef: f32,
+    /// Completions that ended with a stop token.
+    #[serde(rename = "val/num_eos_tokens")]
+    pub val_num_eos_tokens: f32,
+    /// Mean completion length in tokens.
+    pub completion_length: f32,
+    #[serde(rename = "policy/approxkl_avg")]
+    pub policy_approxkl_avg: f32,
+    #[serde(rename = "policy/clipfrac_avg")]
+    pub policy_clipfrac_avg: f32,
+    #[serde(rename = "loss/policy_avg")]
+    pub loss_policy_avg: f32,
+    #[serde(rename = "loss/value_avg")]
+    pub loss_value_avg: f32,
+    #[serde(rename = "val/clipfrac_avg")]
+    pub val_clipfrac_avg: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
+}
+
 /// Trains a policy with PPO: `Ppo::new(cfg).train(&policy, &prompts, &rewards, Reference::Model(&sft))`.
 pub struct Ppo {
     pub cfg: PpoConfig,
@@ -120,7 +168,7 @@ impl Ppo {
 
     /// Run `cfg.train.steps` rollout + update rounds on `prompts` (token ids, drawn in a seeded
     /// shuffled order); returns each step's metrics with TRL's names.
-    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<PpoMetrics>> {
         let cfg = &self.cfg;
         cfg.train.check("PPO")?;
         let b = cfg.train.batch_size;
@@ -233,7 +281,7 @@ struct PpoMethod<'a> {
 }
 
 impl Method for PpoMethod<'_> {
-    type Metrics = serde_json::Value;
+    type Metrics = PpoMetrics;
 
     fn name(&self) -> &'static str {
         "ppo"
@@ -244,7 +292,7 @@ impl Method for PpoMethod<'_> {
         cfg.train.settings(serde_json::json!({"kl_coef": cfg.kl_coef, "ppo_epochs": cfg.ppo_epochs, "minibatches": cfg.minibatches, "reference": self.reference.describe()}))
     }
 
-    fn step(&mut self, st: Step) -> Result<serde_json::Value> {
+    fn step(&mut self, st: Step) -> Result<PpoMetrics> {
         let (ppo, cfg, policy) = (self.ppo, &self.ppo.cfg, self.policy);
         let b = cfg.train.batch_size;
         let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, 1);
@@ -276,15 +324,15 @@ impl Method for PpoMethod<'_> {
             let err = (kl / target - 1.0).clamp(-0.2, 0.2);
             self.kl_coef *= 1.0 + err * b as f32 / horizon;
         }
-        Ok(rec)
+        serde_json::from_value(rec).map_err(|e| Error::config("PPO metrics", e.to_string()))
     }
 
-    fn loss(m: &serde_json::Value) -> f32 {
-        json_loss(m)
+    fn loss(m: &PpoMetrics) -> f32 {
+        m.loss
     }
 
-    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
-        stamp_json(m, done, lr, elapsed_s)
+    fn stamp(&self, m: &mut PpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
 
     fn state(&self) -> Result<MethodState> {

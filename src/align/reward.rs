@@ -10,7 +10,7 @@
 //! one gradient clip cover both and the checkpoint loads into `AutoModelForSequenceClassification`.
 
 use super::batching::{pair_rows, split_pairs, step_indices, Pairs};
-use super::common::{json_loss, stamp_json, to_json, TrainConfig};
+use super::common::TrainConfig;
 use super::seqs::{SeqBatch, SeqTensors};
 use crate::train::trainer::{self, Method, Step};
 use crate::error::{Error, Result};
@@ -143,6 +143,27 @@ impl Default for RewardConfig {
     }
 }
 
+/// One reward-model step's metrics, as named in `metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
+    /// Share of pairs scored chosen above rejected.
+    pub accuracy: f32,
+    /// Mean of r_chosen − r_rejected.
+    pub margin: f32,
+    /// Mean, least and largest score over both rows of every pair.
+    pub mean_reward: f32,
+    pub min_reward: f32,
+    pub max_reward: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
+}
+
 /// Trains reward models: `Reward::new(cfg).train(&rm, &pairs)`.
 pub struct Reward {
     pub cfg: RewardConfig,
@@ -154,7 +175,7 @@ impl Reward {
     }
 
     /// Train `rm` on `pairs`; returns each step's metrics (loss, accuracy, margin, rewards).
-    pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<RewardMetrics>> {
         let cfg = &self.cfg;
         cfg.train.check("reward training")?;
         if pairs.is_empty() {
@@ -190,7 +211,7 @@ struct RewardMethod<'a> {
 }
 
 impl Method for RewardMethod<'_> {
-    type Metrics = serde_json::Value;
+    type Metrics = RewardMetrics;
 
     fn name(&self) -> &'static str {
         "reward"
@@ -200,7 +221,7 @@ impl Method for RewardMethod<'_> {
         self.cfg.train.settings(serde_json::to_value(self.cfg).expect("json"))
     }
 
-    fn step(&mut self, s: Step) -> Result<serde_json::Value> {
+    fn step(&mut self, s: Step) -> Result<RewardMetrics> {
         let (cfg, b) = (self.cfg, self.cfg.train.batch_size);
         let model = &self.rm.model;
         let batch: Vec<_> = step_indices(cfg.train.seed, self.pairs.len(), s.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
@@ -211,24 +232,25 @@ impl Method for RewardMethod<'_> {
         tape.backward(&loss)?;
         let norm = s.opt.step(model.trainable(), s.lr)?;
         model.trainable().zero_grad()?;
-        let mut m = metrics.tensor().to_f32_vec()?; // the step's one submit
-        let mut rec = to_json(&metrics_named(&m));
-        rec["loss"] = m.remove(0).into();
-        if let Some(n) = norm {
-            rec["grad_norm"] = n.scalar()?.into();
-        }
-        Ok(rec)
+        let v = metrics.tensor().to_f32_vec()?; // the step's one submit: [loss, REWARD_METRIC_NAMES...]
+        debug_assert_eq!(crate::ops::reward::REWARD_METRIC_NAMES, ["accuracy", "margin", "mean_reward", "min_reward", "max_reward"]);
+        Ok(RewardMetrics {
+            loss: v[0],
+            grad_norm: norm.map(|n| n.scalar()).transpose()?,
+            accuracy: v[1],
+            margin: v[2],
+            mean_reward: v[3],
+            min_reward: v[4],
+            max_reward: v[5],
+            ..Default::default()
+        })
     }
 
-    fn loss(m: &serde_json::Value) -> f32 {
-        json_loss(m)
+    fn loss(m: &RewardMetrics) -> f32 {
+        m.loss
     }
 
-    fn stamp(&self, m: &mut serde_json::Value, done: usize, lr: f32, elapsed_s: f64, _: usize) {
-        stamp_json(m, done, lr, elapsed_s)
+    fn stamp(&self, m: &mut RewardMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
-}
-
-fn metrics_named(m: &[f32]) -> Vec<(&'static str, f32)> {
-    crate::ops::reward::REWARD_METRIC_NAMES.iter().copied().zip(m[1..].iter().copied()).collect()
 }

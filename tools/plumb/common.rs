@@ -267,14 +267,14 @@ pub fn print_samples(model: &Model, prompts: &[Vec<u32>], n: usize, max_new: usi
     Ok(())
 }
 
-/// The first and last value of metric `key` over a run.
-pub fn first_last(m: &[serde_json::Value], key: &str) -> (f64, f64) {
-    let get = |v: Option<&serde_json::Value>| v.and_then(|r| r[key].as_f64()).unwrap_or(f64::NAN);
+/// The first and last value of metric `key` (its name in metrics.jsonl) over a run.
+pub fn first_last<M: serde::Serialize>(m: &[M], key: &str) -> (f64, f64) {
+    let get = |v: Option<&M>| v.and_then(|r| serde_json::to_value(r).ok()).and_then(|r| r[key].as_f64()).unwrap_or(f64::NAN);
     (get(m.first()), get(m.last()))
 }
 
 /// Print `key: first -> last` for each key.
-pub fn print_first_last(m: &[serde_json::Value], keys: &[&str]) {
+pub fn print_first_last<M: serde::Serialize>(m: &[M], keys: &[&str]) {
     for k in keys {
         let (a, b) = first_last(m, k);
         println!("  {k:<28} {a:>9.4} -> {b:.4}");
