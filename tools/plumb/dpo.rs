@@ -21,6 +21,7 @@ use std::path::PathBuf;
   plumb dpo --loss simpo --beta 2 --simpo-gamma 0.5  # SimPO (CPO simpo): one model, no reference
   plumb dpo --loss orpo --beta 0.1             # ORPO: NLL + λ·odds ratio (λ = --beta), no reference
   plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
+  plumb dpo --save-every 20 --resume            # continue a killed run exactly (every method has both)
   plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
 pub struct DpoArgs {
@@ -123,7 +124,10 @@ pub fn run(a: DpoArgs) -> Result<()> {
         check_byte_level(&policy)?;
         memory = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
         println!("data: {} built-in preference pairs", memory.len());
-        if a.precompute_ref {
+        if a.precompute_ref && a.common.resume {
+            // the killed run wrote them, with the reference's log-probs (checked below)
+            file = Some(a.out.join("pairs.bin"));
+        } else if a.precompute_ref {
             // Claim --out (lock, no other run there unless --overwrite) before writing into it;
             // the trainer opens it again to train.
             drop(plumb::train::rundir::RunDir::open(&a.out, false, &cfg.train.run)?);
@@ -134,7 +138,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
             return Err(Error::config("--reference", "the built-in pairs have no precomputed reference log-probs; add --precompute-ref"));
         }
     }
-    if let (Some(path), true) = (&file, a.precompute_ref) {
+    if let (Some(path), true) = (&file, a.precompute_ref && !a.common.resume) {
         // the init model before training is the reference: compute its log-probs once
         let n = precompute_reference(&policy, path, &cfg)?;
         println!("reference log-probs of {n} pairs stored in {}", path.display());
