@@ -33,6 +33,8 @@ pub struct DpoTrainConfig {
     /// Default: 200 steps of 8 pairs, peak learning rate 5e-5.
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
+    /// Its `bco_delta` is not a setting: the trainer keeps bco_pair's running mean of rewards
+    /// as per-run state (saved in checkpoints) and passes that to the kernel.
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
