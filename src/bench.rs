@@ -8,7 +8,7 @@
 
 mod w5;
 
-pub use w5::{w5, W5Flops, W5Options, W5Report, W5};
+pub use w5::{quant_matmul, w5, W5Flops, W5Options, W5Report, W5};
 
 use crate::error::Result;
 use crate::model::{presets, Model};

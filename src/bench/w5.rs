@@ -274,6 +274,29 @@ impl std::fmt::Display for W5Report {
     }
 }
 
+/// The stored-form linear layer at one of W5's shapes: `y = x·Wᵀ` (forward) or `dx = dy·W`
+/// (backward) with x (m, k) and W (n, k) in `kind`; GFLOP/s (2·m·k·n per product). The
+/// kernel-level figure beside W1's: W5's frozen projections and its head run on these kernels.
+pub fn quant_matmul(gpu: &Gpu, kind: StoredType, (m, k, n): (usize, usize, usize), backward: bool, iters: usize) -> Result<BenchResult> {
+    use crate::ops::quant::{quant_linear_backward, quant_linear_forward, QuantTensor};
+    let wv: Vec<f32> = (0..n * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.01 - 0.06).collect();
+    let w = QuantTensor::from_f32(gpu, kind, [n, k], &wv)?;
+    let rows_in = if backward { n } else { k };
+    let xv: Vec<f32> = (0..m * rows_in).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
+    let x = Tensor::from_f32(gpu, &xv, &[m, rows_in])?;
+    let flops = 2.0 * (m * n * k) as f64;
+    let reps = ((1e9 / flops) as usize).max(1);
+    let t = timeit(gpu, 2, iters, || {
+        let mut last = None;
+        for _ in 0..reps {
+            last = Some(if backward { quant_linear_backward(&x, &w)? } else { quant_linear_forward(&x, &w, None)? });
+        }
+        last.expect("reps >= 1").view(0, &[1])?.scalar().map(|_| ())
+    })?;
+    let what = if backward { "dx = dy·W" } else { "y = x·Wᵀ" };
+    Ok(result(format!("stored-form {what} {} {m}x{k}x{n}", kind.name()), t, flops * reps as f64 / 1e9, "gflops"))
+}
+
 /// Reset the process's peak RSS (Linux: `5` to /proc/self/clear_refs), so the steps' peak is
 /// their own and not the model build's.
 fn reset_peak_rss() {

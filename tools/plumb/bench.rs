@@ -15,7 +15,7 @@ use std::path::PathBuf;
   PLUMB_PROFILE=1 plumb bench w2 --iters 3   # time per kernel (each dispatch waited for)
 Run each workload in its own process for its own peak memory figure.")]
 pub struct BenchArgs {
-    /// Workloads to run: w1, w2, w3, w4, w5 or all (all is W1-W4).
+    /// Workloads to run: w1, w2, w3, w4, w5, quant (W5's stored-form products) or all (W1-W4).
     #[arg(default_value = "all")]
     workloads: Vec<String>,
     /// Timed iterations (default: W1 7, W2 20, W3 10, W4 7, W5 3).
@@ -61,6 +61,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if want("w4") {
         println!("{}", bench::w4(&gpu, a.iters.unwrap_or(7))?);
+        profile(&gpu);
+    }
+    // The stored-form (Q4_1) products at W5's MLP shape, forward and backward: W5's kernels.
+    if a.workloads.iter().any(|x| x.eq_ignore_ascii_case("quant")) {
+        for (shape, backward) in [((1024, 576, 1536), false), ((1024, 576, 1536), true), ((512, 576, 4096), false)] {
+            println!("{}", bench::quant_matmul(&gpu, plumb::ops::quant::StoredType::Q4_1, shape, backward, a.iters.unwrap_or(5))?);
+        }
         profile(&gpu);
     }
     // W5 only when named: minutes on a CPU adapter.
