@@ -18,11 +18,11 @@ use super::seqs::{SeqBatch, SeqTensors};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::elementwise::{mul, scale};
-use crate::ops::loss::{token_entropy, token_logprobs};
 use crate::ops::matmul::linear;
 use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::ops::ppo::{gae, kl_penalty, ppo_loss, whiten, KlKind, PpoLossConfig};
 use crate::ops::reduce::sum_last_forward;
+use crate::ops::vocab_head::{head_entropy, head_logprobs};
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -98,14 +98,14 @@ impl ValueHead {
 }
 
 /// Completion log-probs (B, T) of the tempered policy, 0 outside the completion, and the
-/// logits they came from.
+/// per-token entropy (B·T) of the tempered distribution, through the chunked vocabulary head:
+/// the (B·T, V) logits never exist. The temperature τ scales the hidden states by 1/τ (the LM
+/// head has no bias, so its logits are exactly z/τ).
 pub(crate) fn tempered_logps(model: &Model, tape: Option<&Tape>, hidden: &Var, s: &SeqTensors, temperature: f32) -> Result<(Var, Var)> {
-    let mut logits = model.lm_head(tape, hidden)?; // (B·T, V)
-    if temperature != 1.0 {
-        logits = scale(&logits, 1.0 / temperature)?;
-    }
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?;
-    Ok((mul(&lp, &Var::constant(s.mask.clone()))?, logits))
+    let hidden = if temperature != 1.0 { scale(hidden, 1.0 / temperature)? } else { hidden.clone() };
+    let head = model.token_head(tape, &hidden, &s.labels)?; // (B·T, 3)
+    let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?;
+    Ok((mul(&lp, &Var::constant(s.mask.clone()))?, head_entropy(&head)?))
 }
 
 /// The reference's completion log-probs (B, T) for the rollout rows.
@@ -199,9 +199,9 @@ impl Ppo {
         let s = ro.batch.upload(gpu)?;
         let (b, t) = (s.rows, s.seq);
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
-        let (logp, logits) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
+        let (logp, token_entropy) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
         let values = head.values(None, &h)?;
-        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?)?; // (B)
+        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy.tensor().reshape(&[b, t])?, &s.mask)?)?; // (B)
         let ref_logp = reference_token_logps(policy, reference, &s, cfg.rollout.temperature)?;
         let kl = crate::ops::elementwise::mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
         let (p, c) = ro.slices();
