@@ -40,7 +40,7 @@ struct Params {
 // The stored type: 0 f16, 1 bf16, 2 Q8_0, 3 Q4_0, 4 Q4_1, 5 Q4_K, 6 Q6_K (`StoredType` order).
 override KIND: u32 = 0u;
 // Register kernels: rows per thread (a multiple of 4 is not required).
-const RM: u32 = 16u;
+const RM: u32 = 8u;
 
 // ---- byte access -------------------------------------------------------------------------
 
@@ -127,12 +127,15 @@ fn w4_q4_0(row: u32, k0: u32) -> vec4<f32> {
     return half_at(o) * (bytes4(q) - vec4<f32>(8.0));
 }
 
-// block_q4_1 {f16 d; f16 m; u8 qs[16]} (20 bytes): nibbles as Q4_0; x = d·q + m.
+// block_q4_1 {f16 d; f16 m; u8 qs[16]} (20 bytes): nibbles as Q4_0; x = d·q + m. Blocks are
+// five words and rows whole blocks, so every block starts on a word: two plain loads, d and m
+// from the first word, the four nibble bytes from one of the next four.
 fn w4_q4_1(row: u32, k0: u32) -> vec4<f32> {
-    let o = row + (k0 >> 5u) * 20u;
+    let o = (row + (k0 >> 5u) * 20u) >> 2u;
     let j = k0 & 31u;
-    let q = (u32_at(o + 4u + (j & 15u)) >> select(0u, 4u, j >= 16u)) & 0x0F0F0F0Fu;
-    return half_at(o) * bytes4(q) + vec4<f32>(half_at(o + 2u));
+    let dm = w[o];
+    let q = (w[o + 1u + ((j & 15u) >> 2u)] >> select(0u, 4u, j >= 16u)) & 0x0F0F0F0Fu;
+    return half_bits(dm & 0xFFFFu) * bytes4(q) + vec4<f32>(half_bits(dm >> 16u));
 }
 
 // ggml's get_scale_min_k4: the 6-bit scale and min of sub-block s (0..7) from the 12 bytes at sc.
@@ -229,71 +232,47 @@ fn bias4(c0: u32) -> vec4<f32> {
     return v;
 }
 
-// x[r, k0..k0+3] for rows r < M: four plain loads where K is a multiple of 4 (the loads stay
-// inside the row), else the guarded `x4`.
-fn x_quad(r: u32, k0: u32) -> vec4<f32> {
-    if ((p.k & 3u) == 0u) {
-        let o = r * p.k + k0;
-        return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
-    }
-    return x4(r, k0, p.m, p.k);
-}
-
-// y = x·Wᵀ (+ bias): each thread computes RM rows (RM·gid.y..) by 8 columns (8·gid.x..).
-// Per step of four k it decodes 8 vec4 of W and loads RM of x for 32·RM multiply-adds: decoding
-// and buffer loads, not arithmetic, bound a CPU lane, so the tile is as tall as registers allow.
-// Rows past M recompute row M - 1 and are never stored.
+// y = x·Wᵀ (+ bias): each thread computes rows RM·gid.y.. (RM of them) by columns 4·gid.x..+3.
 @compute @workgroup_size(8, 8, 1)
 fn forward_register(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c0 = gid.x * 8u;
+    let c0 = gid.x * 4u;
     let r0 = gid.y * RM;
-    var lo: array<vec4<f32>, RM>;
-    var hi: array<vec4<f32>, RM>;
+    var acc: array<vec4<f32>, RM>;
+    // Accumulate over K four at a time: four decoded W rows serve RM rows of x.
     for (var k0 = 0u; k0 < p.k; k0 += 4u) {
         let w0 = w4(c0, k0);
         let w1 = w4(c0 + 1u, k0);
         let w2 = w4(c0 + 2u, k0);
         let w3 = w4(c0 + 3u, k0);
-        let w4_ = w4(c0 + 4u, k0);
-        let w5 = w4(c0 + 5u, k0);
-        let w6 = w4(c0 + 6u, k0);
-        let w7 = w4(c0 + 7u, k0);
         for (var i = 0u; i < RM; i++) {
-            let xv = x_quad(min(r0 + i, p.m - 1u), k0);
-            lo[i] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
-            hi[i] += vec4<f32>(dot(xv, w4_), dot(xv, w5), dot(xv, w6), dot(xv, w7));
+            let xv = x4(r0 + i, k0, p.m, p.k);
+            acc[i] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
         }
     }
     // Store (plus bias), guarded at the edges.
-    let b0 = bias4(c0);
-    let b1 = bias4(c0 + 4u);
+    let b = bias4(c0);
     for (var i = 0u; i < RM; i++) {
-        store4(lo[i] + b0, r0 + i, c0, p.m, p.n);
-        store4(hi[i] + b1, r0 + i, c0 + 4u, p.m, p.n);
+        store4(acc[i] + b, r0 + i, c0, p.m, p.n);
     }
 }
 
-// dx = dy·W: each thread computes RM rows (RM·gid.y..) by 8 columns of K (8·gid.x..). Per row
-// of W: two decoded vec4 serve RM rows of dy (2·4·RM multiply-adds for RM + 2 decodes).
+// dx = dy·W: each thread computes rows RM·gid.y.. by columns (of K) 4·gid.x..+3.
 @compute @workgroup_size(8, 8, 1)
 fn backward_register(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c0 = gid.x * 8u;
+    let c0 = gid.x * 4u;
     let r0 = gid.y * RM;
-    var lo: array<vec4<f32>, RM>;
-    var hi: array<vec4<f32>, RM>;
+    var acc: array<vec4<f32>, RM>;
+    // Accumulate over the N rows of W: one decoded vec4 serves RM rows of dy.
     for (var n = 0u; n < p.n; n++) {
-        let wl = w4(n, c0);
-        let wh = w4(n, c0 + 4u);
+        let wv = w4(n, c0);
         for (var i = 0u; i < RM; i++) {
-            let d = vec4<f32>(x[min(r0 + i, p.m - 1u) * p.n + n]);
-            lo[i] = fma(d, wl, lo[i]);
-            hi[i] = fma(d, wh, hi[i]);
+            let r = min(r0 + i, p.m - 1u);
+            acc[i] = fma(vec4<f32>(x[r * p.n + n]), wv, acc[i]);
         }
     }
     // Store, guarded at the edges.
     for (var i = 0u; i < RM; i++) {
-        store4(lo[i], r0 + i, c0, p.m, p.k);
-        store4(hi[i], r0 + i, c0 + 4u, p.m, p.k);
+        store4(acc[i], r0 + i, c0, p.m, p.k);
     }
 }
 

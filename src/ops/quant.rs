@@ -5,8 +5,8 @@
 //!
 //! A [`QuantTensor`] holds W (out, in) as the raw bytes GGUF stores (ggml's block layouts, see
 //! [`codec`]) in a u32 tensor. Kernels (`shaders/quant/quant.wgsl`), chosen by [`Gpu::variant`]
-//! like matmul's: register-tiled without workgroup memory for CPU adapters (each thread 16 rows x
-//! 8 outputs, one decoded vec4 of W serving 16 rows), 64x64 workgroup-memory tiles for real GPUs
+//! like matmul's: register-tiled without workgroup memory for CPU adapters (each thread 8 rows x
+//! 4 outputs, one decoded vec4 of W serving 8 rows), 64x64 workgroup-memory tiles for real GPUs
 //! (W decoded once into the tile, then the usual inner loop).
 
 pub mod codec;
@@ -24,7 +24,7 @@ static QUANT: ShaderSource = shader!("quant/quant.wgsl");
 pub static SHADERS: &[&ShaderSource] = &[&QUANT];
 
 /// Rows of x each register-kernel thread computes (`RM` in the shader).
-const RM: usize = 16;
+const RM: usize = 8;
 /// llvmpipe ends a shader invocation after 65535 loop iterations; the register backward loops
 /// once per row of W.
 const CPU_MAX_ROWS: usize = 65535;
@@ -193,7 +193,7 @@ pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: O
     let bias_bind = bias.unwrap_or(x).binding();
     let bufs = [(1, w.w.words.binding()), (2, x.binding()), (3, bias_bind), (4, y.binding())];
     let (entry, groups) = match gpu.variant() {
-        KernelVariant::Register => ("forward_register", [n.div_ceil(64) as u32, m.div_ceil(8 * RM) as u32, 1]),
+        KernelVariant::Register => ("forward_register", [n.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1]),
         KernelVariant::Tiled => ("forward_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
     dispatch(w.w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
@@ -221,7 +221,7 @@ pub fn quant_linear_backward<'a>(dy: &Tensor, w: impl Into<QuantRows<'a>>) -> Re
             if n > CPU_MAX_ROWS {
                 return Err(Error::shape(OP, format!("{n} weight rows: CPU adapters take at most {CPU_MAX_ROWS} per pass")));
             }
-            ("backward_register", [k.div_ceil(64) as u32, m.div_ceil(8 * RM) as u32, 1])
+            ("backward_register", [k.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1])
         }
         KernelVariant::Tiled => ("backward_tiled", [k.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
