@@ -222,16 +222,17 @@ impl Method for DpoMethod<'_> {
 }
 
 /// Sequence log-probs (2N, on the tape) and, per row, the sum over completion tokens of the mean
-/// vocabulary logit (TRL's logits/* metrics), without a second forward pass.
+/// vocabulary logit (TRL's logits/* metrics), from one pass through the chunked vocabulary head:
+/// the (B·T, V) logits never exist.
 fn logps_and_logit_sums(model: &Model, tape: &Tape, s: &SeqTensors) -> Result<(crate::tape::Var, Tensor)> {
-    use crate::ops::elementwise::mul;
-    use crate::ops::loss::token_logprobs;
-    use crate::ops::reduce::{mean_last_forward, sum_last, sum_last_forward};
+    use crate::ops::elementwise::{mul, mul_forward};
+    use crate::ops::reduce::{sum_last, sum_last_forward};
+    use crate::ops::vocab_head::{head_logprobs, head_mean_logits};
     let hidden = model.hidden(Some(tape), &s.ids, s.key_mask.as_ref())?;
-    let logits = model.lm_head(Some(tape), &hidden)?; // (B·T, V)
-    let means = mean_last_forward(logits.tensor())?.reshape(&[s.rows, s.seq])?; // (B, T)
-    let logit_sums = sum_last_forward(&crate::ops::elementwise::mul_forward(&means, &s.mask)?)?; // (B)
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?;
+    let head = model.token_head(Some(tape), &hidden, &s.labels)?; // (B·T, 3)
+    let means = head_mean_logits(&head)?.tensor().reshape(&[s.rows, s.seq])?; // (B, T)
+    let logit_sums = sum_last_forward(&mul_forward(&means, &s.mask)?)?; // (B)
+    let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?;
     let logps = sum_last(&mul(&lp, &crate::tape::Var::constant(s.mask.clone()))?)?; // (B)
     Ok((logps, logit_sums))
 }

@@ -19,7 +19,6 @@ use super::rollout::{sample, Rewards, Rollout, RolloutConfig};
 use super::seqs::SeqBatch;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::loss::token_entropy;
 use crate::ops::matmul::linear;
 use crate::ops::optim::AdamW;
 use crate::ops::ppo::{gae, kl_penalty, ppo_loss, whiten, KlKind, PpoLossConfig};
@@ -191,9 +190,9 @@ impl Ppo {
         let s = ro.batch.upload(gpu)?;
         let (b, t) = (s.rows, s.seq);
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
-        let (logp, logits) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
+        let (logp, token_entropy) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
         let values = head.values(None, &h)?;
-        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?)?; // (B)
+        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy.tensor().reshape(&[b, t])?, &s.mask)?)?; // (B)
         let ref_logp = reference.token_logps(policy, &s, cfg.rollout.temperature)?;
         let kl = crate::ops::elementwise::mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
         let (p, c) = ro.slices();

@@ -8,7 +8,7 @@ use super::seqs::{sequence_logps, SeqTensors};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::elementwise::{mul, scale};
-use crate::ops::loss::token_logprobs;
+use crate::ops::vocab_head::{head_entropy, head_logprobs};
 use crate::tape::{Tape, Var};
 use crate::tensor::{DType, Tensor};
 
@@ -87,12 +87,12 @@ pub(crate) fn with_adapters_off<T>(policy: &Model, f: impl FnOnce() -> Result<T>
 }
 
 /// Completion log-probs (B, T) of the tempered policy, 0 outside the completion, and the
-/// logits they came from (policy and reference alike, for PPO and GRPO).
+/// per-token entropy (B·T) of the tempered distribution (policy and reference alike, for PPO and
+/// GRPO), through the chunked vocabulary head: the (B·T, V) logits never exist. The temperature
+/// τ scales the hidden states by 1/τ (the LM head has no bias, so its logits are exactly z/τ).
 pub(crate) fn tempered_logps(model: &Model, tape: Option<&Tape>, hidden: &Var, s: &SeqTensors, temperature: f32) -> Result<(Var, Var)> {
-    let mut logits = model.lm_head(tape, hidden)?; // (B·T, V)
-    if temperature != 1.0 {
-        logits = scale(&logits, 1.0 / temperature)?;
-    }
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?;
-    Ok((mul(&lp, &Var::constant(s.mask.clone()))?, logits))
+    let hidden = if temperature != 1.0 { scale(hidden, 1.0 / temperature)? } else { hidden.clone() };
+    let head = model.token_head(tape, &hidden, &s.labels)?; // (B·T, 3)
+    let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?;
+    Ok((mul(&lp, &Var::constant(s.mask.clone()))?, head_entropy(&head)?))
 }

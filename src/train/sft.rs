@@ -135,7 +135,7 @@ pub fn train_step(
         let tape = Tape::new();
         // The chunked vocabulary head: the (B·T, V) logits never exist.
         let hidden = model.hidden(Some(&tape), &ids, None)?; // (B, T, C)
-        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 2)
+        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 3)
         let loss = head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?;
         tape.backward(&scale(&loss, 1.0 / accum as f32)?)?;
         let l = loss.tensor();
