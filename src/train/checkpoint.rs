@@ -53,7 +53,14 @@ pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokeni
 
 /// Every file of a checkpoint into `tmp`, the manifest last.
 fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<()> {
-    model.save(tmp)?;
+    if model.frozen().is_some() {
+        // A base frozen in stored form (a GGUF file's quantized matrices) is not copied into
+        // every checkpoint: only its f32 rest (norms, biases), which `load_weights` restores.
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        save_f32(tmp.join("model.safetensors"), &model.params().read_all()?, meta)?;
+    } else {
+        model.save(tmp)?;
+    }
     if model.lora().is_some() {
         model.save_lora(tmp)?;
     }

@@ -74,7 +74,7 @@ pub struct PpoArgs {
 }
 
 pub fn run(a: PpoArgs) -> Result<()> {
-    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let (gpu, init, policy) = load_init(&a.common.init, false)?;
     let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
     check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
