@@ -167,13 +167,13 @@ fn train_generate_and_plan_on_a_quantized_gguf_base() {
     }
 
     let lora = ["--lora", "4", "--lora-alpha", "8"];
-    let out = plumb(&[&["sft", "--model", &b, "--data", &p("sft.bin"), "--steps", "6", "--batch-size", "2", "--seq-len", "32", "--lr", "3e-2", "--warmup", "0", "--eval-every", "0", "--samples", "0", "--out", &p("sft")][..], &lora].concat());
+    let out = plumb(&[&["sft", "--model", &b, "--data", &p("sft.bin"), "--steps", "6", "--batch-size", "2", "--seq-len", "96", "--lr", "3e-2", "--warmup", "0", "--eval-every", "0", "--samples", "0", "--out", &p("sft")][..], &lora].concat());
     assert!(out.contains("in stored form"), "sft did not load the stored-form base:\n{out}");
     let losses: Vec<f64> = metrics(&dir.join("sft")).iter().filter_map(|r| r["loss"].as_f64()).collect();
     assert!(losses.len() == 6 && losses[5] < losses[0], "sft loss did not fall: {losses:?}\n{out}");
     assert_trained_adapter(&dir.join("sft/adapter"));
 
-    let tiny = ["--max-len", "40", "--seed", "1"];
+    let tiny = ["--max-len", "96", "--seed", "1"];
     for (cmd, extra, key) in [
         ("dpo", vec!["--data", "prefs.bin", "--steps", "4", "--batch-size", "2", "--lr", "5e-2"], "rewards/margins"),
         ("kto", vec!["--data", "kto.bin", "--steps", "4", "--batch-size", "2", "--lr", "5e-2"], "loss"),
@@ -248,7 +248,7 @@ fn export_writes_the_merged_model_in_the_bases_quantization() {
     let Some(gpu) = common::gpu() else { return };
     let dir = scratch("export");
     let cfg = llama(97, 256, 256, 1);
-    for (ty, step) in [(GgmlType::Q8_0, 1.0 / 127.0), (GgmlType::Q4_0, 1.0 / 7.0), (GgmlType::Q4_1, 1.0 / 15.0), (GgmlType::Q4K, 2.0 / 15.0), (GgmlType::Q6K, 1.0 / 31.0)] {
+    for (ty, step) in [(GgmlType::Q8_0, 1.0 / 127.0), (GgmlType::Q4_0, 1.0 / 7.0), (GgmlType::Q4_1, 1.0 / 15.0), (GgmlType::Q4_K, 2.0 / 15.0), (GgmlType::Q6_K, 1.0 / 31.0)] {
         let name = ty.name();
         let m = Model::new(&gpu, &cfg, 5).unwrap();
         randomize(&m, 70);
@@ -281,15 +281,17 @@ fn export_writes_the_merged_model_in_the_bases_quantization() {
             }
             // merged weights in HF layout vs the file's values: attn_v is not permuted, so
             // compare it element by element; attn_q through plumb's reader below
-            if t.contains("attn_v") {
+            // (the test's reader decodes the 32-element block types; K-quants are checked by
+            // type, size and logits)
+            if t.contains("attn_v") && bt.ty != 12 && bt.ty != 14 {
                 let hf = t.replace("blk.", "model.layers.").replace(".attn_v.weight", ".self_attn.v_proj.weight");
                 let w = &merged_f32.iter().find(|x| x.0 == hf).unwrap().2;
                 let amax = w.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
                 let got = dequant(ot);
                 let err = got.iter().zip(w).map(|(g, x)| (g - *x as f64).abs()).fold(0.0, f64::max);
                 assert!(err <= step * amax + 1e-3, "{name}: {t} off by {err} (amax {amax})");
-                assert!(bt.data != ot.data, "{name}: {t} did not take the adapter");
             }
+            assert!(bt.data != ot.data, "{name}: {t} did not take the adapter");
         }
         // plumb reads its export back (f32 and stored form) near the merged model's logits
         let back = logits(&gpu, &load_model(&gpu, &out).unwrap());

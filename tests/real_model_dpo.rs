@@ -24,12 +24,12 @@ use plumb::train::schedule::Schedule;
 
 /// Training pairs, steps, pairs per step, and held-out pairs: sized to take about two minutes
 /// on lavapipe (measured, see the README's "Fine-tune your own model").
-const TRAIN_PAIRS: usize = 32;
-const STEPS: usize = 8;
+const TRAIN_PAIRS: usize = 16;
+const STEPS: usize = 4;
 const BATCH: usize = 4;
-const HELD_OUT: usize = 32;
+const HELD_OUT: usize = 16;
 /// Longest sentence kept, in characters (short pairs keep the steps cheap).
-const MAX_CHARS: usize = 60;
+const MAX_CHARS: usize = 50;
 /// The held-out accuracy of the implicit reward must beat the base model's own preference by
 /// this much (fraction of pairs); set from the measured run below.
 const MARGIN: f64 = 0.1;

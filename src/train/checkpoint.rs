@@ -57,6 +57,7 @@ fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tok
         // A base frozen in stored form (a GGUF file's quantized matrices) is not copied into
         // every checkpoint: only its f32 rest (norms, biases), which `load_weights` restores.
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
         save_f32(tmp.join("model.safetensors"), &model.params().read_all()?, meta)?;
     } else {
         model.save(tmp)?;
