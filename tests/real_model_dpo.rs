@@ -91,8 +91,9 @@ fn lora_dpo_on_real_smollm2_beats_the_base_models_preference_on_held_out_pairs()
     let margins: Vec<f64> = trained.iter().zip(&base).map(|(t, b)| ((t[0] - b[0]) - (t[1] - b[1])) as f64).collect();
     let dpo_acc = accuracy(margins.iter().map(|&m| m > 0.0));
     let peak = gpu.peak_bytes();
+    let train_s = metrics.last().and_then(|m| m["elapsed_s"].as_f64()).unwrap_or(f64::NAN);
     println!(
-        "SmolLM2 LoRA-DPO: {} steps x {BATCH} pairs in {:.0} s; loss {:.4} -> {:.4}; held-out accuracy: base model's log-probs {base_acc:.3}, \
+        "SmolLM2 LoRA-DPO: {} steps x {BATCH} pairs in {train_s:.0} s of training, {:.0} s in all; loss {:.4} -> {:.4}; held-out accuracy: base model's log-probs {base_acc:.3}, \
          trained implicit reward {dpo_acc:.3} ({HELD_OUT} pairs); peak GPU pool {:.1} MiB",
         losses.len(),
         t0.elapsed().as_secs_f64(),

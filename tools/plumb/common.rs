@@ -61,7 +61,8 @@ pub fn load_init(dir: &Path, lora: bool) -> Result<(Gpu, PathBuf, Model)> {
     let path = resolve_init(dir)?;
     let gpu = Gpu::new()?;
     let model = load_model(&gpu, &path, lora)?;
-    println!("init: {} ({} parameters) on {}", path.display(), model.params().numel(), gpu.adapter().info.name);
+    let kind = if model.frozen().is_some() { "f32 parameters beside the frozen matrices" } else { "parameters" };
+    println!("init: {} ({} {kind}) on {}", path.display(), model.params().numel(), gpu.adapter().info.name);
     Ok((gpu, path, model))
 }
 
