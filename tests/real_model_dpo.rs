@@ -4,9 +4,11 @@
 //! test measures, on held-out pairs (the corpus's RL split, never trained on), how often
 //!   - the base model prefers the better-rated sentence by its own log-probs, and
 //!   - the trained policy's implicit reward (log-ratio margin to the base, adapters off) does,
-//! and requires the second to beat the first by a margin set from a measured run (see
-//! `MARGIN`), within `STEPS` steps; it prints both, the losses and the peak GPU memory.
-//! The file is fetched by tools/fetch_smollm2.sh; the test skips without it (fails under CI=true).
+//! and requires the second to beat the first by `MARGIN` within `STEPS` steps; it prints both,
+//! the losses, the time and the peak GPU memory. The file is fetched by tools/fetch_smollm2.sh;
+//! the test skips without it (fails under CI=true). Ignored for now: on lavapipe the stored-form
+//! kernels make it far longer than CI's budget, and no run has finished yet to set `MARGIN` and
+//! the sizes from measurement.
 
 mod common;
 mod gguf_ref;
@@ -22,8 +24,8 @@ use plumb::model::Model;
 use plumb::ops::dpo::DpoConfig;
 use plumb::train::schedule::Schedule;
 
-/// Training pairs, steps, pairs per step, and held-out pairs: sized to take about two minutes
-/// on lavapipe (measured, see the README's "Fine-tune your own model").
+/// Training pairs, steps, pairs per step, and held-out pairs: chosen small for lavapipe; not yet
+/// confirmed by a finished run (see the module docs).
 const TRAIN_PAIRS: usize = 16;
 const STEPS: usize = 4;
 const BATCH: usize = 4;
@@ -31,7 +33,7 @@ const HELD_OUT: usize = 16;
 /// Longest sentence kept, in characters (short pairs keep the steps cheap).
 const MAX_CHARS: usize = 50;
 /// The held-out accuracy of the implicit reward must beat the base model's own preference by
-/// this much (fraction of pairs); set from the measured run below.
+/// this much (fraction of pairs): provisional, to be set from the first finished run.
 const MARGIN: f64 = 0.1;
 
 /// (chosen, rejected) sequence log-probs of every pair under `m`.
@@ -53,6 +55,7 @@ fn accuracy(right: impl Iterator<Item = bool>) -> f64 {
 }
 
 #[test]
+#[ignore = "a stored-form SmolLM2 DPO step takes minutes on lavapipe (measured: >16 CPU-minutes for this test unfinished); over CI's 3-minute budget for a real-model test"]
 fn lora_dpo_on_real_smollm2_beats_the_base_models_preference_on_held_out_pairs() {
     let Some(path) = gguf_ref::smollm2_path() else { return };
     let Some(gpu) = common::gpu() else { return };
