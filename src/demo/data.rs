@@ -98,6 +98,30 @@ pub fn preference_pairs(tok: &Tokenizer, split: Split, gap: f32, max_chars: usiz
     Ok(out)
 }
 
+/// The user turn of [`chat_preference_pairs`].
+pub const REVIEW_REQUEST: &str = "Write one sentence from a movie review.";
+
+/// The same human preference pairs as [`preference_pairs`] in chat form, for a pretrained chat
+/// model: the prompt is `template`'s rendering of the user asking [`REVIEW_REQUEST`] with the
+/// assistant's generation prompt, each completion the sentence and `end` (the model's
+/// end-of-turn token, e.g. ChatML's `<|im_end|>`), all under `tok`.
+pub fn chat_preference_pairs(tok: &Tokenizer, template: &crate::chat_template::ChatTemplate, end: u32, split: Split, gap: f32, max_chars: usize, max_pairs: usize) -> Result<Vec<Pair>> {
+    let pick: Vec<RatedSentence> = sentences(split)?.into_iter().filter(|s| s.text.len() <= max_chars).collect();
+    let prompt = tok.encode(&template.render(&[crate::data::chat::Message::new("user", REVIEW_REQUEST)], true)?)?;
+    let line = |s: &RatedSentence| -> Result<Vec<u32>> { Ok(tok.encode(&s.text)?.into_iter().chain([end]).collect()) };
+    let mut out = vec![];
+    for stride in [3usize, 11, 29, 47] {
+        for (i, a) in pick.iter().enumerate() {
+            let b = &pick[(i * 7 + stride) % pick.len()];
+            if out.len() < max_pairs && a.id != b.id && (a.mean - b.mean).abs() >= gap {
+                let (c, r) = if a.mean > b.mean { (a, b) } else { (b, a) };
+                out.push(Pair { prompt: prompt.clone(), chosen: line(c)?, rejected: line(r)?, reference: None });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Thumbs-up / thumbs-down feedback (KTO's unpaired data): sentences of `split` at most
 /// `max_chars` long whose mean human rating is at least `threshold` (clearly positive) are
 /// desirable completions, those at most `-threshold` undesirable; at most `max_each` of each,

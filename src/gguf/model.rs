@@ -398,6 +398,30 @@ pub fn load_model_stored(gpu: &crate::Gpu, path: &Path) -> Result<Model> {
     Ok(model)
 }
 
+/// What loading `path` in stored form ([`load_model_stored`]) puts on the GPU, without loading
+/// it: the config, the bytes of the matrices kept in their stored types and the names of those
+/// types (e.g. `["Q4_1", "Q8_0"]`), and the bytes of the f32 rest (norms, biases, F32 matrices).
+pub fn stored_footprint(path: &Path) -> Result<(ModelConfig, u64, Vec<&'static str>, u64)> {
+    use crate::ops::quant::StoredType;
+    let g = GgufFile::open(path)?;
+    let info = GgufModelInfo::read(&g)?;
+    let (names, _) = Model::frozen_names(&info.config);
+    let (mut stored, mut rest, mut types) = (0u64, 0u64, Vec::new());
+    for spec in Model::param_specs(&info.config) {
+        let name = gguf_name(info.arch, &spec.name).ok_or_else(|| Error::format(path, format!("no GGUF name for tensor `{}`", spec.name)))?;
+        let t = g.tensor(&name)?; // as stored: the row permutation of q/k does not change a size
+        if names.contains(&spec.name) && StoredType::from_ggml_type(t.ty.id()).is_some() {
+            stored += t.data.len() as u64;
+            if !types.contains(&t.ty.name()) {
+                types.push(t.ty.name());
+            }
+        } else {
+            rest += 4 * spec.shape.iter().product::<usize>() as u64;
+        }
+    }
+    Ok((info.config, stored, types, rest))
+}
+
 /// The architecture a plumb config is written as.
 fn arch_of(cfg: &ModelConfig) -> Arch {
     match cfg {
@@ -457,6 +481,14 @@ fn to_gguf_layout(cfg: &ModelConfig, hf: &str, shape: &[usize], v: &[f32]) -> Re
 /// biases and other vectors in F32 (as llama.cpp's converter does), with the `tokenizer.*` keys
 /// (vocabulary, merges, chat template) of `tokenizer_from` when the base came from a GGUF file.
 pub fn save_model_gguf(model: &Model, tokenizer_from: Option<&GgufFile>, ty: GgmlType, path: &Path) -> Result<()> {
+    save_model_gguf_typed(model, tokenizer_from, |_, shape| if shape.len() == 2 { ty } else { GgmlType::F32 }, path)
+}
+
+/// Write `model`'s base weights as a GGUF model file with each tensor in the type `type_of`
+/// picks from its GGUF name and shape (GGUF layout, outermost first): any type plumb reads,
+/// quantized on the CPU ([`GgufWriter::add_f32`]). Example: Q4_1 blocks and a Q8_0 embedding,
+/// as llama.cpp's `llama-quantize` lays out a Q4_1 model.
+pub fn save_model_gguf_typed(model: &Model, tokenizer_from: Option<&GgufFile>, type_of: impl Fn(&str, &[usize]) -> GgmlType, path: &Path) -> Result<()> {
     let cfg = model.config();
     let mut w = GgufWriter::new();
     put_config(&mut w, &cfg);
@@ -467,8 +499,35 @@ pub fn save_model_gguf(model: &Model, tokenizer_from: Option<&GgufFile>, ty: Ggm
     }
     for (name, shape, values) in model.params().read_all()? {
         let (gname, gshape, gv) = to_gguf_layout(&cfg, &name, &shape, &values)?;
-        let t = if gshape.len() == 2 { ty } else { GgmlType::F32 };
-        w.add_f32(&gname, t, &gshape, &gv)?;
+        w.add_f32(&gname, type_of(&gname, &gshape), &gshape, &gv)?;
+    }
+    w.write(path)
+}
+
+/// Write `model`'s base weights as a GGUF model file in the types `base` (the GGUF file the model
+/// came from) stores each tensor in: a Q4_1 matrix is written Q4_1, a Q8_0 embedding Q8_0, F32
+/// norms F32, with `base`'s tokenizer keys. A tensor whose values are still exactly what `base`
+/// decodes to (not touched by a merged adapter) is copied byte for byte; the others are
+/// quantized on the CPU (ggml's reference quantizers for Q8_0 / Q4_0 / Q4_1).
+pub fn save_model_gguf_like(model: &Model, base: &GgufFile, path: &Path) -> Result<()> {
+    let cfg = model.config();
+    let src = GgufModelInfo::read(base)?;
+    if src.config != cfg {
+        return Err(Error::config("GGUF export", format!("{} holds another model than the one being written", base.path().display())));
+    }
+    let mut w = GgufWriter::new();
+    put_config(&mut w, &cfg);
+    w.set("general.type", Value::Str("model".into()));
+    w.set("general.name", Value::Str("plumb export".into()));
+    super::tokenizer::copy_tokenizer_keys(base, &mut w);
+    for (name, shape, values) in model.params().read_all()? {
+        let (gname, gshape, gv) = to_gguf_layout(&cfg, &name, &shape, &values)?;
+        let stored = base.tensor(&gname)?;
+        if src.tensor_f32(base, &name, &shape)? == values {
+            w.add_raw(&gname, stored.ty, &gshape, stored.data.into_owned())?;
+        } else {
+            w.add_f32(&gname, stored.ty, &gshape, &gv)?;
+        }
     }
     w.write(path)
 }

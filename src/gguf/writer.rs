@@ -1,6 +1,7 @@
 //! Writing GGUF (version 3): metadata and tensors in the layout llama.cpp reads, to a temporary
 //! file renamed into place. Used for LoRA adapters in llama.cpp's adapter layout
-//! ([`crate::gguf::model::save_lora_gguf`]) and for whole models in f16 (`plumb export`).
+//! ([`crate::gguf::model::save_lora_gguf`]) and for whole models in f16, f32 or a base's own
+//! quantized types (`plumb export`).
 
 use super::{GgmlType, Value, DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{Error, Result};
@@ -89,13 +90,25 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Add f32 values as F32 or F16 (`ty`); other types are not written by plumb.
+    /// Add f32 values as `ty`: F32, F16, BF16, or quantized on the CPU to Q8_0, Q4_0, Q4_1
+    /// (ggml's reference `quantize_row_*_ref`), Q4_K or Q6_K (see [`crate::ops::quant::codec`]);
+    /// the last dimension must then be whole blocks.
     pub fn add_f32(&mut self, name: &str, ty: GgmlType, shape: &[usize], values: &[f32]) -> Result<()> {
+        use crate::ops::quant::{quantize, StoredType};
         let data: Vec<u8> = match ty {
             GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             GgmlType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
             GgmlType::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-            other => return Err(Error::config("gguf writer", format!("tensor `{name}`: plumb writes F32, F16 and BF16, not {}", other.name()))),
+            other => {
+                let Some(kind) = StoredType::from_ggml_type(other.id()) else {
+                    return Err(Error::config("gguf writer", format!("tensor `{name}`: plumb does not write {}", other.name())));
+                };
+                let k = shape.last().copied().unwrap_or(0);
+                if k == 0 || !k.is_multiple_of(kind.block_elems()) || values.len() % k != 0 {
+                    return Err(Error::shape("gguf writer", format!("tensor `{name}` {shape:?}: rows of {k} are not whole {} blocks of {}", other.name(), kind.block_elems())));
+                }
+                quantize(kind, values, values.len() / k, k)?
+            }
         };
         self.add_raw(name, ty, shape, data)
     }

@@ -60,7 +60,15 @@ pub fn save_with(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, t
 /// The model, adapter, optimizer, trainer state and tokenizer files of a checkpoint into `tmp`
 /// (the manifest is written by the caller, last).
 fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<()> {
-    model.save(tmp)?;
+    if model.frozen().is_some() {
+        // A base frozen in stored form (a GGUF file's quantized matrices) is not copied into
+        // every checkpoint: only its f32 rest (norms, biases), which `load_weights` restores.
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+        save_f32(tmp.join("model.safetensors"), &model.params().read_all()?, meta)?;
+    } else {
+        model.save(tmp)?;
+    }
     if model.lora().is_some() {
         model.save_lora(tmp)?;
     }

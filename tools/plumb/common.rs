@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 /// Flags with the same meaning and default in every alignment command.
 #[derive(clap::Args)]
 pub struct CommonArgs {
-    /// Starting model: a checkpoint directory, or a run directory (its newest checkpoint).
-    #[arg(long, default_value = "runs/sft")]
+    /// Starting model: a checkpoint directory, a run directory (its newest checkpoint), or a
+    /// llama.cpp `.gguf` file (with --lora its matrices stay in their stored types on the GPU).
+    #[arg(long, alias = "model", default_value = "runs/sft")]
     pub init: PathBuf,
     /// Longest row (prompt + completion) in tokens; default: min(128, the model's positions).
     #[arg(long)]
@@ -62,13 +63,35 @@ pub fn resolve_init(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Resolve `--init` (before touching the GPU), open the GPU and load the model; returns the
-/// checkpoint path too, so a frozen reference can be loaded from it a second time.
-pub fn load_init(dir: &Path) -> Result<(Gpu, PathBuf, Model)> {
+/// checkpoint path too, so a frozen reference can be loaded from it a second time. A `.gguf`
+/// file to be trained with a LoRA adapter (`lora`) loads in stored form: its quantized matrices
+/// stay as the file holds them, frozen, and no f32 copy is made; without an adapter (full
+/// fine-tuning) every weight is dequantized to f32 parameters.
+pub fn load_init(dir: &Path, lora: bool) -> Result<(Gpu, PathBuf, Model)> {
     let path = resolve_init(dir)?;
     let gpu = Gpu::new()?;
-    let model = Model::load(&gpu, &path)?;
-    println!("init: {} ({} parameters) on {}", path.display(), model.params().numel(), gpu.adapter().info.name);
+    let model = load_model(&gpu, &path, lora)?;
+    let kind = if model.frozen().is_some() { "f32 parameters beside the frozen matrices" } else { "parameters" };
+    println!("init: {} ({} {kind}) on {}", path.display(), model.params().numel(), gpu.adapter().info.name);
     Ok((gpu, path, model))
+}
+
+/// Whether `p` names a llama.cpp GGUF file.
+pub fn is_gguf(p: &Path) -> bool {
+    p.is_file() && p.extension().is_some_and(|e| e == "gguf")
+}
+
+/// Load a checkpoint, Hugging Face directory or GGUF file; a GGUF file in stored form when
+/// `stored` (the base of a LoRA adapter, or generation), else dequantized to f32.
+pub fn load_model(gpu: &Gpu, path: &Path, stored: bool) -> Result<Model> {
+    if !(stored && is_gguf(path)) {
+        return Model::load(gpu, path);
+    }
+    let model = plumb::gguf::model::load_model_stored(gpu, path)?;
+    if let Some(f) = model.frozen() {
+        eprintln!("base: {} in stored form, {:.1} MiB of frozen matrices on the GPU", path.display(), f.bytes() as f64 / (1u64 << 20) as f64);
+    }
+    Ok(model)
 }
 
 /// The row length limits for `model`: (max_len, max_prompt_len).
@@ -147,6 +170,12 @@ pub fn check_dataset(d: &Dataset, model: &Model, model_dir: Option<&Path>, verif
             return mismatch(format!("was prepared with another tokenizer than the model's {}", t.display()));
         }
     }
+    // a GGUF model's tokenizer is in the file itself
+    if let (Some(id), Some(g)) = (d.tokenizer_id(), model_dir.filter(|p| is_gguf(p))) {
+        if load_tokenizer(&g.display().to_string())?.identity() != id {
+            return mismatch(format!("was prepared with another tokenizer than the one in {}; prepare it with --tokenizer {}", g.display(), g.display()));
+        }
+    }
     Ok(())
 }
 
@@ -166,12 +195,28 @@ pub fn open_pairs(path: &Path, model: &Model, c: &CommonArgs) -> Result<Preferen
     Ok(d)
 }
 
-/// Write pairs to a byte-level preference file (room reserved for reference log-probs).
-pub fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<()> {
+/// The built-in human preference pairs of `split` in chat form for a GGUF model (`init`): the
+/// model's tokenizer and chat template, the user asking for a movie-review sentence, the
+/// better-rated sentence chosen, each completion ending with the model's EOS (end of turn);
+/// pairs longer than `max_len` tokens left out, at most `max`. None when `init` is no GGUF file.
+pub fn builtin_chat_pairs(init: &Path, split: Split, max_len: usize, max: usize) -> Result<Option<Vec<Pair>>> {
+    if !is_gguf(init) {
+        return Ok(None);
+    }
+    let tok = load_tokenizer(&init.display().to_string())?;
+    let template = plumb::chat_template::ChatTemplate::for_tokenizer(&tok)?;
+    let end = tok.eos_id().ok_or_else(|| Error::format(init, "the built-in chat pairs end each answer with EOS, and the tokenizer has none"))?;
+    let all = demo::chat_preference_pairs(&tok, &template, end, split, 2.0, 120, usize::MAX)?;
+    let fits = |p: &Pair| p.prompt.len() + p.chosen.len().max(p.rejected.len()) <= max_len;
+    Ok(Some(all.into_iter().filter(fits).take(max).collect()))
+}
+
+/// Write pairs to a preference file of `vocab` token ids (room reserved for reference log-probs).
+pub fn write_pairs(path: &Path, pairs: &[Pair], vocab: usize) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut w = DatasetWriter::create(path, DatasetKind::Preference, 256, None)?;
+    let mut w = DatasetWriter::create(path, DatasetKind::Preference, vocab as u32, None)?;
     w.reserve_reference_logps()?;
     for p in pairs {
         w.push_row(&[&p.prompt, &p.chosen, &p.rejected])?;

@@ -2,7 +2,7 @@
 //! loss of the DPO family (or a weighted mixture) and the reference log-probs from a frozen copy
 //! of the model, precomputed into the data file (one model in memory), or none.
 
-use crate::common::{builtin_pairs, check_byte_level, cosine, final_checkpoint, load_init, open_pairs, print_first_last, train_config, write_pairs, CommonArgs};
+use crate::common::{builtin_chat_pairs, builtin_pairs, check_byte_level, cosine, final_checkpoint, load_init, open_pairs, print_first_last, train_config, write_pairs, CommonArgs};
 use plumb::align::provenance::{check_reference_provenance, ReferenceProvenance};
 use plumb::align::{precompute_reference, Dpo, DpoTrainConfig, Pairs, Reference};
 use plumb::demo::data::Split;
@@ -23,12 +23,13 @@ use std::path::PathBuf;
   plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
   plumb dpo --save-every 20 --resume            # continue a killed run exactly (every method has both)
   plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
-  plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
+  plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh
+  plumb dpo --model SmolLM2-135M-Instruct.Q4_1.gguf --lora 16   # built-in pairs in the model's chat form")]
 pub struct DpoArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Preference pairs from `plumb data prepare`; default: built-in movie-review pairs whose
-    /// human ratings differ by at least 2 points (byte-level).
+    /// human ratings differ by at least 2 points (byte-level; for a GGUF model in its chat form).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Built-in training pairs used, at most.
@@ -115,15 +116,24 @@ pub fn run(a: DpoArgs) -> Result<()> {
     if a.precompute_ref && a.reference == RefArg::None {
         return Err(Error::config("--precompute-ref", "conflicts with --reference none"));
     }
-    let (gpu, init, mut policy) = load_init(&a.common.init)?;
+    let (gpu, init, mut policy) = load_init(&a.common.init, a.lora.is_some())?;
     let cfg = DpoTrainConfig { train: train_config(&a.common, &policy, a.steps, a.batch_size, cosine(a.lr, a.steps), &a.out)?, loss, pad_id: 0 };
     // Built-in pairs stay in memory unless the reference is precomputed into a file.
     let mut file = a.data.clone();
     let mut memory = vec![];
     if a.data.is_none() {
-        check_byte_level(&policy)?;
-        memory = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
-        println!("data: {} built-in preference pairs", memory.len());
+        memory = match builtin_chat_pairs(&init, Split::Train, cfg.train.max_len, a.max_pairs)? {
+            Some(chat) => {
+                println!("data: {} built-in preference pairs in chat form (\"{}\" -> the better-rated sentence)", chat.len(), plumb::demo::data::REVIEW_REQUEST);
+                chat
+            }
+            None => {
+                check_byte_level(&policy)?;
+                let pairs = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
+                println!("data: {} built-in preference pairs", pairs.len());
+                pairs
+            }
+        };
         if a.precompute_ref && a.common.resume {
             // the killed run wrote them, with the reference's log-probs (checked below)
             file = Some(a.out.join("pairs.bin"));
@@ -132,7 +142,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
             // the trainer opens it again to train.
             drop(plumb::train::rundir::RunDir::open(&a.out, false, &cfg.train.run)?);
             let path = a.out.join("pairs.bin");
-            write_pairs(&path, &memory)?;
+            write_pairs(&path, &memory, policy.vocab_size())?;
             file = Some(path);
         } else if reference == RefArg::Precomputed {
             return Err(Error::config("--reference", "the built-in pairs have no precomputed reference log-probs; add --precompute-ref"));

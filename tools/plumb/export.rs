@@ -1,9 +1,10 @@
 //! `plumb export`: a model (Hugging Face directory or GGUF file) with a PEFT adapter merged in,
-//! written as a Hugging Face directory (safetensors) or a GGUF file (f16 or f32 matrices); or the
+//! written as a Hugging Face directory (safetensors) or a GGUF file (the GGUF base's own types,
+//! quantized again on the CPU after the merge; or f16 / f32 matrices); or the
 //! adapter alone as a llama.cpp GGUF LoRA adapter (`--format lora-gguf`, loaded by llama.cpp's
 //! `--lora`).
 
-use plumb::gguf::model::{save_lora_gguf, save_model_gguf};
+use plumb::gguf::model::{save_lora_gguf, save_model_gguf, save_model_gguf_like};
 use plumb::gguf::{GgmlType, GgufFile};
 use plumb::model::Model;
 use plumb::{Error, Gpu, Result};
@@ -13,8 +14,11 @@ use std::path::{Path, PathBuf};
 pub enum ExportFormat {
     /// A Hugging Face directory: config.json + model.safetensors (+ tokenizer).
     Safetensors,
-    /// One GGUF file, matrices in f16 (norms and biases f32), as llama.cpp's converter writes.
+    /// One GGUF file in the GGUF base's own types tensor by tensor (Q4_1 stays Q4_1, a Q8_0
+    /// embedding Q8_0; adapted matrices quantized again after the merge); f16 for other bases.
     Gguf,
+    /// One GGUF file, matrices in f16 (norms and biases f32), as llama.cpp's converter writes.
+    GgufF16,
     /// One GGUF file in f32.
     GgufF32,
     /// The adapter alone, as llama.cpp's GGUF LoRA adapter (no merge).
@@ -23,9 +27,9 @@ pub enum ExportFormat {
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/checkpoint-200 --out merged --format safetensors
-  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/checkpoint-200 --out merged.gguf --format gguf
-  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/checkpoint-200 --out adapter.gguf --format lora-gguf
+  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/adapter --out merged --format safetensors
+  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/adapter --out merged.Q4_1.gguf --format gguf
+  plumb export SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/adapter --out adapter.gguf --format lora-gguf
   llama-cli -m SmolLM2-135M-Instruct.Q4_1.gguf --lora adapter.gguf -p 'Hi'")]
 pub struct ExportArgs {
     /// The base model: a Hugging Face directory or a .gguf file.
@@ -33,7 +37,7 @@ pub struct ExportArgs {
     /// A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to merge or convert.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Output directory (safetensors) or file (gguf, gguf-f32, lora-gguf).
+    /// Output directory (safetensors) or file (gguf, gguf-f16, gguf-f32, lora-gguf).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum, default_value = "safetensors")]
@@ -79,7 +83,11 @@ pub fn run(a: ExportArgs) -> Result<()> {
                         t.save(a.out.join("tokenizer.json"))?;
                     }
                 }
-                ExportFormat::Gguf => save_model_gguf(&model, src.as_ref(), GgmlType::F16, &a.out)?,
+                ExportFormat::Gguf => match &src {
+                    Some(g) => save_model_gguf_like(&model, g, &a.out)?,
+                    None => save_model_gguf(&model, None, GgmlType::F16, &a.out)?,
+                },
+                ExportFormat::GgufF16 => save_model_gguf(&model, src.as_ref(), GgmlType::F16, &a.out)?,
                 ExportFormat::GgufF32 => save_model_gguf(&model, src.as_ref(), GgmlType::F32, &a.out)?,
                 ExportFormat::LoraGguf => unreachable!("handled above"),
             }

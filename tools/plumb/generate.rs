@@ -1,7 +1,8 @@
-//! `plumb generate`: sample continuations from a checkpoint with the KV-cache generator.
+//! `plumb generate`: sample continuations from a checkpoint with the KV-cache generator. A GGUF
+//! model keeps its matrices in their stored types on the GPU (as `plumb dpo --lora` trains on
+//! it), with an adapter from such a run on top; `--f32` dequantizes it instead.
 
 use plumb::generate::{generate, GenerateConfig};
-use plumb::model::Model;
 use plumb::ops::sample::SamplingConfig;
 use plumb::tokenizer::Tokenizer;
 use plumb::{Error, Gpu, Result};
@@ -12,9 +13,10 @@ use std::path::PathBuf;
   plumb generate runs/sft/checkpoint-300 --prompt 'This movie' --prompt 'The acting'
   plumb generate DIR --prompt 'Once' --temperature 0     # greedy
   plumb generate DIR --prompt 'Hello' --tokenizer gpt2 --top-p 0.9 --seed 3
-  plumb generate SmolLM2-135M-Instruct.Q4_1.gguf --chat 'Write one sentence about a good movie.' --temperature 0")]
+  plumb generate SmolLM2-135M-Instruct.Q4_1.gguf --chat 'Write one sentence about a good movie.' --temperature 0
+  plumb generate SmolLM2-135M-Instruct.Q4_1.gguf --adapter runs/dpo/adapter --chat 'Write one sentence from a movie review.'")]
 pub struct GenerateArgs {
-    /// A checkpoint or Hugging Face directory (config.json + model.safetensors).
+    /// A checkpoint or Hugging Face directory (config.json + model.safetensors), or a .gguf file.
     model: PathBuf,
     /// Prompt text; repeat for a batch.
     #[arg(long, required_unless_present = "chat")]
@@ -26,6 +28,10 @@ pub struct GenerateArgs {
     /// A PEFT adapter directory to apply (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Dequantize a GGUF model's matrices to f32 parameters instead of sampling from them in
+    /// their stored types (4x the memory for a Q4 file, the same tokens up to rounding).
+    #[arg(long)]
+    f32: bool,
     /// byte, gpt2, or a tokenizer.json; default: the directory's tokenizer.json, else byte.
     #[arg(long)]
     tokenizer: Option<String>,
@@ -55,9 +61,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => Tokenizer::byte_level(),
     };
     let gpu = Gpu::new()?;
-    let mut model = Model::load(&gpu, &a.model)?;
+    let mut model = crate::common::load_model(&gpu, &a.model, !a.f32)?;
     if let Some(dir) = &a.adapter {
         model.load_lora(dir)?;
+        eprintln!("adapter: {}", dir.display());
     }
     let own = a.model.join("tokenizer.json");
     if a.tokenizer.is_some() && own.is_file() && Tokenizer::from_file(&own)?.identity() != tok.identity() {

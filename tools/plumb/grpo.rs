@@ -19,7 +19,8 @@ use std::path::PathBuf;
   plumb grpo --loss-type dr_grpo --scale-rewards none      # Dr. GRPO
   plumb grpo --importance-sampling-level sequence          # GSPO
   plumb grpo --loss-type dapo --epsilon-high 0.28 --mask-truncated-completions   # DAPO
-  plumb grpo --data prompts.bin --tokenizer gpt2 --init runs/sft-gpt2")]
+  plumb grpo --data prompts.bin --tokenizer gpt2 --init runs/sft-gpt2
+  plumb grpo --model SmolLM2-135M-Instruct.Q4_1.gguf --lora 16 --data prompts.bin")]
 pub struct GrpoArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -75,6 +76,14 @@ pub struct GrpoArgs {
     /// Samples printed at the end.
     #[arg(long, default_value_t = 4)]
     samples: usize,
+    /// Train LoRA adapters of this rank instead of every weight (a GGUF base stays in its
+    /// stored types); the KL reference is then the base with its adapters off (no second copy).
+    /// The adapter is saved in PEFT's layout to <out>/adapter.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
     /// Output: metrics.jsonl and the final checkpoint.
     #[arg(long, default_value = "runs/grpo")]
     out: PathBuf,
@@ -91,11 +100,13 @@ pub fn run(a: GrpoArgs) -> Result<()> {
     let max_new_tokens = a.max_new_tokens.unwrap_or(d.rollout.max_new_tokens);
     let beta = a.beta.unwrap_or(d.beta);
     let schedule = a.lr.map_or(d.train.schedule.clone(), Schedule::constant);
-    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let (gpu, init, mut policy) = load_init(&a.common.init, a.lora.is_some())?;
     let train = train_config(&a.common, &policy, a.steps.unwrap_or(d.train.steps), a.batch_size.unwrap_or(d.train.batch_size), schedule, &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
     check_rollout_fits(&prompts, max_new_tokens, &policy)?;
-    let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
+    // a GGUF base carries its tokenizer: decode with it unless --tokenizer says otherwise
+    let own = crate::common::is_gguf(&init).then(|| init.display().to_string());
+    let dec = Decoder::new(a.tokenizer.as_deref().or(own.as_deref()), &policy)?;
     let rm = a.reward_model.as_ref().map(|d| load_reward_model(&gpu, d, &policy)).transpose()?;
     let lexicon = vader_lexicon()?;
     let vader = |_: &[u32], c: &[u32]| vader_judge(&dec.decode(c), &lexicon).unwrap_or(0.0);
@@ -107,7 +118,11 @@ pub fn run(a: GrpoArgs) -> Result<()> {
         }
         (None, RewardArg::Vader) => return Err(Error::config("--reward vader", "reads text: pass --tokenizer for a model that is not byte-level")),
     };
-    let reference = if beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
+    if let Some(r) = a.lora {
+        policy.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.common.seed)?;
+        println!("LoRA: rank {r}, {} trainable of {} parameters", policy.trainable().numel(), policy.params().numel());
+    }
+    let reference = if beta != 0.0 && a.lora.is_none() { Some(Model::load(&gpu, &init)?) } else { None };
     let cfg = GrpoConfig {
         train,
         rollout: RolloutConfig { max_new_tokens, stop_ids: stop.clone(), ..d.rollout.clone() },
@@ -121,12 +136,21 @@ pub fn run(a: GrpoArgs) -> Result<()> {
         mask_truncated_completions: a.mask_truncated_completions || d.mask_truncated_completions,
         ..d
     };
-    let r = reference.as_ref().map_or(Reference::None, Reference::Model);
+    let r = match &reference {
+        Some(m) => Reference::Model(m),
+        None if beta != 0.0 => Reference::Adapters,
+        None => Reference::None,
+    };
+    println!("reference: {} ({} model(s) in memory)", r.describe(), r.models_in_memory());
     let m = Grpo::new(cfg).train(&policy, &prompts, &rewards, r)?;
     println!("trained {} steps:", m.len());
     let keys: &[&str] = if beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
     print_first_last(&m, keys);
     print_samples(&policy, &prompts, a.samples, max_new_tokens, &stop, &dec, a.common.seed)?;
     println!("checkpoint: {}", final_checkpoint(&a.out));
+    if a.lora.is_some() {
+        policy.save_lora(&a.out.join("adapter"))?;
+        println!("adapter (PEFT layout): {}", a.out.join("adapter").display());
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! gradients, moments, activations, largest temporaries) and whether it fits.
 
 use plumb::gpu::{list_adapters, GpuOptions};
-use plumb::model::memory::{plan, PlanOptions};
+use plumb::model::memory::{plan, PlanItem, PlanOptions};
 use plumb::model::presets;
 use plumb::Gpu;
 
@@ -13,8 +13,8 @@ pub struct InfoArgs {
     /// Only list adapters of this backend (vulkan, metal, dx12, gl); default: PLUMB_BACKEND or all.
     #[arg(long)]
     backend: Option<String>,
-    /// Print the memory plan of training this model: a preset name, a checkpoint directory or
-    /// a config.json.
+    /// Print the memory plan of training this model: a preset name, a checkpoint directory, a
+    /// config.json, or a llama.cpp .gguf file (with --lora: its matrices in their stored types).
     #[arg(long)]
     model: Option<String>,
     /// Plan for a LoRA adapter of this rank (default targets) instead of full fine-tuning.
@@ -47,14 +47,25 @@ pub fn run(args: InfoArgs) -> plumb::Result<()> {
     println!("kernel variant: {:?} (override with PLUMB_KERNELS=register|tiled)", gpu.variant());
     println!("f16 matmul: {}", if gpu.has_f16() { "available" } else { "not available (f32 path)" });
     if let Some(m) = &args.model {
-        let cfg = presets::resolve(m)?;
+        let path = std::path::Path::new(m);
+        let gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
+        let footprint = if gguf { Some(plumb::gguf::model::stored_footprint(path)?) } else { None };
+        let cfg = match &footprint {
+            Some((cfg, ..)) => cfg.clone(),
+            None => presets::resolve(m)?,
+        };
         let opts = PlanOptions {
             batch_size: args.batch_size,
             seq_len: args.seq_len,
             lora_rank: args.lora,
             checkpoint_activations: args.checkpoint_activations,
         };
-        let p = plan(&cfg, &opts, gpu.max_binding_bytes(), gpu.memory_budget());
+        let mut p = plan(&cfg, &opts, gpu.max_binding_bytes(), gpu.memory_budget());
+        if let (Some((_, stored, types, rest)), Some(_)) = (&footprint, args.lora) {
+            // `plumb dpo --model FILE.gguf --lora R` keeps the file's matrices as they are stored
+            p.held[0] = PlanItem { what: format!("frozen matrices ({}, as stored)", types.join(" + ")), bytes: *stored };
+            p.held.insert(1, PlanItem { what: "norms and other f32 weights".into(), bytes: *rest });
+        }
         println!();
         println!("memory plan: {m}, batch {} x {} tokens, {}", args.batch_size, args.seq_len, match args.lora {
             Some(r) => format!("LoRA r={r}"),

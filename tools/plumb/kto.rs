@@ -70,7 +70,7 @@ pub struct KtoArgs {
 pub fn run(a: KtoArgs) -> Result<()> {
     let loss = KtoConfig { beta: a.beta, loss_type: a.loss.parse::<KtoLoss>()?, desirable_weight: a.desirable_weight, undesirable_weight: a.undesirable_weight };
     loss.check()?; // before loading anything
-    let (gpu, init, mut policy) = load_init(&a.common.init)?;
+    let (gpu, init, mut policy) = load_init(&a.common.init, a.lora.is_some())?;
     let cfg = KtoTrainConfig { train: train_config(&a.common, &policy, a.steps, a.batch_size, cosine(a.lr, a.steps), &a.out)?, loss, pad_id: 0 };
     let file = match &a.data {
         Some(p) => {

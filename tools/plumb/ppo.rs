@@ -79,7 +79,7 @@ pub fn run(a: PpoArgs) -> Result<()> {
     let d = PpoConfig::default();
     let max_new_tokens = a.max_new_tokens.unwrap_or(d.rollout.max_new_tokens);
     let schedule = a.lr.map_or(d.train.schedule.clone(), Schedule::constant);
-    let (gpu, init, policy) = load_init(&a.common.init)?;
+    let (gpu, init, policy) = load_init(&a.common.init, false)?;
     let train = train_config(&a.common, &policy, a.steps.unwrap_or(d.train.steps), a.batch_size.unwrap_or(d.train.batch_size), schedule, &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
     check_rollout_fits(&prompts, max_new_tokens, &policy)?;

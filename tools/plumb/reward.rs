@@ -52,7 +52,7 @@ fn first_pairs(d: &dyn Pairs, n: usize) -> Result<Vec<Pair>> {
 }
 
 pub fn run(a: RewardArgs) -> Result<()> {
-    let (_gpu, _, base) = load_init(&a.common.init)?;
+    let (_gpu, _, base) = load_init(&a.common.init, false)?;
     let train = train_config(&a.common, &base, a.steps, a.batch_size, cosine(a.lr, a.steps), &a.out)?;
     let (pairs, held): (Box<dyn Pairs>, Vec<Pair>) = match &a.data {
         None => {

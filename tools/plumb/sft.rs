@@ -18,9 +18,11 @@ use std::path::PathBuf;
   plumb sft                                   # built-in movie reviews, byte-level GPT (gpt-w2)
   plumb sft --steps 2000 --out runs/reviews    # longer, with checkpoints
   plumb sft --out runs/reviews --resume        # continue a killed run exactly
-  plumb sft --data train.bin --model models/presets/gpt-w2  # a file from `plumb data prepare`")]
+  plumb sft --data train.bin --model models/presets/gpt-w2  # a file from `plumb data prepare`
+  plumb sft --model SmolLM2-135M-Instruct.Q4_1.gguf --lora 16 --data chat.bin --lr 2e-4  # LoRA on a GGUF base")]
 pub struct SftArgs {
-    /// Model: a preset (gpt-w2, gpt-nano, llama-nano) or a Hugging Face directory.
+    /// Model: a preset (gpt-w2, gpt-nano, llama-nano), a Hugging Face directory, or a llama.cpp
+    /// `.gguf` file (its weights are the start; with --lora they stay in their stored types).
     #[arg(long, default_value = "gpt-w2")]
     model: String,
     /// Start from a checkpoint directory's weights instead of a fresh model.
@@ -71,6 +73,13 @@ pub struct SftArgs {
     checkpoint_activations: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train a LoRA adapter of this rank on the frozen base instead of every weight; saved in
+    /// PEFT's layout to <out>/adapter.
+    #[arg(long)]
+    lora: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f32,
     /// Samples to print at the end.
     #[arg(long, default_value_t = 4)]
     samples: usize,
@@ -106,13 +115,19 @@ fn source(path: &PathBuf, seed: u64, model: &Model, model_dir: Option<&std::path
 
 pub fn run(a: SftArgs) -> Result<()> {
     let gpu = Gpu::new()?;
-    let cfg = presets::resolve(&a.model)?;
-    let model = match &a.init {
-        Some(dir) => Model::load(&gpu, dir)?,
-        None => Model::new(&gpu, &cfg, a.seed)?,
+    // a GGUF file as --model starts from its weights, as --init would
+    let init = a.init.clone().or_else(|| Some(PathBuf::from(&a.model)).filter(|p| crate::common::is_gguf(p)));
+    let mut model = match &init {
+        Some(dir) => crate::common::load_model(&gpu, dir, a.lora.is_some())?,
+        None => Model::new(&gpu, &presets::resolve(&a.model)?, a.seed)?,
     };
     println!("model: {} parameters on {}", model.params().numel(), gpu.adapter().info.name);
-    let model_dir = a.init.clone().or_else(|| Some(PathBuf::from(&a.model)).filter(|p| p.is_dir()));
+    if let Some(r) = a.lora {
+        model.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.seed)?;
+        println!("LoRA: rank {r}, {} trainable of {} parameters", model.trainable().numel(), model.params().numel());
+    }
+    let model = model;
+    let model_dir = init.clone().or_else(|| Some(PathBuf::from(&a.model)).filter(|p| p.is_dir()));
     let source = |p: &PathBuf, seed: u64| source(p, seed, &model, model_dir.as_deref(), !a.no_verify);
     let (train, eval, prompts): (Box<dyn BatchSource>, Option<Box<dyn BatchSource>>, Vec<String>) = match &a.data {
         Some(p) => (source(p, a.seed)?, a.eval_data.as_ref().map(|e| source(e, a.seed ^ 1)).transpose()?, vec![]),
@@ -153,6 +168,10 @@ pub fn run(a: SftArgs) -> Result<()> {
         println!("held-out loss at step {s}: {l:.3}");
     }
     println!("checkpoint: {}", crate::common::final_checkpoint(&a.out));
+    if a.lora.is_some() {
+        model.save_lora(&a.out.join("adapter"))?;
+        println!("adapter (PEFT layout): {}", a.out.join("adapter").display());
+    }
     if !prompts.is_empty() {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.bytes().map(u32::from).collect()).collect();
         let gen = GenerateConfig {

@@ -204,25 +204,29 @@ pub fn quantize(t: StoredType, x: &[f32], rows: usize, k: usize) -> Result<Vec<u
             StoredType::F16 => out.extend(f16::from_f32(blk[0]).to_le_bytes()),
             StoredType::Bf16 => out.extend(bf16::from_f32(blk[0]).to_le_bytes()),
             StoredType::Q8_0 => {
-                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = put_half(&mut out, amax / 127.0);
+                // ggml's quantize_row_q8_0_ref: 1/d taken before d is rounded to f16
+                let d = blk.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                put_half(&mut out, d);
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(blk.iter().map(|v| (v * id).round().clamp(-127.0, 127.0) as i8 as u8));
             }
             StoredType::Q4_0 => {
                 // ggml: the value of largest magnitude maps to -8.
                 let max = blk.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
-                let d = put_half(&mut out, max / -8.0);
+                let d = max / -8.0;
+                put_half(&mut out, d);
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
                 out.extend((0..16).map(|j| q(blk[j]) | (q(blk[j + 16]) << 4)));
             }
             StoredType::Q4_1 => {
                 let (min, max) = blk.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-                let d = put_half(&mut out, (max - min) / 15.0);
-                let m = put_half(&mut out, min);
+                // ggml's quantize_row_q4_1_ref: the f32 d and min, before their f16 rounding
+                let d = (max - min) / 15.0;
+                put_half(&mut out, d);
+                put_half(&mut out, min);
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                let q = |v: f32| (((v - m) * id + 0.5) as i32).clamp(0, 15) as u8;
+                let q = |v: f32| ((((v - min) * id + 0.5) as i8) as i32).min(15) as u8;
                 out.extend((0..16).map(|j| q(blk[j]) | (q(blk[j + 16]) << 4)));
             }
             StoredType::Q4K => quantize_q4_k(blk, &mut out),
