@@ -22,6 +22,7 @@ use std::path::PathBuf;
   plumb dpo --loss orpo --beta 0.1             # ORPO: NLL + λ·odds ratio (λ = --beta), no reference
   plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
   plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
+  plumb dpo --loss aot                          # AOT: sorted log-ratios over the batch (also aot_unpaired)
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
 pub struct DpoArgs {
     #[command(flatten)]
@@ -41,7 +42,8 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 5e-5)]
     lr: f32,
     /// Loss type or weighted mixture TYPE[:WEIGHT],...: sigmoid, hinge, ipo, robust, bco_pair,
-    /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo.
+    /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo,
+    /// aot, aot_unpaired.
     /// Example: sigmoid:1,sft:0.5. Alone, `simpo` (= sigmoid_norm) and `orpo` are
     /// reference-free: no reference model is loaded.
     #[arg(long, default_value = "sigmoid")]
