@@ -1,4 +1,4 @@
-//! Alignment: reward models, DPO and its family, KTO (unpaired thumbs up/down), PPO (RLHF) and GRPO, as small trainers over the
+//! Alignment: reward models, DPO and its family, KTO (unpaired thumbs up/down), PPO (RLHF), GRPO and RLOO, as small trainers over the
 //! fused loss kernels of [`crate::ops::reward`], [`crate::ops::dpo`] and [`crate::ops::ppo`].
 //! Each reads like the method:
 //!
@@ -23,6 +23,7 @@ pub mod kto;
 pub mod ppo;
 pub mod provenance;
 pub mod reward;
+pub mod rloo;
 pub mod rollout;
 pub mod seqs;
 
@@ -33,4 +34,5 @@ pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
 pub use ppo::{Ppo, PpoConfig, ValueHead};
 pub use rollout::{Rewards, RolloutConfig};
 pub use grpo::{Grpo, GrpoConfig, ScaleRewards};
+pub use rloo::{Rloo, RlooConfig};
 pub use kto::{Completion, Completions, Kto, KtoMetrics, KtoTrainConfig};
