@@ -9,7 +9,9 @@
 //! 4. PPO epochs over minibatches of the rollout: the clipped surrogate
 //!    `max(−A·ρ, −A·clip(ρ, 1 ± ε))`, `ρ = π/π_old`, plus vf_coef × the clipped value loss.
 //!
-//! GAE, whitening, the KL estimators and the fused loss are WGSL kernels ([`crate::ops::ppo`]).
+//! GAE, whitening, the KL estimators, the per-token rewards, the minibatch gather and the fused
+//! loss are WGSL kernels ([`crate::ops::ppo`]); from the rollout to the end of the step nothing
+//! is read back but the step's metrics, once.
 //! The value head (TRL's `v_head.summary`) reads the policy's last hidden states (shared trunk).
 
 use super::common::{run_steps, shuffled, Reference, TrainConfig};
@@ -17,15 +19,14 @@ use super::rollout::{sample, Rewards, Rollout, RolloutConfig};
 use super::seqs::{SeqBatch, SeqTensors};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::elementwise::{mul, scale};
+use crate::ops::elementwise::{mul, mul_forward, scale};
 use crate::ops::loss::{token_entropy, token_logprobs};
 use crate::ops::matmul::linear;
 use crate::ops::optim::{AdamW, AdamWConfig};
-use crate::ops::ppo::{gae, kl_penalty, ppo_loss, whiten, KlKind, PpoLossConfig};
-use crate::ops::reduce::sum_last_forward;
+use crate::ops::ppo::{accumulate, gae, gather_rows, kl_penalty, ppo_loss, token_rewards, whiten, KlKind, PpoLossConfig, PPO_METRIC_NAMES};
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::Gpu;
 
 /// PPO settings (TRL's PPOConfig names where they exist).
@@ -123,14 +124,26 @@ pub(crate) fn reference_token_logps(policy: &Model, reference: &Reference, s: &S
     }
 }
 
-/// What one rollout leaves for the PPO epochs, on the CPU: (B, T) rows.
+/// What one rollout leaves for the PPO epochs: (B, T) tensors on the GPU, and what the CPU
+/// already holds (the scores came from the reward function, the lengths from the sampler).
 struct Scored {
-    old_logp: Vec<f32>,
-    old_values: Vec<f32>,
-    advantages: Vec<f32>,
-    returns: Vec<f32>,
-    metrics: serde_json::Value,
+    old_logp: Tensor,
+    old_values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    /// Mean score before and after the missing-EOS penalty and clipping.
+    raw_score: f32,
+    score: f32,
+    num_eos: usize,
+    completion_length: f32,
 }
+
+/// The step's metric sums on the GPU, read back once at the end of the step: `objective/kl`,
+/// `objective/entropy`, then the means over the updates of the loss and [`PPO_METRIC_NAMES`].
+const KL_SLOT: usize = 0;
+const ENTROPY_SLOT: usize = 1;
+const UPDATE_SLOT: usize = 2;
+const STEP_METRICS: usize = UPDATE_SLOT + 1 + PPO_METRIC_NAMES.len();
 
 /// Trains a policy with PPO: `Ppo::new(cfg).train(&policy, &prompts, &rewards, Reference::Model(&sft))`.
 pub struct Ppo {
@@ -162,24 +175,31 @@ impl Ppo {
             let batch: Vec<Vec<u32>> = (0..b).map(|i| prompts[shuffled(cfg.train.seed, prompts.len(), (step * b + i) as u64)].clone()).collect();
             let seed = crate::train::batch::mix(cfg.train.seed ^ (step as u64 + 1));
             let ro = sample(policy, &batch, &cfg.rollout, seed)?;
-            let sc = self.score(policy, &head, &ro, rewards, &reference, kl_coef)?;
-            let mut rec = sc.metrics.clone();
+            // from here to the metrics everything stays on the GPU
+            let acc = Tensor::zeros(&gpu, &[STEP_METRICS], DType::F32, "ppo step metrics")?;
+            let sc = self.score(policy, &head, &ro, rewards, &reference, kl_coef, &acc)?;
             let mb = b / cfg.minibatches;
-            let mut sums = [0.0f64; 6];
-            let mut count = 0.0;
+            let per_update = 1.0 / (cfg.ppo_epochs * cfg.minibatches) as f32;
             for epoch in 0..cfg.ppo_epochs {
                 for k in 0..cfg.minibatches {
                     let rows: Vec<usize> = (0..mb).map(|i| shuffled(seed ^ epoch as u64, b, (k * mb + i) as u64)).collect();
-                    let m = self.update(policy, &head, &ro, &sc, &rows, opt, &mut head_opt, lr)?;
-                    for (s, v) in sums.iter_mut().zip(m) {
-                        *s += v as f64;
-                    }
-                    count += 1.0;
+                    self.update(policy, &head, &ro, &sc, &rows, opt, &mut head_opt, lr, (&acc, per_update))?;
                 }
             }
-            rec["loss"] = (sums[0] / count).into();
-            for (i, name) in crate::ops::ppo::PPO_METRIC_NAMES.iter().enumerate() {
-                rec[*name] = (sums[i + 1] / count).into();
+            let m = acc.to_f32_vec()?; // the step's one readback
+            let kl = m[KL_SLOT];
+            let mut rec = serde_json::json!({
+                "objective/kl": kl,
+                "objective/entropy": m[ENTROPY_SLOT],
+                "objective/scores": sc.raw_score,
+                "objective/non_score_reward": -kl_coef * kl,
+                "objective/rlhf_reward": sc.score - kl_coef * kl,
+                "val/num_eos_tokens": sc.num_eos,
+                "completion_length": sc.completion_length,
+                "loss": m[UPDATE_SLOT],
+            });
+            for (i, name) in PPO_METRIC_NAMES.iter().enumerate() {
+                rec[*name] = m[UPDATE_SLOT + 1 + i].into();
             }
             rec["objective/kl_coef"] = kl_coef.into();
             if let Some((target, horizon)) = cfg.kl_target {
@@ -192,8 +212,10 @@ impl Ppo {
         })
     }
 
-    /// Score a rollout: old log-probs and values, reference KL, rewards, GAE, whitening.
-    fn score(&self, policy: &Model, head: &ValueHead, ro: &Rollout, rewards: &Rewards, reference: &Reference, kl_coef: f32) -> Result<Scored> {
+    /// Score a rollout on the GPU: old log-probs and values, reference KL, per-token rewards,
+    /// GAE, whitening; the KL and entropy sums go into `acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn score(&self, policy: &Model, head: &ValueHead, ro: &Rollout, rewards: &Rewards, reference: &Reference, kl_coef: f32, acc: &Tensor) -> Result<Scored> {
         let cfg = &self.cfg;
         let gpu = policy.params().gpu();
         let s = ro.batch.upload(gpu)?;
@@ -201,12 +223,13 @@ impl Ppo {
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
         let (logp, logits) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
         let values = head.values(None, &h)?;
-        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?)?; // (B)
+        let entropy = mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?; // (B, T)
         let ref_logp = reference_token_logps(policy, reference, &s, cfg.rollout.temperature)?;
-        let kl = crate::ops::elementwise::mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
+        let kl = mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
+        // the scores: the reward function's, on the CPU already; missing-EOS penalty and clip
         let (p, c) = ro.slices();
         let mut scores = rewards.score(&p, &c, cfg.rollout.pad_id)?;
-        let raw_scores = scores.clone();
+        let raw_score = mean(&scores);
         for (i, sc) in scores.iter_mut().enumerate() {
             if let (Some(pen), false) = (cfg.missing_eos_penalty, ro.stopped(i, &cfg.rollout.stop_ids)) {
                 *sc += pen;
@@ -215,51 +238,32 @@ impl Ppo {
                 *sc = sc.clamp(-clip, clip);
             }
         }
-        let kl_v = kl.to_f32_vec()?;
-        // per-token rewards: −β·kl, plus the score at the last completion token
-        let mut r = kl_v.iter().map(|k| -kl_coef * k).collect::<Vec<f32>>();
-        for (i, sc) in scores.iter().enumerate() {
-            let last = ro.batch.mask[i * t..(i + 1) * t].iter().rposition(|&m| m > 0.0);
-            if let Some(l) = last {
-                r[i * t + l] += sc;
-            }
-        }
-        let rew = Tensor::from_f32(gpu, &r, &[b, t])?;
+        // per-token rewards −β·kl plus the score at the last completion token, GAE, whitening
+        let rew = token_rewards(&kl, &Tensor::from_f32(gpu, &scores, &[b])?, &s.mask, kl_coef)?;
         let (adv, ret) = gae(&rew, values.tensor(), &s.mask, cfg.gamma, cfg.lam)?;
         let adv = whiten(&adv, &s.mask, true)?;
-        let kl_sum: f32 = kl_v.iter().sum::<f32>() / b as f32;
-        let ent: f32 = entropy.to_f32_vec()?.iter().sum::<f32>() / b as f32;
-        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
-        let len = mean(&ro.completions.iter().map(|c| c.len() as f32).collect::<Vec<_>>());
-        let metrics = serde_json::json!({
-            "objective/kl": kl_sum,
-            "objective/entropy": ent,
-            "objective/scores": mean(&raw_scores),
-            "objective/non_score_reward": -kl_coef * kl_sum,
-            "objective/rlhf_reward": mean(&scores) - kl_coef * kl_sum,
-            "val/num_eos_tokens": (0..b).filter(|&i| ro.stopped(i, &cfg.rollout.stop_ids)).count(),
-            "completion_length": len,
-        });
+        accumulate(acc, KL_SLOT, &kl, 1, 1.0 / b as f32)?;
+        accumulate(acc, ENTROPY_SLOT, &entropy, 1, 1.0 / b as f32)?;
         Ok(Scored {
-            old_logp: logp.to_f32_vec()?,
-            old_values: values.to_f32_vec()?,
-            advantages: adv.to_f32_vec()?,
-            returns: ret.to_f32_vec()?,
-            metrics,
+            old_logp: logp.tensor().clone(),
+            old_values: values.tensor().clone(),
+            advantages: adv,
+            returns: ret,
+            raw_score,
+            score: mean(&scores),
+            num_eos: (0..b).filter(|&i| ro.stopped(i, &cfg.rollout.stop_ids)).count(),
+            completion_length: mean(&ro.completions.iter().map(|c| c.len() as f32).collect::<Vec<_>>()),
         })
     }
 
-    /// One PPO update on the rollout rows `rows`; returns [loss, approxkl, clipfrac, pg, vf, vf clipfrac].
+    /// One PPO update on the rollout rows `rows` (gathered on the GPU); adds `scale` × [loss,
+    /// approxkl, clipfrac, pg, vf, vf clipfrac] into the step's metrics at [`UPDATE_SLOT`].
     #[allow(clippy::too_many_arguments)]
-    fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32) -> Result<Vec<f32>> {
+    fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32, (acc, scale): (&Tensor, f32)) -> Result<()> {
         let gpu = policy.params().gpu();
-        let t = ro.batch.seq;
-        let sub = select_rows(&ro.batch, rows);
-        let s = sub.upload(gpu)?;
-        let pick = |v: &[f32]| -> Result<Tensor> {
-            let x: Vec<f32> = rows.iter().flat_map(|&r| v[r * t..(r + 1) * t].iter().copied()).collect();
-            Tensor::from_f32(gpu, &x, &[rows.len(), t])
-        };
+        let s = select_rows(&ro.batch, rows).upload(gpu)?;
+        let idx = Tensor::from_u32(gpu, &rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &[rows.len()])?;
+        let pick = |x: &Tensor| gather_rows(x, &idx);
         let tape = Tape::new();
         let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
         let (logp, _) = tempered_logps(policy, Some(&tape), &h, &s, self.cfg.rollout.temperature)?;
@@ -270,8 +274,7 @@ impl Ppo {
         head_opt.step(&head.params, lr)?;
         policy.trainable().zero_grad()?;
         head.params.zero_grad()?;
-        let m = metrics.tensor().to_f32_vec()?;
-        Ok(m[..6].to_vec())
+        accumulate(acc, UPDATE_SLOT, &metrics.tensor().view(0, &[1 + PPO_METRIC_NAMES.len()])?, 1 + PPO_METRIC_NAMES.len(), scale)
     }
 }
 
@@ -289,4 +292,9 @@ pub(crate) fn select_rows(b: &SeqBatch, rows: &[usize]) -> SeqBatch {
         last: rows.iter().enumerate().map(|(i, &r)| b.last[r] - (r * t) as u32 + (i * t) as u32).collect(),
         key_mask: b.key_mask.as_ref().map(take),
     }
+}
+
+/// The mean of `v` (0 when empty).
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len().max(1) as f32
 }
