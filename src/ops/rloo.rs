@@ -197,14 +197,14 @@ pub mod reference {
         let b = adv.len();
         let t = logp.len() / b;
         let (mut loss, mut low, mut high) = (0.0, 0.0, 0.0);
-        for i in 0..b {
+        for (i, &a) in adv.iter().enumerate() {
             // log_ratio = (per_token_logps * mask).sum(1) − old_logps
             let s: f64 = (i * t..(i + 1) * t).map(|j| mask[j] * (logp[j] - old[j])).sum();
             let coef_1 = s.exp();
             let coef_2 = coef_1.clamp(1.0 - eps_low, 1.0 + eps_high);
-            loss += -(coef_1 * adv[i]).min(coef_2 * adv[i]);
-            low += f64::from(u8::from(coef_1 < 1.0 - eps_low && adv[i] < 0.0));
-            high += f64::from(u8::from(coef_1 > 1.0 + eps_high && adv[i] > 0.0));
+            loss += -(coef_1 * a).min(coef_2 * a);
+            low += f64::from(u8::from(coef_1 < 1.0 - eps_low && a < 0.0));
+            high += f64::from(u8::from(coef_1 > 1.0 + eps_high && a > 0.0));
         }
         let n = b as f64;
         vec![loss / n, low / n, high / n, (low + high) / n]
