@@ -692,10 +692,13 @@ fn ppo_step_kernels() {
     let (b, t) = (70usize, 9usize);
     let (kl, scores, mask) = (rand_vec(b * t, 91, -0.5, 1.0), rand_vec(b, 92, -2.0, 2.0), ragged_mask(b, t));
     let up = |x: &[f32], s: &[usize]| Tensor::from_f32(&gpu, x, s).unwrap();
-    let got = ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores, &[b]), &up(&mask, &[b, t]), 0.05).unwrap();
-    let want = pref::token_rewards(&f64s(&kl), &f64s(&scores), &f64s(&mask), 0.05);
-    assert_close("ppo token rewards", &got.to_f32_vec().unwrap(), &want, 1e-6, 1e-5);
-    assert!(want.iter().zip(&mask).all(|(r, m)| *m != 0.0 || *r == 0.0), "rewards off the response");
+    let shift: Vec<f32> = (0..b).map(|i| if i % 3 == 0 { -0.7 } else { 0.0 }).collect();
+    for clip in [None, Some(1.2f32)] {
+        let got = ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores, &[b]), &up(&shift, &[b]), clip, &up(&mask, &[b, t]), 0.05).unwrap();
+        let want = pref::token_rewards(&f64s(&kl), &f64s(&scores), &f64s(&shift), clip.map(f64::from), &f64s(&mask), 0.05);
+        assert_close(&format!("ppo token rewards clip {clip:?}"), &got.to_f32_vec().unwrap(), &want, 1e-6, 1e-5);
+        assert!(want.iter().zip(&mask).all(|(r, m)| *m != 0.0 || *r == 0.0), "rewards off the response");
+    }
 
     let rows = [5u32, 0, 69, 5, 33];
     let got = ppo::gather_rows(&up(&kl, &[b, t]), &Tensor::from_u32(&gpu, &rows, &[5]).unwrap()).unwrap();
@@ -716,6 +719,6 @@ fn ppo_step_kernels() {
     let got = acc.to_f32_vec().unwrap();
     assert_close("ppo accumulate", &got, &want, 1e-4, 1e-5);
     // bad shapes: errors, not panics
-    assert!(ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores[..3], &[3]), &up(&mask, &[b, t]), 0.05).is_err());
+    assert!(ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores[..3], &[3]), &up(&shift, &[b]), None, &up(&mask, &[b, t]), 0.05).is_err());
     assert!(ppo::gather_rows(&up(&kl, &[b, t]), &up(&[0.0], &[1])).is_err(), "f32 row indices");
 }

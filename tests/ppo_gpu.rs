@@ -1,10 +1,11 @@
 //! A PPO step stays on the GPU: from the rollout to the end of the step (scoring, the KL
 //! penalty, per-token rewards, GAE, whitening, every minibatch's gather, loss and update) the
 //! only buffer read back to the host is the step's metrics, once. Counted with
-//! `Gpu::readbacks()`: a PPO run's readbacks minus those of sampling the same rollouts.
+//! `Gpu::readbacks()`: a PPO run's readbacks minus those of sampling the same rollouts, with a
+//! reward function and with a reward model.
 mod common;
 use plumb::align::rollout::sample;
-use plumb::align::{Ppo, PpoConfig, Reference, Rewards, RolloutConfig, TrainConfig};
+use plumb::align::{Ppo, PpoConfig, Reference, RewardModel, Rewards, RolloutConfig, TrainConfig};
 use plumb::model::{presets, Model};
 use plumb::train::schedule::Schedule;
 
@@ -47,4 +48,13 @@ fn a_ppo_step_reads_back_only_its_metrics() {
     for k in ["loss", "objective/kl", "objective/entropy", "objective/rlhf_reward", "policy/approxkl_avg", "loss/value_avg"] {
         assert!(m[steps - 1][k].as_f64().unwrap().is_finite(), "{k} not finite");
     }
+
+    // scored by a reward model: its scores stay on the GPU too
+    let rm = RewardModel::from_model(&Model::new(&gpu, &cfg, 22).unwrap(), 0).unwrap();
+    let before = gpu.readbacks();
+    let m = ppo.train(&policy, &prompts, &Rewards::Model { model: &rm, max_len: 16 }, Reference::Model(&reference)).unwrap();
+    let rm_reads = gpu.readbacks() - before;
+    eprintln!("{steps} PPO steps with a reward model: {rm_reads} readbacks");
+    assert_eq!(rm_reads - sample_reads, steps as u64, "one readback per step besides sampling, with a reward model");
+    assert!(m.iter().all(|r| r["objective/scores"].as_f64().unwrap().is_finite() && r["objective/rlhf_reward"].as_f64().unwrap().is_finite()));
 }

@@ -1,6 +1,7 @@
 // What keeps a PPO step on the GPU between the rollout and the end-of-step metrics:
 //   token_rewards (one thread per sequence): R_t = −β kl_t on the response tokens, plus the
-//     sequence's score at its last response token (mask != 0), 0 elsewhere;
+//     sequence's shaped score clip(score + shift, ±clip) at its last response token (mask != 0),
+//     0 elsewhere;
 //   gather_rows (one thread per element): out[r, t] = src[rows[r], t], a minibatch's rows;
 //   accumulate (one workgroup): acc[offset + j] += scale · Σ_i x[i · k + j] for j < k, the
 //     column sums of an (n, k) table (a strided share per thread, then a tree in workgroup
@@ -10,9 +11,9 @@ struct Params {
     rows: u32,     // token_rewards: B; gather_rows: output rows; accumulate: n
     cols: u32,     // T; accumulate: k
     offset: u32,   // accumulate
-    _pad0: u32,
+    clip_on: u32,  // token_rewards: clip the scores
     scale: f32,    // token_rewards: β; accumulate: the factor
-    _pad1: u32,
+    clip: f32,     // token_rewards
     _pad2: u32,
     _pad3: u32,
 }
@@ -23,6 +24,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> y: array<f32>;        // token_rewards: scores (B)
 @group(0) @binding(4) var<storage, read> mask: array<f32>;     // token_rewards: (B, T)
 @group(0) @binding(5) var<storage, read> rows: array<u32>;     // gather_rows: (rows)
+@group(0) @binding(6) var<storage, read> shift: array<f32>;    // token_rewards: (B), e.g. a missing-EOS penalty
 
 const WG: u32 = 64u;
 
@@ -39,7 +41,11 @@ fn token_rewards(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         if (mask[i] != 0.0) { last = t; }
     }
     if (last < p.cols) {
-        out[b * p.cols + last] += y[b];
+        var score = y[b] + shift[b];
+        if (p.clip_on != 0u) {
+            score = clamp(score, -p.clip, p.clip);
+        }
+        out[b * p.cols + last] += score;
     }
 }
 

@@ -125,24 +125,24 @@ pub(crate) fn reference_token_logps(policy: &Model, reference: &Reference, s: &S
 }
 
 /// What one rollout leaves for the PPO epochs: (B, T) tensors on the GPU, and what the CPU
-/// already holds (the scores came from the reward function, the lengths from the sampler).
+/// already holds from the sampler.
 struct Scored {
     old_logp: Tensor,
     old_values: Tensor,
     advantages: Tensor,
     returns: Tensor,
-    /// Mean score before and after the missing-EOS penalty and clipping.
-    raw_score: f32,
-    score: f32,
     num_eos: usize,
     completion_length: f32,
 }
 
 /// The step's metric sums on the GPU, read back once at the end of the step: `objective/kl`,
-/// `objective/entropy`, then the means over the updates of the loss and [`PPO_METRIC_NAMES`].
+/// `objective/entropy`, `objective/scores`, `objective/rlhf_reward`, then the means over the
+/// updates of the loss and [`PPO_METRIC_NAMES`].
 const KL_SLOT: usize = 0;
 const ENTROPY_SLOT: usize = 1;
-const UPDATE_SLOT: usize = 2;
+const SCORE_SLOT: usize = 2;
+const RLHF_REWARD_SLOT: usize = 3;
+const UPDATE_SLOT: usize = 4;
 const STEP_METRICS: usize = UPDATE_SLOT + 1 + PPO_METRIC_NAMES.len();
 
 /// Trains a policy with PPO: `Ppo::new(cfg).train(&policy, &prompts, &rewards, Reference::Model(&sft))`.
@@ -191,9 +191,9 @@ impl Ppo {
             let mut rec = serde_json::json!({
                 "objective/kl": kl,
                 "objective/entropy": m[ENTROPY_SLOT],
-                "objective/scores": sc.raw_score,
+                "objective/scores": m[SCORE_SLOT],
                 "objective/non_score_reward": -kl_coef * kl,
-                "objective/rlhf_reward": sc.score - kl_coef * kl,
+                "objective/rlhf_reward": m[RLHF_REWARD_SLOT],
                 "val/num_eos_tokens": sc.num_eos,
                 "completion_length": sc.completion_length,
                 "loss": m[UPDATE_SLOT],
@@ -226,31 +226,37 @@ impl Ppo {
         let entropy = mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?; // (B, T)
         let ref_logp = reference_token_logps(policy, reference, &s, cfg.rollout.temperature)?;
         let kl = mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
-        // the scores: the reward function's, on the CPU already; missing-EOS penalty and clip
+        // the scores, on the GPU: the reward model's (every row in one forward, as the policy's
+        // above) or the reward function's (on the CPU already)
         let (p, c) = ro.slices();
-        let mut scores = rewards.score(&p, &c, cfg.rollout.pad_id)?;
-        let raw_score = mean(&scores);
-        for (i, sc) in scores.iter_mut().enumerate() {
-            if let (Some(pen), false) = (cfg.missing_eos_penalty, ro.stopped(i, &cfg.rollout.stop_ids)) {
-                *sc += pen;
+        let scores = match rewards {
+            Rewards::Model { model, max_len } => {
+                let rows: Vec<(&[u32], &[u32])> = p.iter().copied().zip(c.iter().copied()).collect();
+                let rs = SeqBatch::right_padded(&rows, *max_len, max_len.saturating_sub(1), cfg.rollout.pad_id)?.upload(gpu)?;
+                model.scores(None, &rs)?.tensor().clone()
             }
-            if let Some(clip) = cfg.reward_clip {
-                *sc = sc.clamp(-clip, clip);
-            }
-        }
-        // per-token rewards −β·kl plus the score at the last completion token, GAE, whitening
-        let rew = token_rewards(&kl, &Tensor::from_f32(gpu, &scores, &[b])?, &s.mask, kl_coef)?;
+            Rewards::Fn(_) => Tensor::from_f32(gpu, &rewards.score(&p, &c, cfg.rollout.pad_id)?, &[b])?,
+        };
+        // per-token rewards −β·kl plus the score (with the missing-EOS penalty, clipped) at the
+        // last completion token, GAE, whitening
+        let penalty: Vec<f32> = (0..b)
+            .map(|i| match (cfg.missing_eos_penalty, ro.stopped(i, &cfg.rollout.stop_ids)) {
+                (Some(pen), false) => pen,
+                _ => 0.0,
+            })
+            .collect();
+        let rew = token_rewards(&kl, &scores, &Tensor::from_f32(gpu, &penalty, &[b])?, cfg.reward_clip, &s.mask, kl_coef)?;
         let (adv, ret) = gae(&rew, values.tensor(), &s.mask, cfg.gamma, cfg.lam)?;
         let adv = whiten(&adv, &s.mask, true)?;
         accumulate(acc, KL_SLOT, &kl, 1, 1.0 / b as f32)?;
         accumulate(acc, ENTROPY_SLOT, &entropy, 1, 1.0 / b as f32)?;
+        accumulate(acc, SCORE_SLOT, &scores, 1, 1.0 / b as f32)?;
+        accumulate(acc, RLHF_REWARD_SLOT, &rew, 1, 1.0 / b as f32)?; // mean shaped score − β·kl
         Ok(Scored {
             old_logp: logp.tensor().clone(),
             old_values: values.tensor().clone(),
             advantages: adv,
             returns: ret,
-            raw_score,
-            score: mean(&scores),
             num_eos: (0..b).filter(|&i| ro.stopped(i, &cfg.rollout.stop_ids)).count(),
             completion_length: mean(&ro.completions.iter().map(|c| c.len() as f32).collect::<Vec<_>>()),
         })

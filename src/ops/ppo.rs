@@ -410,22 +410,25 @@ struct StepParams {
     rows: u32,
     cols: u32,
     offset: u32,
-    _pad0: u32,
+    clip_on: u32,
     scale: f32,
-    _pad: [u32; 3],
+    clip: f32,
+    _pad: [u32; 2],
 }
 
-/// PPO's per-token rewards (TRL's `rewards = −kl_coef · kl`, plus the score at the last
-/// response token): `kl` (B, T) the per-token KL, `scores` (B) the sequence scores, `mask` (B,
-/// T). Returns (B, T), 0 off the response.
-pub fn token_rewards(kl: &Tensor, scores: &Tensor, mask: &Tensor, kl_coef: f32) -> Result<Tensor> {
+/// PPO's per-token rewards (TRL's `rewards = −kl_coef · kl`, plus the shaped score at the
+/// last response token): `kl` (B, T) the per-token KL, `scores` (B) the sequence scores,
+/// `shift` (B) added to them (the missing-EOS penalty), then clipped to ±`clip` when given,
+/// `mask` (B, T). Returns (B, T), 0 off the response.
+pub fn token_rewards(kl: &Tensor, scores: &Tensor, shift: &Tensor, clip: Option<f32>, mask: &Tensor, kl_coef: f32) -> Result<Tensor> {
     let (b, t) = rows_cols("token_rewards", "kl", kl)?;
     expect("token_rewards", "scores", scores, &[b])?;
+    expect("token_rewards", "shift", shift, &[b])?;
     expect("token_rewards", "mask", mask, &[b, t])?;
     let gpu = kl.gpu();
     let out = Tensor::empty(gpu, &[b, t], DType::F32, "ppo token rewards")?;
-    let p = StepParams { rows: b as u32, cols: t as u32, offset: 0, _pad0: 0, scale: kl_coef, _pad: [0; 3] };
-    let binds = [(1, out.binding()), (2, kl.binding()), (3, scores.binding()), (4, mask.binding())];
+    let p = StepParams { rows: b as u32, cols: t as u32, offset: 0, clip_on: clip.is_some() as u32, scale: kl_coef, clip: clip.unwrap_or(0.0), _pad: [0; 2] };
+    let binds = [(1, out.binding()), (2, kl.binding()), (3, scores.binding()), (4, mask.binding()), (6, shift.binding())];
     gpu.dispatch_bound(&Kernel::new(&STEP, "token_rewards"), bytemuck::bytes_of(&p), &[], &binds, gpu.groups_1d(b, WG))?;
     Ok(out)
 }
@@ -440,7 +443,7 @@ pub fn gather_rows(src: &Tensor, rows: &Tensor) -> Result<Tensor> {
     }
     let gpu = src.gpu();
     let out = Tensor::empty(gpu, &[n, t], DType::F32, "gathered rows")?;
-    let p = StepParams { rows: n as u32, cols: t as u32, offset: 0, _pad0: 0, scale: 0.0, _pad: [0; 3] };
+    let p = StepParams { rows: n as u32, cols: t as u32, offset: 0, clip_on: 0, scale: 0.0, clip: 0.0, _pad: [0; 2] };
     let binds = [(1, out.binding()), (2, src.binding()), (5, rows.binding())];
     gpu.dispatch_bound(&Kernel::new(&STEP, "gather_rows"), bytemuck::bytes_of(&p), &[], &binds, gpu.groups_1d(n * t, WG))?;
     Ok(out)
@@ -454,7 +457,7 @@ pub fn accumulate(acc: &Tensor, offset: usize, x: &Tensor, k: usize, scale: f32)
         return Err(Error::shape("accumulate", format!("{k} columns of {:?} into {:?} at {offset}", x.shape(), acc.shape())));
     }
     let gpu = x.gpu();
-    let p = StepParams { rows: (n / k) as u32, cols: k as u32, offset: offset as u32, _pad0: 0, scale, _pad: [0; 3] };
+    let p = StepParams { rows: (n / k) as u32, cols: k as u32, offset: offset as u32, clip_on: 0, scale, clip: 0.0, _pad: [0; 2] };
     gpu.dispatch_bound(&Kernel::new(&STEP, "accumulate"), bytemuck::bytes_of(&p), &[], &[(1, acc.binding()), (2, x.binding())], [1, 1, 1])
 }
 
@@ -463,12 +466,13 @@ pub fn accumulate(acc: &Tensor, offset: usize, x: &Tensor, k: usize, scale: f32)
 pub mod reference {
     use super::{KlKind, PpoLossConfig};
 
-    /// TRL's per-token rewards (`rewards = −kl_coef · kl`, `rewards[i, last] += score_i`) of
-    /// [`super::token_rewards`].
-    pub fn token_rewards(kl: &[f64], scores: &[f64], mask: &[f64], kl_coef: f64) -> Vec<f64> {
+    /// TRL's per-token rewards (`scores += penalty` where no EOS, `scores.clamp(±clip)`,
+    /// `rewards = −kl_coef · kl`, `rewards[i, last] += score_i`) of [`super::token_rewards`].
+    pub fn token_rewards(kl: &[f64], scores: &[f64], shift: &[f64], clip: Option<f64>, mask: &[f64], kl_coef: f64) -> Vec<f64> {
         let t = kl.len() / scores.len();
         let mut r: Vec<f64> = kl.iter().zip(mask).map(|(k, m)| -kl_coef * k * m).collect();
         for (i, sc) in scores.iter().enumerate() {
+            let sc = clip.map_or(sc + shift[i], |c| (sc + shift[i]).clamp(-c, c));
             if let Some(last) = mask[i * t..(i + 1) * t].iter().rposition(|&m| m != 0.0) {
                 r[i * t + last] += sc;
             }
