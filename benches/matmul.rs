@@ -3,11 +3,12 @@
 //! Criterion reports elem/s with one element per FLOP (2·M·N·K), i.e. FLOP/s; every iteration
 //! ends with a host read so the GPU work is inside the timing. A plain summary line per shape
 //! follows the W1 rule: 3 untimed warm-ups, the median of 7 timed runs, GFLOP/s = 2MNK/t.
-//! `PLUMB_KERNELS=register|tiled` picks the kernel variant, `PLUMB_MATMUL_FEED=buffer|texture`
-//! how the register kernels read their operands (default: by CPU, see `ops::matmul`).
+//! `PLUMB_KERNELS=register|tiled` picks the kernel variant, `PLUMB_REGISTER_FEED=buffer|texture`
+//! (or this bench's older `PLUMB_MATMUL_FEED`) how the register kernels read their operands
+//! (default: by CPU, see `gpu::feed`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use plumb::ops::matmul::{matmul_forward, register_feed, set_register_feed, RegisterFeed};
+use plumb::ops::matmul::{matmul_forward, RegisterFeed};
 use plumb::{Gpu, Tensor};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ fn cpu_seconds() -> Option<f64> {
 
 fn summary(gpu: &Gpu) {
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
-    println!("matmul on {} ({:?} kernels, feed {:?})", gpu.adapter().info.name, gpu.variant(), register_feed());
+    println!("matmul on {} ({:?} kernels, feed {:?})", gpu.adapter().info.name, gpu.variant(), gpu.register_feed());
     for &(label, m, k, n, ta, tb) in SHAPES {
         let ops = Operands::new(gpu, m, k, n, ta, tb);
         for _ in 0..3 {
@@ -91,9 +92,10 @@ fn summary(gpu: &Gpu) {
 
 fn bench(c: &mut Criterion) {
     let gpu = Gpu::new().expect("GPU adapter");
+    // The older name of `PLUMB_REGISTER_FEED` (which `Gpu::new` reads), for this bench.
     match std::env::var("PLUMB_MATMUL_FEED").as_deref() {
-        Ok("buffer") => set_register_feed(RegisterFeed::Buffer),
-        Ok("texture") => set_register_feed(RegisterFeed::Texture),
+        Ok("buffer") => gpu.set_register_feed(RegisterFeed::Buffer),
+        Ok("texture") => gpu.set_register_feed(RegisterFeed::Texture),
         _ => {}
     }
     summary(&gpu);

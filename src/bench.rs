@@ -1,8 +1,14 @@
-//! The standard workloads W1-W4 of BENCHMARKS.md, measured exactly as the peers' harness does:
+//! The standard workloads W1-W5 of BENCHMARKS.md, measured exactly as the peers' harness does:
 //! in-process, 3 untimed warm-up iterations, then the median of N timed ones, each ending with a
 //! host read; the first iteration (shader compilation included) is reported as the cold start.
 //! `plumb bench` times them with [`w2`], [`w3`], [`w4`]; the criterion benches
 //! `benches/{train_step,dpo_step,generate}.rs` time the same [`W2`], [`W3`], [`W4`] steps.
+//! W5, the LoRA-DPO step on SmolLM2-135M's shape, lives in `bench/w5.rs` ([`w5`], [`W5`];
+//! `benches/lora_dpo_step.rs`).
+
+mod w5;
+
+pub use w5::{quant_matmul, w5, W5Flops, W5Options, W5Report, W5};
 
 use crate::error::Result;
 use crate::model::{presets, Model};
@@ -82,24 +88,25 @@ fn result(workload: String, (median, best, first): (f64, f64, f64), work: f64, u
 
 /// W1: C = A·B for the five shapes; GFLOP/s.
 pub fn w1(gpu: &Gpu, iters: usize) -> Result<Vec<BenchResult>> {
-    let mut out = vec![];
-    for (m, k, n) in [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (1024, 128, 512), (1024, 512, 128)] {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
-        let (a, b) = (Tensor::from_f32(gpu, &a, &[m, k])?, Tensor::from_f32(gpu, &b, &[k, n])?);
-        let flops = 2.0 * (m * n * k) as f64;
-        let reps = ((2e9 / flops) as usize).max(1);
-        let t = timeit(gpu, 3, iters, || {
-            let mut last = None;
-            for _ in 0..reps {
-                last = Some(matmul_forward(&a, &b, None, false, false)?);
-            }
-            // A one-element readback: waits for every product.
-            last.expect("reps >= 1").view(0, &[1])?.scalar().map(|_| ())
-        })?;
-        out.push(result(format!("W1 {m}x{k}x{n}"), t, flops * reps as f64 / 1e9, "gflops"));
-    }
-    Ok(out)
+    [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (1024, 128, 512), (1024, 512, 128)].into_iter().map(|s| w1_shape(gpu, s, iters)).collect()
+}
+
+/// W1's C = A·B for one (M, K, N); GFLOP/s.
+pub fn w1_shape(gpu: &Gpu, (m, k, n): (usize, usize, usize), iters: usize) -> Result<BenchResult> {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
+    let (a, b) = (Tensor::from_f32(gpu, &a, &[m, k])?, Tensor::from_f32(gpu, &b, &[k, n])?);
+    let flops = 2.0 * (m * n * k) as f64;
+    let reps = ((2e9 / flops) as usize).max(1);
+    let t = timeit(gpu, 3, iters, || {
+        let mut last = None;
+        for _ in 0..reps {
+            last = Some(matmul_forward(&a, &b, None, false, false)?);
+        }
+        // A one-element readback: waits for every product.
+        last.expect("reps >= 1").view(0, &[1])?.scalar().map(|_| ())
+    })?;
+    Ok(result(format!("W1 {m}x{k}x{n}"), t, flops * reps as f64 / 1e9, "gflops"))
 }
 
 fn w2_model(gpu: &Gpu) -> Result<Model> {

@@ -371,7 +371,7 @@ impl ParamStore {
 
     /// Set every gradient (and the padding) to zero: one fill dispatch per segment.
     pub fn zero_grad(&self) -> Result<()> {
-        self.segments.iter().try_for_each(|s| crate::ops::elementwise::fill(&s.grads, 0.0))
+        self.segments.iter().try_for_each(|s| crate::gpu::linear::fill(&s.grads, 0.0))
     }
 
     /// Upload the values of `name` (row-major, exactly its number of elements).

@@ -117,7 +117,7 @@ impl Tape {
         }
         // A fill dispatch, not an upload: it stays inside the step's open compute pass.
         let seed = Tensor::empty(loss.tensor().gpu(), loss.shape(), crate::tensor::DType::F32, "loss seed")?;
-        crate::ops::elementwise::fill(&seed, 1.0)?;
+        crate::gpu::linear::fill(&seed, 1.0)?;
         self.backward_with(loss, seed)
     }
 
@@ -142,7 +142,7 @@ impl Tape {
                 continue;
             };
             if let Some(sink) = &node.sink {
-                crate::ops::elementwise::add_assign(sink, &g, 1.0)?;
+                crate::gpu::linear::add_assign(sink, &g, 1.0)?;
             }
             if let Some(f) = node.backward.take() {
                 let input_grads = f(&g)?;
@@ -152,7 +152,7 @@ impl Tape {
                         None => gi,
                         // Out of place: a gradient may alias another node's (an add passes
                         // its output gradient to both inputs), so never write into one.
-                        Some(acc) => crate::ops::elementwise::axpby(&acc, &gi, 1.0, 1.0)?,
+                        Some(acc) => crate::gpu::linear::axpby(&acc, &gi, 1.0, 1.0)?,
                     });
                 }
             }

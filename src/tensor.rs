@@ -58,7 +58,7 @@ impl Tensor {
     /// A tensor filled with zeros (a fill dispatch in the current step).
     pub fn zeros(gpu: &Gpu, shape: &[usize], dtype: DType, what: &str) -> Result<Tensor> {
         let t = Tensor::empty(gpu, shape, dtype, what)?;
-        crate::ops::elementwise::fill(&t, 0.0)?;
+        crate::gpu::linear::fill(&t, 0.0)?;
         Ok(t)
     }
 

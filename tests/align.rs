@@ -21,7 +21,7 @@ fn dpo_drives_accuracy_to_one_with_growing_margins() {
     let pairs = common::synthetic_pairs(32, 3);
     let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(40, 2e-3), ..Default::default() });
     let m = dpo.train(&policy, &pairs, Reference::Model(&reference)).unwrap();
-    let get = |i: usize, k: &str| m[i][k].as_f64().unwrap();
+    let get = |i: usize, k: &str| serde_json::to_value(&m[i]).unwrap()[k].as_f64().unwrap();
     let first: f64 = (0..5).map(|i| get(i, "rewards/margins")).sum::<f64>() / 5.0;
     let last: f64 = (35..40).map(|i| get(i, "rewards/margins")).sum::<f64>() / 5.0;
     let acc: f64 = (35..40).map(|i| get(i, "rewards/accuracies")).sum::<f64>() / 5.0;
@@ -53,7 +53,7 @@ fn every_dpo_loss_type_trains_towards_the_chosen() {
         let loss = DpoConfig { losses, label_smoothing: if kind == DpoLoss::Robust { 0.1 } else { 0.0 }, discopop_tau, ..Default::default() };
         let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(12, 2e-3), loss, ..Default::default() });
         let m = dpo.train(&policy, &pairs, Reference::Model(&reference)).unwrap();
-        let margin = |i: usize| m[i]["rewards/margins"].as_f64().unwrap();
+        let margin = |i: usize| m[i].rewards_margins;
         assert!(margin(11) > margin(0), "{}: margin {} -> {}", kind.name(), margin(0), margin(11));
     }
 }
@@ -79,7 +79,7 @@ fn precomputed_reference_equals_live_reference() {
     let live = Dpo::new(dcfg.clone()).train(&Model::new(&gpu, &cfg, 5).unwrap(), &pairs, Reference::Model(&reference)).unwrap();
     let pre = Dpo::new(dcfg).train(&Model::new(&gpu, &cfg, 5).unwrap(), &data, Reference::Precomputed).unwrap();
     for (a, b) in live.iter().zip(&pre) {
-        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        let (x, y) = (a.loss, b.loss);
         assert!((x - y).abs() < 1e-5, "live {x} vs precomputed {y}");
     }
     // no precomputed values: a clear error, not a panic
@@ -117,7 +117,7 @@ fn reward_model_learns_held_out_human_preferences() {
     let (acc0, _) = reward.evaluate(&rm, &held).unwrap();
     let m = reward.train(&rm, &train).unwrap();
     let (acc, margin) = reward.evaluate(&rm, &held).unwrap();
-    eprintln!("held-out accuracy {acc0:.3} -> {acc:.3} (margin {margin:.3}); last train loss {}", m.last().unwrap()["loss"]);
+    eprintln!("held-out accuracy {acc0:.3} -> {acc:.3} (margin {margin:.3}); last train loss {}", m.last().unwrap().loss);
     assert!(acc >= 0.58, "held-out accuracy {acc} (before training {acc0})");
     // measured on lavapipe: 0.557 before training, 0.600 after (300 held-out pairs; chance ± 0.029)
     // save / load round trip in HF sequence-classification layout
@@ -140,7 +140,7 @@ fn lora_dpo_trains_only_adapters_against_the_base_model() {
     let pairs = common::synthetic_pairs(16, 9);
     let dpo = Dpo::new(DpoTrainConfig { train: train_cfg(15, 5e-3), ..Default::default() });
     let m = dpo.train(&policy, &pairs, Reference::Adapters).unwrap();
-    let margin = |i: usize| m[i]["rewards/margins"].as_f64().unwrap();
+    let margin = |i: usize| m[i].rewards_margins;
     assert!(margin(14) > margin(0) + 0.1, "LoRA-DPO margin {} -> {}", margin(0), margin(14));
     assert_eq!(policy.params().read_all().unwrap(), base, "base weights moved");
     // without adapters there is nothing to switch off: a clear error

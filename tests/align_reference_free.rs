@@ -17,7 +17,7 @@ fn orpo_and_simpo_learn_the_preference_without_a_reference() {
         let policy = Model::new(&gpu, &cfg, 5).unwrap();
         let train = TrainConfig { steps: 20, batch_size: 8, max_len: 32, max_prompt_len: 8, schedule: Schedule::constant(2e-3), ..Default::default() };
         let m = Dpo::new(DpoTrainConfig { train, loss, pad_id: 0 }).train(&policy, &pairs, Reference::None).unwrap();
-        let get = |i: usize, k: &str| m[i][k].as_f64().unwrap();
+        let get = |i: usize, k: &str| serde_json::to_value(&m[i]).unwrap()[k].as_f64().unwrap();
         let avg = |r: std::ops::Range<usize>, k: &str| r.clone().map(|i| get(i, k)).sum::<f64>() / r.len() as f64;
         let (m0, m1) = (avg(0..3, "rewards/margins"), avg(15..20, "rewards/margins"));
         let acc = avg(15..20, "rewards/accuracies");

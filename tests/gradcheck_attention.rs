@@ -5,7 +5,7 @@ mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::attention::reference::{self as r, Shape};
 use plumb::ops::attention::{
-    attention, attention_backward, attention_forward, attention_fused_qkv, set_subgroup_kernels, AttentionConfig, KvCache,
+    attention, attention_backward, attention_forward, attention_fused_qkv, AttentionConfig, KvCache,
     LSE_NO_KEYS,
 };
 use plumb::{DType, Gpu, KernelVariant, Tensor};
@@ -99,9 +99,9 @@ fn attention_table_register() {
 fn attention_table_register_no_subgroups() {
     let Some(gpu) = common::gpu() else { return };
     gpu.set_variant(KernelVariant::Register);
-    set_subgroup_kernels(false);
+    gpu.set_subgroup_kernels(false);
     run_table(&gpu, "attention register, no subgroups", &table());
-    set_subgroup_kernels(true);
+    gpu.set_subgroup_kernels(true);
 }
 
 #[test]

@@ -87,9 +87,9 @@ fn matmul_table_both_variants() {
     gpu.set_variant(KernelVariant::Register);
     run_table(&gpu, "register", &cases);
     // The buffer-fed register kernel everywhere (what CPUs with AVX-512 run).
-    mm::set_register_feed(RegisterFeed::Buffer);
+    gpu.set_register_feed(RegisterFeed::Buffer);
     run_table(&gpu, "register, buffers", &cases);
-    mm::set_register_feed(RegisterFeed::Auto);
+    gpu.set_register_feed(RegisterFeed::Auto);
     gpu.set_variant(KernelVariant::Tiled);
     run_table(&gpu, "tiled", &cases);
 }
@@ -132,13 +132,13 @@ fn large_aligned_and_decode_shapes_match_reference() {
     // Both register feeds at sizes with many tiles and ragged edges.
     gpu.set_variant(KernelVariant::Register);
     for feed in [RegisterFeed::Buffer, RegisterFeed::Texture] {
-        mm::set_register_feed(feed);
+        gpu.set_register_feed(feed);
         check_forward(&gpu, &[], (200, 100, 180), (false, false), true, false);
         check_forward(&gpu, &[2], (96, 52, 60), (true, true), true, false);
         check_forward(&gpu, &[3], (33, 44, 20), (true, false), false, false);
         check_forward(&gpu, &[], (130, 37, 36), (false, true), true, false);
     }
-    mm::set_register_feed(RegisterFeed::Auto);
+    gpu.set_register_feed(RegisterFeed::Auto);
 }
 
 #[test]

@@ -69,6 +69,9 @@ fn cases() -> Vec<Case> {
         cases.push(linear_case(t, &[1], k, 5, false));
         cases.push(embedding_case(t, 11, 9, if block == 4 { 37 } else { block.max(32) }));
     }
+    // Past one register-kernel workgroup both ways (64 rows by 32 outputs, or 32 columns of
+    // dx), ragged, several blocks a row: W5's and SmolLM2's type.
+    cases.push(linear_case(StoredType::Q4_1, &[2, 67], 96, 70, false));
     cases
 }
 

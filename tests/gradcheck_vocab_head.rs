@@ -1,5 +1,5 @@
-//! The chunked vocabulary head against its f64 CPU reference: per-row [log p(label), entropy]
-//! and their gradients with respect to the hidden states and (trained head) the weight chunks,
+//! The chunked vocabulary head against its f64 CPU reference: per-row [log p(label), entropy,
+//! mean logit] and their gradients with respect to the hidden states and (trained head) the weight chunks,
 //! by central differences, with the head in one chunk or several ragged ones, walked in one
 //! slice or several; a frozen head in each stored type (gradient w.r.t. x only); labels past the vocabulary; the masked cross-entropy built on it against
 //! the full-logits cross-entropy; both kernel variants.
@@ -53,18 +53,37 @@ fn cases() -> Vec<Case> {
         stored_case(StoredType::Q4_1, 4, 32, 65, 64),
         stored_case(StoredType::Q4K, 3, 256, 130, 64),
         stored_case(StoredType::Q6K, 3, 256, 70, 128),
-        logprobs_case(),
+        column_case(0),
+        column_case(1),
+        column_case(2),
+        tempered_case(),
     ]
 }
 
-/// The log-probability column alone (what the alignment trainers read), through a trained head.
-fn logprobs_case() -> Case {
+/// One column alone (log-probs: what the alignment trainers read; entropy: what PPO logs; mean
+/// logit: DPO's logits/* metrics), through a trained head.
+fn column_case(column: usize) -> Case {
     let (rows, c, v) = (9, 16, 100);
     Case::new(
-        "head_logprobs x [9, 16] head [100, 16]",
+        format!("head_column {column} x [9, 16] head [100, 16]"),
         vec![Input::f(&[rows, c]), Input::index(&[rows], v as u32 + 2), Input::f(&[v, c])],
-        move |vars| vh::head_logprobs(&vh::vocab_head_sliced(&vars[0], &vars[2..], vars[1].tensor(), 64)?),
-        move |d| r::vocab_head(&d[0], &d[2], &d[1], rows, c, v).into_iter().step_by(2).collect(),
+        move |vars| vh::head_column(&vh::vocab_head_sliced(&vars[0], &vars[2..], vars[1].tensor(), 64)?, column),
+        move |d| r::vocab_head(&d[0], &d[2], &d[1], rows, c, v).into_iter().skip(column).step_by(3).collect(),
+    )
+}
+
+/// PPO's tempered head: the hidden states scaled by 1/τ give the log-probs and entropy of
+/// softmax(z/τ), against the reference on z/τ (its head scaled by 1/τ).
+fn tempered_case() -> Case {
+    let (rows, c, v, tau) = (6, 12, 90, 0.7);
+    Case::new(
+        "vocab_head tempered 0.7 x [6, 12] head [90, 12]",
+        vec![Input::f(&[rows, c]), Input::index(&[rows], v as u32), Input::f(&[v, c])],
+        move |vars| vh::vocab_head_sliced(&plumb::ops::elementwise::scale(&vars[0], 1.0 / tau)?, &vars[2..], vars[1].tensor(), 64),
+        move |d| {
+            let w: Vec<f64> = d[2].iter().map(|w| w / tau as f64).collect();
+            r::vocab_head(&d[0], &w, &d[1], rows, c, v)
+        },
     )
 }
 

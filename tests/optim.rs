@@ -5,7 +5,7 @@ mod common;
 use common::{assert_close, rand_vec};
 use plumb::ops::elementwise as ew;
 use plumb::ops::loss;
-use plumb::ops::matmul::{set_register_feed, RegisterFeed};
+use plumb::gpu::RegisterFeed;
 use plumb::ops::optim::{self, reference as r, AdamW, AdamWConfig};
 use plumb::params::ALIGN_ELEMS;
 use plumb::{Gpu, ParamSpec, ParamStore, Tape, Tensor};
@@ -180,7 +180,7 @@ fn adamw_matches_reference() {
     // so: run it with both feeds.
     let cases = [(specs(), RegisterFeed::Auto), (large_specs(), RegisterFeed::Buffer), (large_specs(), RegisterFeed::Texture)];
     for (specs, feed) in cases {
-        set_register_feed(feed);
+        gpu.set_register_feed(feed);
         adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.0, ..base }, &scales);
         let decayed = adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.1, ..base }, &scales);
         let loose = adamw_against_reference(&gpu, &specs, AdamWConfig { weight_decay: 0.1, max_grad_norm: Some(1e4), ..base }, &scales);
@@ -190,7 +190,7 @@ fn adamw_matches_reference() {
         let moved = clipped.iter().zip(&decayed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         assert!(moved > 1e-3, "clipping had no effect ({moved})");
     }
-    set_register_feed(RegisterFeed::Auto);
+    gpu.set_register_feed(RegisterFeed::Auto);
 }
 
 #[test]

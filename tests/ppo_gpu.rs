@@ -45,8 +45,9 @@ fn a_ppo_step_reads_back_only_its_metrics() {
     eprintln!("{steps} PPO steps: {ppo_reads} readbacks, of which sampling {sample_reads}");
     assert!(sample_reads > 0, "sampling reads the drawn tokens back");
     assert_eq!(ppo_reads - sample_reads, steps as u64, "one readback per step besides sampling: the metrics");
-    for k in ["loss", "objective/kl", "objective/entropy", "objective/rlhf_reward", "policy/approxkl_avg", "loss/value_avg"] {
-        assert!(m[steps - 1][k].as_f64().unwrap().is_finite(), "{k} not finite");
+    let last = &m[steps - 1];
+    for (k, v) in [("loss", last.loss), ("objective/kl", last.objective_kl), ("objective/entropy", last.objective_entropy), ("objective/rlhf_reward", last.objective_rlhf_reward), ("policy/approxkl_avg", last.policy_approxkl_avg), ("loss/value_avg", last.loss_value_avg)] {
+        assert!(v.is_finite(), "{k} not finite");
     }
 
     // scored by a reward model: its scores stay on the GPU too
@@ -56,5 +57,5 @@ fn a_ppo_step_reads_back_only_its_metrics() {
     let rm_reads = gpu.readbacks() - before;
     eprintln!("{steps} PPO steps with a reward model: {rm_reads} readbacks");
     assert_eq!(rm_reads - sample_reads, steps as u64, "one readback per step besides sampling, with a reward model");
-    assert!(m.iter().all(|r| r["objective/scores"].as_f64().unwrap().is_finite() && r["objective/rlhf_reward"].as_f64().unwrap().is_finite()));
+    assert!(m.iter().all(|r| r.objective_scores.is_finite() && r.objective_rlhf_reward.is_finite()));
 }

@@ -24,9 +24,9 @@ fn every_shader_file_is_registered() {
     let mut files = Vec::new();
     collect(&root, &root, &mut files);
     files.sort();
-    let registered: Vec<&str> = plumb::gpu::all_shaders().iter().map(|s| s.path).collect();
+    let registered: Vec<&str> = plumb::ops::all_shaders().iter().map(|s| s.path).collect();
     let missing: Vec<&String> = files.iter().filter(|f| !registered.contains(&f.as_str())).collect();
-    assert!(missing.is_empty(), "shaders not registered in any op family's SHADERS: {missing:?}");
+    assert!(missing.is_empty(), "shaders not registered in gpu::CORE_SHADERS or any op family's SHADERS: {missing:?}");
     let mut dup = registered.clone();
     dup.sort();
     dup.dedup();
@@ -38,7 +38,7 @@ fn every_shader_file_is_registered() {
 fn every_shader_translates_to_all_backends() {
     let mut failures = Vec::new();
     let mut count = 0;
-    for s in plumb::gpu::all_shaders() {
+    for s in plumb::ops::all_shaders() {
         let module = match naga::front::wgsl::parse_str(s.source) {
             Ok(m) => m,
             Err(e) => {

@@ -316,6 +316,7 @@ fn train_dpo(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
         let reference = m.model.try_clone()?;
         dpo.train(&m.model, pairs, Reference::Model(&reference))?
     };
+    let records = records.iter().map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null)).collect();
     Ok((records, steps))
 }
 

@@ -127,12 +127,15 @@ fn w4_q4_0(row: u32, k0: u32) -> vec4<f32> {
     return half_at(o) * (bytes4(q) - vec4<f32>(8.0));
 }
 
-// block_q4_1 {f16 d; f16 m; u8 qs[16]} (20 bytes): nibbles as Q4_0; x = d·q + m.
+// block_q4_1 {f16 d; f16 m; u8 qs[16]} (20 bytes): nibbles as Q4_0; x = d·q + m. Blocks are
+// five words and rows whole blocks, so every block starts on a word: two plain loads, d and m
+// from the first word, the four nibble bytes from one of the next four.
 fn w4_q4_1(row: u32, k0: u32) -> vec4<f32> {
-    let o = row + (k0 >> 5u) * 20u;
+    let o = (row + (k0 >> 5u) * 20u) >> 2u;
     let j = k0 & 31u;
-    let q = (u32_at(o + 4u + (j & 15u)) >> select(0u, 4u, j >= 16u)) & 0x0F0F0F0Fu;
-    return half_at(o) * bytes4(q) + vec4<f32>(half_at(o + 2u));
+    let dm = w[o];
+    let q = (w[o + 1u + ((j & 15u) >> 2u)] >> select(0u, 4u, j >= 16u)) & 0x0F0F0F0Fu;
+    return half_bits(dm & 0xFFFFu) * bytes4(q) + vec4<f32>(half_bits(dm >> 16u));
 }
 
 // ggml's get_scale_min_k4: the 6-bit scale and min of sub-block s (0..7) from the 12 bytes at sc.

@@ -15,13 +15,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read> mask: array<f32>;
 @group(0) @binding(3) var<storage, read_write> weight_sum: array<f32>;
-// The head's output (R, 2): log p(label), entropy.
-@group(0) @binding(4) var<storage, read> head: array<vec2<f32>>;
+// The head's output (R, 3): log p(label), entropy, mean logit.
+@group(0) @binding(4) var<storage, read> head: array<f32>;
 @group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
 // The loss's gradient (one element).
 @group(0) @binding(6) var<storage, read> g: array<f32>;
-// The gradient of the head's output (R, 2).
-@group(0) @binding(7) var<storage, read_write> dhead: array<vec2<f32>>;
+// The gradient of the head's output (R, 3).
+@group(0) @binding(7) var<storage, read_write> dhead: array<f32>;
 
 fn weight(r: u32) -> f32 {
     if (labels[r] >= p.vocab) {
@@ -52,12 +52,12 @@ fn rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     var v = 0.0;
     if (weight_sum[0] > 0.0) {
-        v = -head[r].x * weight(r) / weight_sum[0];
+        v = -head[3u * r] * weight(r) / weight_sum[0];
     }
     row_loss[r] = v;
 }
 
-// d loss / d head = (-g·w_r / Σw, 0).
+// d loss / d head = (-g·w_r / Σw, 0, 0).
 @compute @workgroup_size(64, 1, 1)
 fn grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let r = gid.x + gid.y * nw.x * 64u;
@@ -68,5 +68,7 @@ fn grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (weight_sum[0] > 0.0) {
         d = -g[0] * weight(r) / weight_sum[0];
     }
-    dhead[r] = vec2<f32>(d, 0.0);
+    dhead[3u * r] = d;
+    dhead[3u * r + 1u] = 0.0;
+    dhead[3u * r + 2u] = 0.0;
 }

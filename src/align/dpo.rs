@@ -13,60 +13,80 @@
 //! switched off, or from values precomputed into the preference file
 //! ([`precompute_reference`]), so that training holds one model in memory.
 
-use super::common::{run_steps, shuffled, to_json, Pair, Pairs, Reference, TrainConfig};
-use super::reward::{pair_rows, split_pairs};
+use super::batching::{pair_rows, split_pair_tensor, split_pairs, step_indices, Pair, Pairs};
+use super::common::TrainConfig;
+use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqTensors};
+use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::data::PreferenceDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
-use crate::ops::elementwise::slice_last_forward;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// DPO settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DpoTrainConfig {
+    /// Default: 200 steps of 8 pairs, peak learning rate 5e-5.
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
+    /// Its `bco_delta` is not a setting: the trainer keeps bco_pair's running mean of rewards
+    /// as per-run state (saved in checkpoints) and passes that to the kernel.
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
+}
+
+impl Default for DpoTrainConfig {
+    fn default() -> Self {
+        DpoTrainConfig { train: TrainConfig { steps: 200, ..TrainConfig::default() }, loss: DpoConfig::default(), pad_id: 0 }
+    }
+}
+
+/// One DPO step's metrics, with TRL's names in `metrics.jsonl` (means over the batch's pairs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DpoMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
+    /// Mean implicit reward β(π_c − ρ_c) of the chosen completions.
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f32,
+    /// Mean implicit reward β(π_r − ρ_r) of the rejected completions.
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f32,
+    /// Mean of `rewards/chosen − rewards/rejected` per pair.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f32,
+    /// Share of pairs whose chosen reward is above the rejected one.
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f32,
+    /// Mean sequence log-prob of the chosen completions.
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f32,
+    /// Mean sequence log-prob of the rejected completions.
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f32,
+    /// Mean vocabulary logit over the chosen completions' tokens.
+    #[serde(rename = "logits/chosen")]
+    pub logits_chosen: f32,
+    /// Mean vocabulary logit over the rejected completions' tokens.
+    #[serde(rename = "logits/rejected")]
+    pub logits_rejected: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 /// Trains a policy on preference pairs: `Dpo::new(cfg).train(&policy, &pairs, Reference::Model(&sft))`.
 pub struct Dpo {
     pub cfg: DpoTrainConfig,
 }
-
-/// Chosen (even) and rejected (odd) values of a (2N) tensor, as two (N) tensors.
-fn split_tensor(x: &Tensor, n: usize) -> Result<(Tensor, Tensor)> {
-    let x = x.reshape(&[n, 2])?;
-    Ok((slice_last_forward(&x, 0, 1)?.reshape(&[n])?, slice_last_forward(&x, 1, 1)?.reshape(&[n])?))
-}
-
-/// The reference's sequence log-probs (2N) for the rows of `s` (chosen, rejected interleaved).
-pub(crate) fn reference_logps(policy: &Model, reference: &Reference, s: &SeqTensors, pairs: &[Pair]) -> Result<Tensor> {
-    let gpu = s.ids.gpu();
-    match reference {
-        Reference::Model(m) => Ok(sequence_logps(m, None, s)?.tensor().clone()),
-        Reference::Adapters => with_adapters_off(policy, || Ok(sequence_logps(policy, None, s)?.tensor().clone())),
-        Reference::Precomputed => {
-            let mut v = Vec::with_capacity(2 * pairs.len());
-            for (i, p) in pairs.iter().enumerate() {
-                let r = p.reference.ok_or_else(|| {
-                    Error::config("reference", format!("pair {i} has no precomputed reference log-probs (run `plumb dpo --precompute-ref` first)"))
-                })?;
-                v.extend(r);
-            }
-            Tensor::from_f32(gpu, &v, &[v.len()])
-        }
-        Reference::None => Tensor::zeros(gpu, &[2 * pairs.len()], crate::tensor::DType::F32, "no reference"),
-    }
-}
-
-pub(crate) use super::common::with_adapters_off;
 
 impl Dpo {
     pub fn new(cfg: DpoTrainConfig) -> Dpo {
@@ -76,72 +96,143 @@ impl Dpo {
     /// Train `policy` on `pairs` against `reference`; returns each step's metrics with TRL's
     /// names (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies, logps/*,
     /// logits/*), the loss and the gradient norm.
-    pub fn train(&self, policy: &Model, pairs: &dyn Pairs, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, pairs: &dyn Pairs, reference: Reference) -> Result<Vec<DpoMetrics>> {
         let cfg = &self.cfg;
-        let n = pairs.len();
-        if n == 0 {
+        cfg.train.check("DPO")?;
+        if pairs.is_empty() {
             return Err(Error::config("DPO", "no preference pairs"));
         }
-        let gpu = policy.params().gpu().clone();
-        let b = cfg.train.batch_size;
-        let mut loss_cfg = cfg.loss.clone();
-        let uses_bco = loss_cfg.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair);
-        let (mut reward_sum, mut reward_count) = (0.0f64, 0usize);
-        let describe = serde_json::json!({
-            "beta": loss_cfg.beta,
-            "losses": loss_cfg.losses.iter().map(|(k, w)| format!("{}:{w}", k.name())).collect::<Vec<_>>(),
-            "label_smoothing": loss_cfg.label_smoothing,
-            "reference": reference.describe(),
-        });
-        run_steps("dpo", &cfg.train, policy, describe, |step, lr, opt| {
-            let batch: Vec<Pair> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
-            let s = rows.upload(&gpu)?;
-            let refs = reference_logps(policy, &reference, &s, &batch)?;
-            let (rc, rr) = split_tensor(&refs, b)?;
-            let (lc, lr_) = split_tensor(&s.completion_len, b)?;
-            let tape = Tape::new();
-            let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
-            let (pc, pr) = split_pairs(&logps, b)?;
-            let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
-            tape.backward(&loss)?;
-            let norm = opt.step(policy.trainable(), lr)?;
-            policy.trainable().zero_grad()?;
-            let stats = metrics.tensor().to_f32_vec()?; // the step's submit: [loss, metrics...]
-            let m: Vec<(&str, f32)> = DPO_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).collect();
-            let mut rec = to_json(&m);
-            rec["loss"] = stats[0].into();
-            let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
-            for (k, name) in ["logits/chosen", "logits/rejected"].iter().enumerate() {
-                let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
-                rec[*name] = (s / l.max(1.0)).into();
-            }
-            if let Some(nm) = norm {
-                rec["grad_norm"] = nm.scalar()?.into();
-            }
-            if uses_bco {
-                // bco_pair's δ: the running mean of the implicit rewards seen so far.
-                let get = |k: &str| m.iter().find(|(n, _)| *n == k).map(|x| x.1 as f64).unwrap_or(0.0);
-                reward_sum += (get("rewards/chosen") + get("rewards/rejected")) * b as f64;
-                reward_count += 2 * b;
-                loss_cfg.bco_delta = (reward_sum / reward_count as f64) as f32;
-            }
-            Ok(rec)
-        })
+        let run = cfg.train.loop_config(2 * cfg.train.batch_size);
+        let mut method = DpoMethod { policy, pairs, reference, cfg, bco: BcoMean::default() };
+        Ok(trainer::train(&run, policy, &mut method)?.metrics)
+    }
+}
+
+/// bco_pair's δ: the running mean of every implicit reward seen so far (per-run state, saved in
+/// checkpoints; TRL's `RunningMoments`).
+#[derive(Clone, Copy, Debug, Default)]
+struct BcoMean {
+    sum: f64,
+    count: u64,
+}
+
+impl BcoMean {
+    fn delta(&self) -> f32 {
+        if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 }
+    }
+}
+
+/// DPO's step in the training loop: the pairs' log-probs, the reference's, the fused loss.
+struct DpoMethod<'a> {
+    policy: &'a Model,
+    pairs: &'a dyn Pairs,
+    reference: Reference<'a>,
+    cfg: &'a DpoTrainConfig,
+    bco: BcoMean,
+}
+
+impl Method for DpoMethod<'_> {
+    type Metrics = DpoMetrics;
+
+    fn name(&self) -> &'static str {
+        "dpo"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let l = &self.cfg.loss;
+        self.cfg.train.settings(serde_json::json!({
+            "beta": l.beta,
+            "losses": l.losses.iter().map(|(k, w)| format!("{}:{w}", k.name())).collect::<Vec<_>>(),
+            "label_smoothing": l.label_smoothing,
+            "reference": self.reference.describe(),
+        }))
+    }
+
+    fn step(&mut self, st: Step) -> Result<DpoMetrics> {
+        let (cfg, policy, b) = (self.cfg, self.policy, self.cfg.train.batch_size);
+        // 1. the batch: chosen and rejected rows side by side, and the reference's log-probs
+        let batch: Vec<Pair> = step_indices(cfg.train.seed, self.pairs.len(), st.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
+        let s = rows.upload(policy.params().gpu())?;
+        let stored: Option<Vec<f32>> = batch.iter().map(|p| p.reference).collect::<Option<Vec<[f32; 2]>>>().map(|v| v.concat());
+        if matches!(self.reference, Reference::Precomputed) && stored.is_none() {
+            let i = batch.iter().position(|p| p.reference.is_none()).unwrap_or(0);
+            return Err(Error::config("reference", format!("pair {i} has no precomputed reference log-probs (run `plumb dpo --precompute-ref` first)")));
+        }
+        let refs = self.reference.sequence_logps(policy, &s, stored.as_deref(), "DPO")?;
+        let (rc, rr) = split_pair_tensor(&refs, b)?;
+        let (lc, lr_) = split_pair_tensor(&s.completion_len, b)?;
+        // 2. the policy's log-probs on the tape, the fused loss (bco_pair's δ from the run so far)
+        let tape = Tape::new();
+        let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
+        let (pc, pr) = split_pairs(&logps, b)?;
+        let loss_cfg = DpoConfig { bco_delta: self.bco.delta(), ..cfg.loss.clone() };
+        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
+        tape.backward(&loss)?;
+        let norm = st.opt.step(policy.trainable(), st.lr)?;
+        policy.trainable().zero_grad()?;
+        // 3. the metrics: the step's submit, [loss, the metrics of DPO_METRIC_NAMES]
+        let stats = metrics.tensor().to_f32_vec()?;
+        let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
+        let mean_logit = |k: usize| {
+            let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
+            s / l.max(1.0)
+        };
+        debug_assert_eq!(DPO_METRIC_NAMES[..4], ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]);
+        let m = DpoMetrics {
+            loss: stats[0],
+            grad_norm: norm.map(|n| n.scalar()).transpose()?,
+            rewards_chosen: stats[1],
+            rewards_rejected: stats[2],
+            rewards_margins: stats[3],
+            rewards_accuracies: stats[4],
+            logps_chosen: stats[5],
+            logps_rejected: stats[6],
+            logits_chosen: mean_logit(0),
+            logits_rejected: mean_logit(1),
+            ..Default::default()
+        };
+        if cfg.loss.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair) {
+            self.bco.sum += (m.rewards_chosen as f64 + m.rewards_rejected as f64) * b as f64;
+            self.bco.count += 2 * b as u64;
+        }
+        Ok(m)
+    }
+
+    fn loss(m: &DpoMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut DpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
+    }
+
+    fn state(&self) -> Result<MethodState> {
+        Ok(MethodState { values: serde_json::json!({"bco_reward_sum": self.bco.sum, "bco_reward_count": self.bco.count}), tensors: vec![] })
+    }
+
+    fn restore(&mut self, s: MethodState) -> Result<()> {
+        let sum = s.values["bco_reward_sum"].as_f64();
+        let count = s.values["bco_reward_count"].as_u64();
+        if let (Some(sum), Some(count)) = (sum, count) {
+            self.bco = BcoMean { sum, count };
+        }
+        Ok(())
     }
 }
 
 /// Sequence log-probs (2N, on the tape) and, per row, the sum over completion tokens of the mean
-/// vocabulary logit (TRL's logits/* metrics), without a second forward pass.
+/// vocabulary logit (TRL's logits/* metrics), from one pass through the chunked vocabulary head:
+/// the (B·T, V) logits never exist.
 fn logps_and_logit_sums(model: &Model, tape: &Tape, s: &SeqTensors) -> Result<(crate::tape::Var, Tensor)> {
-    use crate::ops::elementwise::mul;
-    use crate::ops::loss::token_logprobs;
-    use crate::ops::reduce::{mean_last_forward, sum_last, sum_last_forward};
+    use crate::ops::elementwise::{mul, mul_forward};
+    use crate::ops::reduce::{sum_last, sum_last_forward};
+    use crate::ops::vocab_head::{head_logprobs, head_mean_logits};
     let hidden = model.hidden(Some(tape), &s.ids, s.key_mask.as_ref())?;
-    let logits = model.lm_head(Some(tape), &hidden)?; // (B·T, V)
-    let means = mean_last_forward(logits.tensor())?.reshape(&[s.rows, s.seq])?; // (B, T)
-    let logit_sums = sum_last_forward(&crate::ops::elementwise::mul_forward(&means, &s.mask)?)?; // (B)
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?;
+    let head = model.token_head(Some(tape), &hidden, &s.labels)?; // (B·T, 3)
+    let means = head_mean_logits(&head)?.tensor().reshape(&[s.rows, s.seq])?; // (B, T)
+    let logit_sums = sum_last_forward(&mul_forward(&means, &s.mask)?)?; // (B)
+    let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?;
     let logps = sum_last(&mul(&lp, &crate::tape::Var::constant(s.mask.clone()))?)?; // (B)
     Ok((logps, logit_sums))
 }

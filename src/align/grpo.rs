@@ -16,15 +16,18 @@
 //! no reference, and none is evaluated. With one update per rollout (TRL's default
 //! `num_iterations = 1`) π_old is the policy itself, so ρ = 1 in value and only its gradient acts.
 
-use super::common::{run_steps, shuffled, to_json, Reference, TrainConfig};
-use super::ppo::{reference_token_logps, tempered_logps};
+use super::batching::{prompt_groups, sampling_seed};
+use super::common::TrainConfig;
+use super::reference::{tempered_logps, Reference};
 use super::rollout::{sample, Rewards, RolloutConfig};
+use crate::train::trainer::{self, Method, Step};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::grpo::{grpo_variant_loss, GrpoLossConfig, GrpoLossType, ImportanceLevel, GRPO_VARIANT_METRIC_NAMES};
 use crate::ops::ppo::group_advantages;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
 
 /// GRPO settings (TRL's GRPOConfig names).
 #[derive(Clone, Debug)]
@@ -77,7 +80,8 @@ impl std::str::FromStr for ScaleRewards {
 impl Default for GrpoConfig {
     fn default() -> Self {
         GrpoConfig {
-            train: TrainConfig { schedule: crate::train::schedule::Schedule::constant(1e-5), ..Default::default() },
+            // 4 prompts × 8 generations = 32 completions a step
+            train: TrainConfig { batch_size: 4, schedule: crate::train::schedule::Schedule::constant(1e-5), ..Default::default() },
             rollout: RolloutConfig::default(),
             num_generations: 8,
             epsilon: 0.2,
@@ -89,6 +93,32 @@ impl Default for GrpoConfig {
             mask_truncated_completions: false,
         }
     }
+}
+
+/// One GRPO step's metrics, with TRL's names in `metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrpoMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Mean reward of the step's completions.
+    pub reward: f32,
+    /// Their (unbiased) standard deviation.
+    pub reward_std: f32,
+    /// Mean k3 KL to the reference per completion token; absent when β = 0 (no reference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f32>,
+    /// Share of tokens clipped below 1 − ε, above 1 + ε_high, and either.
+    #[serde(rename = "clip_ratio/low_mean")]
+    pub clip_ratio_low_mean: f32,
+    #[serde(rename = "clip_ratio/high_mean")]
+    pub clip_ratio_high_mean: f32,
+    #[serde(rename = "clip_ratio/region_mean")]
+    pub clip_ratio_region_mean: f32,
+    /// Mean completion length in tokens.
+    pub completion_length: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 /// Trains a policy with GRPO: `Grpo::new(cfg).train(&policy, &prompts, &Rewards::Fn(&f), Reference::None)`.
@@ -103,18 +133,17 @@ impl Grpo {
 
     /// Run `cfg.train.steps` steps on `prompts`; returns each step's metrics with TRL's names
     /// (reward, reward_std, kl, clip_ratio/*, completion_length).
-    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<GrpoMetrics>> {
         let cfg = &self.cfg;
+        cfg.train.check("GRPO")?;
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
         if prompts.is_empty() || g < 2 {
             return Err(Error::config("GRPO", format!("{} prompts, {g} generations per prompt (need prompts and at least 2)", prompts.len())));
         }
-        let use_ref = cfg.beta != 0.0;
-        if use_ref && matches!(reference, Reference::None | Reference::Precomputed) {
+        if cfg.beta != 0.0 && matches!(reference, Reference::None | Reference::Precomputed) {
             return Err(Error::config("GRPO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
         }
-        let gpu = policy.params().gpu().clone();
-        let loss_cfg = GrpoLossConfig {
+        let loss = GrpoLossConfig {
             loss_type: cfg.loss_type,
             importance_sampling_level: cfg.importance_sampling_level,
             epsilon: cfg.epsilon,
@@ -122,62 +151,104 @@ impl Grpo {
             beta: cfg.beta,
             max_completion_length: cfg.rollout.max_new_tokens.max(1),
         };
-        let describe = serde_json::json!({
-            "num_generations": g, "beta": cfg.beta, "epsilon": cfg.epsilon, "epsilon_high": loss_cfg.epsilon_high,
+        let mut method = GrpoMethod { cfg, policy, prompts, rewards, reference, loss };
+        Ok(trainer::train(&cfg.train.loop_config(b * g), policy, &mut method)?.metrics)
+    }
+}
+
+/// GRPO's step in the training loop (no state between steps: the sampling seed is a function
+/// of seed and step).
+struct GrpoMethod<'a> {
+    cfg: &'a GrpoConfig,
+    policy: &'a Model,
+    prompts: &'a [Vec<u32>],
+    rewards: &'a Rewards<'a>,
+    reference: Reference<'a>,
+    loss: GrpoLossConfig,
+}
+
+impl Method for GrpoMethod<'_> {
+    type Metrics = GrpoMetrics;
+
+    fn name(&self) -> &'static str {
+        "grpo"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let cfg = self.cfg;
+        self.cfg.train.settings(serde_json::json!({
+            "num_generations": cfg.num_generations, "beta": cfg.beta, "epsilon": cfg.epsilon, "epsilon_high": self.loss.epsilon_high,
             "loss_type": cfg.loss_type.name(), "importance_sampling_level": format!("{:?}", cfg.importance_sampling_level).to_lowercase(),
             "scale_rewards": format!("{:?}", cfg.scale_rewards).to_lowercase(), "mask_truncated_completions": cfg.mask_truncated_completions,
-            "reference": reference.describe(),
-        });
-        run_steps("grpo", &cfg.train, policy, describe, |step, lr, opt| {
-            let batch: Vec<Vec<u32>> = (0..b)
-                .flat_map(|i| std::iter::repeat_n(prompts[shuffled(cfg.train.seed, prompts.len(), (step * b + i) as u64)].clone(), g))
-                .collect(); // each prompt G times, groups consecutive
-            let seed = crate::train::batch::mix(cfg.train.seed ^ (step as u64 + 1));
-            let mut ro = sample(policy, &batch, &cfg.rollout, seed)?;
-            let (p, c) = ro.slices();
-            let r = rewards.score(&p, &c, cfg.rollout.pad_id)?;
-            let completion_length = c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32;
-            let rt = Tensor::from_f32(&gpu, &r, &[b * g])?;
-            let adv = match cfg.scale_rewards {
-                ScaleRewards::Group => group_advantages(&rt, g, true)?,
-                ScaleRewards::None => group_advantages(&rt, g, false)?,
-                ScaleRewards::Batch => {
-                    // the rewards are on the CPU already (a Rust function or the reward model's
-                    // scores read for the metrics): the batch std is one number
-                    let centred = group_advantages(&rt, g, false)?;
-                    let std = unbiased_std(&r) + 1e-4;
-                    crate::ops::elementwise::scale_forward(&centred, 1.0 / std)?
-                }
-            };
-            if cfg.mask_truncated_completions {
-                let t = ro.batch.seq;
-                for i in 0..b * g {
-                    if !ro.stopped(i, &cfg.rollout.stop_ids) {
-                        ro.batch.mask[i * t..(i + 1) * t].fill(0.0);
-                    }
+            "reference": self.reference.describe(),
+        }))
+    }
+
+    fn step(&mut self, st: Step) -> Result<GrpoMetrics> {
+        let (cfg, policy) = (self.cfg, self.policy);
+        let (b, g) = (cfg.train.batch_size, cfg.num_generations);
+        let gpu = policy.params().gpu();
+        let use_ref = cfg.beta != 0.0;
+        // 1. sample G completions per prompt and score them
+        let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, g);
+        let mut ro = sample(policy, &batch, &cfg.rollout, sampling_seed(cfg.train.seed, st.step))?;
+        let (p, c) = ro.slices();
+        let r = self.rewards.score(&p, &c, cfg.rollout.pad_id)?;
+        let completion_length = c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32;
+        // 2. advantages: each reward against its group
+        let rt = Tensor::from_f32(gpu, &r, &[b * g])?;
+        let adv = match cfg.scale_rewards {
+            ScaleRewards::Group => group_advantages(&rt, g, true)?,
+            ScaleRewards::None => group_advantages(&rt, g, false)?,
+            ScaleRewards::Batch => {
+                // the rewards are on the CPU already (a Rust function or the reward model's
+                // scores read for the metrics): the batch std is one number
+                let centred = group_advantages(&rt, g, false)?;
+                let std = unbiased_std(&r) + 1e-4;
+                crate::ops::elementwise::scale_forward(&centred, 1.0 / std)?
+            }
+        };
+        if cfg.mask_truncated_completions {
+            let t = ro.batch.seq;
+            for i in 0..b * g {
+                if !ro.stopped(i, &cfg.rollout.stop_ids) {
+                    ro.batch.mask[i * t..(i + 1) * t].fill(0.0);
                 }
             }
-            let s = ro.batch.upload(&gpu)?;
-            let ref_logp = if use_ref { Some(reference_token_logps(policy, &reference, &s, cfg.rollout.temperature)?) } else { None };
-            let tape = Tape::new();
-            let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
-            let logp = tempered_logps(policy, Some(&tape), &h, &s, cfg.rollout.temperature)?.0;
-            let old = logp.tensor().clone(); // π_old = π (one update per rollout)
-            let (loss, stats) = grpo_variant_loss(&logp, &old, ref_logp.as_ref(), &adv, &s.mask, &loss_cfg)?;
-            tape.backward(&loss)?;
-            opt.step(policy.trainable(), lr)?;
-            policy.trainable().zero_grad()?;
-            let stats = stats.to_f32_vec()?; // the step's submit: [loss, kl, clip ratios]
-            let named: Vec<(&str, f32)> = GRPO_VARIANT_METRIC_NAMES.iter().copied().zip(stats[1..].iter().copied()).skip(usize::from(!use_ref)).collect();
-            let mut rec = to_json(&named);
-            rec["loss"] = stats[0].into();
-            let mean = r.iter().sum::<f32>() / r.len() as f32;
-            let std = (r.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / (r.len() - 1).max(1) as f32).sqrt();
-            rec["reward"] = mean.into();
-            rec["reward_std"] = std.into();
-            rec["completion_length"] = completion_length.into();
-            Ok(rec)
+        }
+        // 3. the clipped objective with the KL to the reference, backward, AdamW
+        let s = ro.batch.upload(gpu)?;
+        let ref_logp = if use_ref { Some(self.reference.token_logps(policy, &s, cfg.rollout.temperature)?) } else { None };
+        let tape = Tape::new();
+        let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
+        let logp = tempered_logps(policy, Some(&tape), &h, &s, cfg.rollout.temperature)?.0;
+        let old = logp.tensor().clone(); // π_old = π (one update per rollout)
+        let (loss, stats) = grpo_variant_loss(&logp, &old, ref_logp.as_ref(), &adv, &s.mask, &self.loss)?;
+        tape.backward(&loss)?;
+        st.opt.step(policy.trainable(), st.lr)?;
+        policy.trainable().zero_grad()?;
+        // 4. the metrics: the step's submit, [loss, kl, clip ratios]
+        let stats = stats.to_f32_vec()?;
+        debug_assert_eq!(GRPO_VARIANT_METRIC_NAMES, ["kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]);
+        Ok(GrpoMetrics {
+            loss: stats[0],
+            reward: r.iter().sum::<f32>() / r.len() as f32,
+            reward_std: unbiased_std(&r),
+            kl: use_ref.then_some(stats[1]),
+            clip_ratio_low_mean: stats[2],
+            clip_ratio_high_mean: stats[3],
+            clip_ratio_region_mean: stats[4],
+            completion_length,
+            ..Default::default()
         })
+    }
+
+    fn loss(m: &GrpoMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut GrpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
 }
 

@@ -30,8 +30,11 @@
 //! # Ok(()) }
 //! ```
 
-use super::common::{live_reference_logps, run_steps, shuffled, Reference, TrainConfig};
+use super::batching::step_indices;
+use super::common::TrainConfig;
+use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqBatch};
+use crate::train::trainer::{self, Method, Step};
 use crate::data::UnpairedDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -87,7 +90,7 @@ impl Completions for UnpairedDataset {
 }
 
 /// KTO settings: the shared training settings and the loss's (TRL's KTOConfig names).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KtoTrainConfig {
     /// Steps, rows per step (at least 2 for `kto`: the KL rows pair rows of one batch), lengths,
     /// schedule, seed, output.
@@ -96,6 +99,14 @@ pub struct KtoTrainConfig {
     pub loss: KtoConfig,
     /// Pad token id.
     pub pad_id: u32,
+}
+
+impl Default for KtoTrainConfig {
+    /// 200 steps of 8 rows at a peak learning rate of 5e-5 (TRL's KTOConfig says 1e-6 for
+    /// large models; small ones take more).
+    fn default() -> Self {
+        KtoTrainConfig { train: TrainConfig { steps: 200, ..TrainConfig::default() }, loss: KtoConfig::default(), pad_id: 0 }
+    }
 }
 
 /// One step's metrics, with TRL's names in `metrics.jsonl`. Means over the desirable
@@ -167,64 +178,93 @@ impl Kto {
     pub fn train(&self, policy: &Model, data: &dyn Completions, reference: Reference) -> Result<Vec<KtoMetrics>> {
         let cfg = &self.cfg;
         cfg.loss.check()?;
-        let (n, b) = (data.len(), cfg.train.batch_size);
-        if n == 0 {
+        cfg.train.check("KTO")?;
+        let b = cfg.train.batch_size;
+        if data.is_empty() {
             return Err(Error::config("KTO", "no feedback rows"));
         }
-        let uses_kl = cfg.loss.loss_type.uses_kl();
-        if uses_kl && b < 2 {
+        if cfg.loss.loss_type.uses_kl() && b < 2 {
             return Err(Error::config("KTO batch size", format!("{b}: the KL term pairs prompts with other rows' completions, so a batch needs at least 2 rows")));
         }
         if matches!(reference, Reference::Precomputed) {
             return Err(Error::config("KTO reference", "precomputed reference log-probs are not supported for KTO; use a reference model or LoRA adapters"));
         }
-        let gpu = policy.params().gpu().clone();
-        let describe = serde_json::json!({
-            "beta": cfg.loss.beta,
-            "loss_type": cfg.loss.loss_type.name(),
-            "desirable_weight": cfg.loss.desirable_weight,
-            "undesirable_weight": cfg.loss.undesirable_weight,
-            "reference": reference.describe(),
-        });
-        let records = run_steps("kto", &cfg.train, policy, describe, |step, lr, opt| {
-            // 1. the batch, and its KL rows: prompt i with completion i − 1 (row 0 with the last)
-            let batch: Vec<Completion> = (0..b).map(|i| data.completion(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let rows: Vec<(&[u32], &[u32])> = batch.iter().map(|c| (&c.prompt[..], &c.completion[..])).collect();
-            let s = self.upload(&gpu, &rows)?;
-            let labels: Vec<f32> = batch.iter().map(|c| f32::from(u8::from(c.label))).collect();
-            let labels = Tensor::from_f32(&gpu, &labels, &[b])?;
-            // 2. the constants: reference log-probs, and both models' log-probs of the KL rows
-            let ref_logp = live_reference_logps(policy, &reference, &s, "KTO")?;
-            let kl = if uses_kl {
-                let mismatched: Vec<(&[u32], &[u32])> = (0..b).map(|i| (rows[i].0, rows[(i + b - 1) % b].1)).collect();
-                let k = self.upload(&gpu, &mismatched)?;
-                Some((sequence_logps(policy, None, &k)?.tensor().clone(), live_reference_logps(policy, &reference, &k, "KTO")?))
-            } else {
-                None
-            };
-            // 3. the policy's log-probs on the tape, the fused loss, backward, AdamW
-            let tape = Tape::new();
-            let logp = sequence_logps(policy, Some(&tape), &s)?;
-            let (loss, metrics) = kto_loss(&logp, &ref_logp, &labels, kl.as_ref().map(|(a, b)| (a, b)), &cfg.loss)?;
-            tape.backward(&loss)?;
-            let norm = opt.step(policy.trainable(), lr)?;
-            policy.trainable().zero_grad()?;
-            // 4. the step's one readback: the metrics
-            let mut m = KtoMetrics::from_stats(&metrics.read()?);
-            if let Some(nm) = norm {
-                m.grad_norm = Some(nm.scalar()?);
-            }
-            serde_json::to_value(&m).map_err(|e| Error::config("KTO metrics", e.to_string()))
-        })?;
-        records
-            .into_iter()
-            .map(|r| serde_json::from_value(r).map_err(|e| Error::config("KTO metrics", e.to_string())))
-            .collect()
+        let run = cfg.train.loop_config(2 * b);
+        Ok(trainer::train(&run, policy, &mut KtoMethod { kto: self, policy, data, reference })?.metrics)
     }
 
     /// Right-padded rows `prompt ++ completion` on the GPU.
     fn upload(&self, gpu: &crate::Gpu, rows: &[(&[u32], &[u32])]) -> Result<crate::align::SeqTensors> {
         let t = &self.cfg.train;
         SeqBatch::right_padded(rows, t.max_len, t.max_prompt_len, self.cfg.pad_id)?.upload(gpu)
+    }
+}
+
+/// KTO's step in the training loop.
+struct KtoMethod<'a> {
+    kto: &'a Kto,
+    policy: &'a Model,
+    data: &'a dyn Completions,
+    reference: Reference<'a>,
+}
+
+impl Method for KtoMethod<'_> {
+    type Metrics = KtoMetrics;
+
+    fn name(&self) -> &'static str {
+        "kto"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let l = &self.kto.cfg.loss;
+        self.kto.cfg.train.settings(serde_json::json!({
+            "beta": l.beta,
+            "loss_type": l.loss_type.name(),
+            "desirable_weight": l.desirable_weight,
+            "undesirable_weight": l.undesirable_weight,
+            "reference": self.reference.describe(),
+        }))
+    }
+
+    fn step(&mut self, st: Step) -> Result<KtoMetrics> {
+        let (cfg, policy, reference) = (&self.kto.cfg, self.policy, &self.reference);
+        let b = cfg.train.batch_size;
+        let gpu = policy.params().gpu();
+        // 1. the batch, and its KL rows: prompt i with completion i − 1 (row 0 with the last)
+        let batch: Vec<Completion> = step_indices(cfg.train.seed, self.data.len(), st.step, b).map(|i| self.data.completion(i)).collect::<Result<_>>()?;
+        let rows: Vec<(&[u32], &[u32])> = batch.iter().map(|c| (&c.prompt[..], &c.completion[..])).collect();
+        let s = self.kto.upload(gpu, &rows)?;
+        let labels: Vec<f32> = batch.iter().map(|c| f32::from(u8::from(c.label))).collect();
+        let labels = Tensor::from_f32(gpu, &labels, &[b])?;
+        // 2. the constants: reference log-probs, and both models' log-probs of the KL rows
+        let ref_logp = reference.sequence_logps(policy, &s, None, "KTO")?;
+        let kl = if cfg.loss.loss_type.uses_kl() {
+            let mismatched: Vec<(&[u32], &[u32])> = (0..b).map(|i| (rows[i].0, rows[(i + b - 1) % b].1)).collect();
+            let k = self.kto.upload(gpu, &mismatched)?;
+            Some((sequence_logps(policy, None, &k)?.tensor().clone(), reference.sequence_logps(policy, &k, None, "KTO")?))
+        } else {
+            None
+        };
+        // 3. the policy's log-probs on the tape, the fused loss, backward, AdamW
+        let tape = Tape::new();
+        let logp = sequence_logps(policy, Some(&tape), &s)?;
+        let (loss, metrics) = kto_loss(&logp, &ref_logp, &labels, kl.as_ref().map(|(a, b)| (a, b)), &cfg.loss)?;
+        tape.backward(&loss)?;
+        let norm = st.opt.step(policy.trainable(), st.lr)?;
+        policy.trainable().zero_grad()?;
+        // 4. the step's one readback: the metrics
+        let mut m = KtoMetrics::from_stats(&metrics.read()?);
+        if let Some(nm) = norm {
+            m.grad_norm = Some(nm.scalar()?);
+        }
+        Ok(m)
+    }
+
+    fn loss(m: &KtoMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut KtoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
     }
 }

@@ -11,28 +11,32 @@
 //! let pairs = plumb::data::PreferenceDataset::open("prefs.bin")?;
 //! let metrics = Dpo::new(DpoTrainConfig::default()).train(&policy, &pairs, Reference::Model(&reference))?;
 //! if let Some(last) = metrics.last() {
-//!     println!("accuracy {}", last["rewards/accuracies"]);
+//!     println!("accuracy {}", last.rewards_accuracies);
 //! }
 //! # Ok(()) }
 //! ```
 
+pub mod batching;
 mod common;
 pub mod dpo;
 pub mod grpo;
 pub mod kto;
 pub mod ppo;
 pub mod provenance;
+pub mod reference;
 pub mod reward;
 pub mod rloo;
 pub mod rollout;
 pub mod seqs;
 
-pub use common::{shuffled, Pair, Pairs, Reference, TrainConfig};
-pub use dpo::{precompute_reference, Dpo, DpoTrainConfig};
-pub use reward::{Reward, RewardConfig, RewardModel};
+pub use batching::{shuffled, Pair, Pairs};
+pub use common::TrainConfig;
+pub use reference::Reference;
+pub use dpo::{precompute_reference, Dpo, DpoMetrics, DpoTrainConfig};
+pub use reward::{Reward, RewardConfig, RewardMetrics, RewardModel};
 pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
-pub use ppo::{Ppo, PpoConfig, ValueHead};
+pub use ppo::{Ppo, PpoConfig, PpoMetrics, ValueHead};
 pub use rollout::{Rewards, RolloutConfig};
-pub use grpo::{Grpo, GrpoConfig, ScaleRewards};
-pub use rloo::{Rloo, RlooConfig};
+pub use grpo::{Grpo, GrpoConfig, GrpoMetrics, ScaleRewards};
+pub use rloo::{Rloo, RlooConfig, RlooMetrics};
 pub use kto::{Completion, Completions, Kto, KtoMetrics, KtoTrainConfig};

@@ -14,20 +14,23 @@
 //! is read back but the step's metrics, once.
 //! The value head (TRL's `v_head.summary`) reads the policy's last hidden states (shared trunk).
 
-use super::common::{run_steps, shuffled, Reference, TrainConfig};
+use super::batching::{prompt_groups, sampling_seed, shuffled};
+use super::common::TrainConfig;
+use super::reference::{tempered_logps, Reference};
 use super::rollout::{sample, Rewards, Rollout, RolloutConfig};
-use super::seqs::{SeqBatch, SeqTensors};
+use super::seqs::SeqBatch;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::elementwise::{mul, mul_forward, scale};
-use crate::ops::loss::{token_entropy, token_logprobs};
+use crate::ops::elementwise::mul_forward;
 use crate::ops::matmul::linear;
-use crate::ops::optim::{AdamW, AdamWConfig};
+use crate::ops::optim::AdamW;
 use crate::ops::ppo::{accumulate, gae, gather_rows, kl_penalty, ppo_loss, token_rewards, whiten, KlKind, PpoLossConfig, PPO_METRIC_NAMES};
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
 use crate::tensor::{DType, Tensor};
+use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::Gpu;
+use serde::{Deserialize, Serialize};
 
 /// PPO settings (TRL's PPOConfig names where they exist).
 #[derive(Clone, Debug)]
@@ -98,32 +101,6 @@ impl ValueHead {
     }
 }
 
-/// Completion log-probs (B, T) of the tempered policy, 0 outside the completion, and the
-/// logits they came from.
-pub(crate) fn tempered_logps(model: &Model, tape: Option<&Tape>, hidden: &Var, s: &SeqTensors, temperature: f32) -> Result<(Var, Var)> {
-    let mut logits = model.lm_head(tape, hidden)?; // (B·T, V)
-    if temperature != 1.0 {
-        logits = scale(&logits, 1.0 / temperature)?;
-    }
-    let lp = token_logprobs(&logits, &s.labels)?.reshape(&[s.rows, s.seq])?;
-    Ok((mul(&lp, &Var::constant(s.mask.clone()))?, logits))
-}
-
-/// The reference's completion log-probs (B, T) for the rollout rows.
-pub(crate) fn reference_token_logps(policy: &Model, reference: &Reference, s: &SeqTensors, temperature: f32) -> Result<Tensor> {
-    let run = |m: &Model| -> Result<Tensor> {
-        let h = m.hidden(None, &s.ids, s.key_mask.as_ref())?;
-        Ok(tempered_logps(m, None, &h, s, temperature)?.0.tensor().clone())
-    };
-    match reference {
-        Reference::Model(m) => run(m),
-        Reference::Adapters => super::dpo::with_adapters_off(policy, || run(policy)),
-        Reference::Precomputed | Reference::None => {
-            Err(Error::config("reference", "PPO and GRPO need a live reference (a frozen model or the policy without its adapters)"))
-        }
-    }
-}
-
 /// What one rollout leaves for the PPO epochs: (B, T) tensors on the GPU, and what the CPU
 /// already holds from the sampler.
 struct Scored {
@@ -145,6 +122,53 @@ const RLHF_REWARD_SLOT: usize = 3;
 const UPDATE_SLOT: usize = 4;
 const STEP_METRICS: usize = UPDATE_SLOT + 1 + PPO_METRIC_NAMES.len();
 
+/// One PPO step's metrics, with TRL's names in `metrics.jsonl` (the update's values are means
+/// over the step's epochs and minibatches).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PpoMetrics {
+    #[serde(default)]
+    pub step: usize,
+    /// Mean PPO loss (policy + vf_coef · value) of the updates.
+    pub loss: f32,
+    #[serde(default)]
+    pub lr: f32,
+    /// Mean summed per-token KL to the reference per completion.
+    #[serde(rename = "objective/kl")]
+    pub objective_kl: f32,
+    /// Mean summed per-token entropy per completion.
+    #[serde(rename = "objective/entropy")]
+    pub objective_entropy: f32,
+    /// Mean reward-model (or function) score, before penalties and clipping.
+    #[serde(rename = "objective/scores")]
+    pub objective_scores: f32,
+    /// −β_KL · objective/kl.
+    #[serde(rename = "objective/non_score_reward")]
+    pub objective_non_score_reward: f32,
+    /// Mean shaped score minus the KL penalty.
+    #[serde(rename = "objective/rlhf_reward")]
+    pub objective_rlhf_reward: f32,
+    /// β_KL used this step (moves with the adaptive controller).
+    #[serde(rename = "objective/kl_coef")]
+    pub objective_kl_coef: f32,
+    /// Completions that ended with a stop token.
+    #[serde(rename = "val/num_eos_tokens")]
+    pub val_num_eos_tokens: f32,
+    /// Mean completion length in tokens.
+    pub completion_length: f32,
+    #[serde(rename = "policy/approxkl_avg")]
+    pub policy_approxkl_avg: f32,
+    #[serde(rename = "policy/clipfrac_avg")]
+    pub policy_clipfrac_avg: f32,
+    #[serde(rename = "loss/policy_avg")]
+    pub loss_policy_avg: f32,
+    #[serde(rename = "loss/value_avg")]
+    pub loss_value_avg: f32,
+    #[serde(rename = "val/clipfrac_avg")]
+    pub val_clipfrac_avg: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
+}
+
 /// Trains a policy with PPO: `Ppo::new(cfg).train(&policy, &prompts, &rewards, Reference::Model(&sft))`.
 pub struct Ppo {
     pub cfg: PpoConfig,
@@ -157,8 +181,9 @@ impl Ppo {
 
     /// Run `cfg.train.steps` rollout + update rounds on `prompts` (token ids, drawn in a seeded
     /// shuffled order); returns each step's metrics with TRL's names.
-    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, policy: &Model, prompts: &[Vec<u32>], rewards: &Rewards, reference: Reference) -> Result<Vec<PpoMetrics>> {
         let cfg = &self.cfg;
+        cfg.train.check("PPO")?;
         let b = cfg.train.batch_size;
         if prompts.is_empty() {
             return Err(Error::config("PPO", "no prompts"));
@@ -166,50 +191,10 @@ impl Ppo {
         if cfg.minibatches == 0 || !b.is_multiple_of(cfg.minibatches) || cfg.ppo_epochs == 0 {
             return Err(Error::config("PPO", format!("{} minibatches must divide the batch of {b}; epochs {} must be positive", cfg.minibatches, cfg.ppo_epochs)));
         }
-        let gpu = policy.params().gpu().clone();
-        let head = ValueHead::new(&gpu, policy.hidden_size())?;
-        let mut head_opt = AdamW::new(&head.params, AdamWConfig { ..cfg.train.adamw })?;
-        let mut kl_coef = cfg.kl_coef;
-        let describe = serde_json::json!({"kl_coef": cfg.kl_coef, "ppo_epochs": cfg.ppo_epochs, "minibatches": cfg.minibatches, "reference": reference.describe()});
-        run_steps("ppo", &cfg.train, policy, describe, |step, lr, opt| {
-            let batch: Vec<Vec<u32>> = (0..b).map(|i| prompts[shuffled(cfg.train.seed, prompts.len(), (step * b + i) as u64)].clone()).collect();
-            let seed = crate::train::batch::mix(cfg.train.seed ^ (step as u64 + 1));
-            let ro = sample(policy, &batch, &cfg.rollout, seed)?;
-            // from here to the metrics everything stays on the GPU
-            let acc = Tensor::zeros(&gpu, &[STEP_METRICS], DType::F32, "ppo step metrics")?;
-            let sc = self.score(policy, &head, &ro, rewards, &reference, kl_coef, &acc)?;
-            let mb = b / cfg.minibatches;
-            let per_update = 1.0 / (cfg.ppo_epochs * cfg.minibatches) as f32;
-            for epoch in 0..cfg.ppo_epochs {
-                for k in 0..cfg.minibatches {
-                    let rows: Vec<usize> = (0..mb).map(|i| shuffled(seed ^ epoch as u64, b, (k * mb + i) as u64)).collect();
-                    self.update(policy, &head, &ro, &sc, &rows, opt, &mut head_opt, lr, (&acc, per_update))?;
-                }
-            }
-            let m = acc.to_f32_vec()?; // the step's one readback
-            let kl = m[KL_SLOT];
-            let mut rec = serde_json::json!({
-                "objective/kl": kl,
-                "objective/entropy": m[ENTROPY_SLOT],
-                "objective/scores": m[SCORE_SLOT],
-                "objective/non_score_reward": -kl_coef * kl,
-                "objective/rlhf_reward": m[RLHF_REWARD_SLOT],
-                "val/num_eos_tokens": sc.num_eos,
-                "completion_length": sc.completion_length,
-                "loss": m[UPDATE_SLOT],
-            });
-            for (i, name) in PPO_METRIC_NAMES.iter().enumerate() {
-                rec[*name] = m[UPDATE_SLOT + 1 + i].into();
-            }
-            rec["objective/kl_coef"] = kl_coef.into();
-            if let Some((target, horizon)) = cfg.kl_target {
-                // Adaptive KL controller: move β_KL towards the target, at most ±20% per horizon.
-                let kl = rec["objective/kl"].as_f64().unwrap_or(0.0) as f32;
-                let err = (kl / target - 1.0).clamp(-0.2, 0.2);
-                kl_coef *= 1.0 + err * b as f32 / horizon;
-            }
-            Ok(rec)
-        })
+        let head = ValueHead::new(policy.params().gpu(), policy.hidden_size())?;
+        let head_opt = AdamW::new(&head.params, cfg.train.adamw)?;
+        let mut method = PpoMethod { ppo: self, policy, prompts, rewards, reference, head, head_opt, kl_coef: cfg.kl_coef };
+        Ok(trainer::train(&cfg.train.loop_config(b), policy, &mut method)?.metrics)
     }
 
     /// Score a rollout on the GPU: old log-probs and values, reference KL, per-token rewards,
@@ -221,10 +206,10 @@ impl Ppo {
         let s = ro.batch.upload(gpu)?;
         let (b, t) = (s.rows, s.seq);
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
-        let (logp, logits) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
+        let (logp, token_entropy) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
         let values = head.values(None, &h)?;
-        let entropy = mul_forward(&token_entropy(logits.tensor())?.reshape(&[b, t])?, &s.mask)?; // (B, T)
-        let ref_logp = reference_token_logps(policy, reference, &s, cfg.rollout.temperature)?;
+        let entropy = mul_forward(&token_entropy.tensor().reshape(&[b, t])?, &s.mask)?; // (B, T)
+        let ref_logp = reference.token_logps(policy, &s, cfg.rollout.temperature)?;
         let kl = mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
         // the scores, on the GPU: the reward model's (every row in one forward, as the policy's
         // above) or the reward function's (on the CPU already)
@@ -281,6 +266,98 @@ impl Ppo {
         policy.trainable().zero_grad()?;
         head.params.zero_grad()?;
         accumulate(acc, UPDATE_SLOT, &metrics.tensor().view(0, &[1 + PPO_METRIC_NAMES.len()])?, 1 + PPO_METRIC_NAMES.len(), scale)
+    }
+}
+
+/// PPO's step in the training loop, with what it carries from step to step: the value head,
+/// its AdamW, and the adaptive KL coefficient.
+struct PpoMethod<'a> {
+    ppo: &'a Ppo,
+    policy: &'a Model,
+    prompts: &'a [Vec<u32>],
+    rewards: &'a Rewards<'a>,
+    reference: Reference<'a>,
+    head: ValueHead,
+    head_opt: AdamW,
+    kl_coef: f32,
+}
+
+impl Method for PpoMethod<'_> {
+    type Metrics = PpoMetrics;
+
+    fn name(&self) -> &'static str {
+        "ppo"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        let cfg = &self.ppo.cfg;
+        cfg.train.settings(serde_json::json!({"kl_coef": cfg.kl_coef, "ppo_epochs": cfg.ppo_epochs, "minibatches": cfg.minibatches, "reference": self.reference.describe()}))
+    }
+
+    fn step(&mut self, st: Step) -> Result<PpoMetrics> {
+        let (ppo, cfg, policy) = (self.ppo, &self.ppo.cfg, self.policy);
+        let b = cfg.train.batch_size;
+        let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, 1);
+        let seed = sampling_seed(cfg.train.seed, st.step);
+        let ro = sample(policy, &batch, &cfg.rollout, seed)?;
+        // from here to the metrics everything stays on the GPU
+        let acc = Tensor::zeros(policy.params().gpu(), &[STEP_METRICS], DType::F32, "ppo step metrics")?;
+        let sc = ppo.score(policy, &self.head, &ro, self.rewards, &self.reference, self.kl_coef, &acc)?;
+        let mb = b / cfg.minibatches;
+        let per_update = 1.0 / (cfg.ppo_epochs * cfg.minibatches) as f32;
+        for epoch in 0..cfg.ppo_epochs {
+            for k in 0..cfg.minibatches {
+                let rows: Vec<usize> = (0..mb).map(|i| shuffled(seed ^ epoch as u64, b, (k * mb + i) as u64)).collect();
+                ppo.update(policy, &self.head, &ro, &sc, &rows, st.opt, &mut self.head_opt, st.lr, (&acc, per_update))?;
+            }
+        }
+        let m = acc.to_f32_vec()?; // the step's one readback
+        debug_assert_eq!(PPO_METRIC_NAMES, ["policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg"]);
+        let (kl, u) = (m[KL_SLOT], UPDATE_SLOT);
+        let metrics = PpoMetrics {
+            loss: m[u],
+            objective_kl: kl,
+            objective_entropy: m[ENTROPY_SLOT],
+            objective_scores: m[SCORE_SLOT],
+            objective_non_score_reward: -self.kl_coef * kl,
+            objective_rlhf_reward: m[RLHF_REWARD_SLOT],
+            objective_kl_coef: self.kl_coef,
+            val_num_eos_tokens: sc.num_eos as f32,
+            completion_length: sc.completion_length,
+            policy_approxkl_avg: m[u + 1],
+            policy_clipfrac_avg: m[u + 2],
+            loss_policy_avg: m[u + 3],
+            loss_value_avg: m[u + 4],
+            val_clipfrac_avg: m[u + 5],
+            ..Default::default()
+        };
+        if let Some((target, horizon)) = cfg.kl_target {
+            // Adaptive KL controller: move β_KL towards the target, at most ±20% per horizon.
+            let err = (kl / target - 1.0).clamp(-0.2, 0.2);
+            self.kl_coef *= 1.0 + err * b as f32 / horizon;
+        }
+        Ok(metrics)
+    }
+
+    fn loss(m: &PpoMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut PpoMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
+    }
+
+    fn state(&self) -> Result<MethodState> {
+        let mut s = MethodState { values: serde_json::json!({"kl_coef": self.kl_coef}), tensors: vec![] };
+        s.push_store("value_head", &self.head.params, &self.head_opt)?;
+        Ok(s)
+    }
+
+    fn restore(&mut self, s: MethodState) -> Result<()> {
+        s.load_store("value_head", &self.head.params, &mut self.head_opt)?;
+        let kl = s.values["kl_coef"].as_f64().ok_or_else(|| Error::config("PPO checkpoint", "no `kl_coef` in its method state"))?;
+        self.kl_coef = kl as f32;
+        Ok(())
     }
 }
 

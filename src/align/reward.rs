@@ -9,8 +9,10 @@
 //! `score.weight` (1, C), kept in the same flat parameter store as the trunk, so one AdamW and
 //! one gradient clip cover both and the checkpoint loads into `AutoModelForSequenceClassification`.
 
-use super::common::{run_steps, shuffled, to_json, Pairs, TrainConfig};
+use super::batching::{pair_rows, split_pairs, step_indices, Pairs};
+use super::common::TrainConfig;
 use super::seqs::{SeqBatch, SeqTensors};
+use crate::train::trainer::{self, Method, Step};
 use crate::error::{Error, Result};
 use crate::model::{Gpt, Llama, Model, ModelConfig};
 use crate::nn::normal;
@@ -136,22 +138,30 @@ pub struct RewardConfig {
 
 impl Default for RewardConfig {
     fn default() -> Self {
-        RewardConfig { train: TrainConfig::default(), center_coef: 0.0, pad_id: 0 }
+        let schedule = crate::train::schedule::Schedule { lr: 1e-4, warmup: 10, total: 0, min_lr: 1e-5 };
+        RewardConfig { train: TrainConfig { steps: 200, batch_size: 16, schedule, ..TrainConfig::default() }, center_coef: 0.0, pad_id: 0 }
     }
 }
 
-/// Two right-padded rows per pair: chosen at even rows, rejected at odd rows.
-pub(crate) fn pair_rows(pairs: &[super::common::Pair], cfg: &TrainConfig, pad: u32) -> Result<SeqBatch> {
-    let rows: Vec<(&[u32], &[u32])> =
-        pairs.iter().flat_map(|p| [(p.prompt.as_slice(), p.chosen.as_slice()), (p.prompt.as_slice(), p.rejected.as_slice())]).collect();
-    SeqBatch::right_padded(&rows, cfg.max_len, cfg.max_prompt_len, pad)
-}
-
-/// Every other element of a (2N) Var: even (chosen) or odd (rejected) rows, as (N).
-pub(crate) fn split_pairs(x: &Var, n: usize) -> Result<(Var, Var)> {
-    use crate::ops::elementwise::slice_last;
-    let x = x.reshape(&[n, 2])?;
-    Ok((slice_last(&x, 0, 1)?.reshape(&[n])?, slice_last(&x, 1, 1)?.reshape(&[n])?))
+/// One reward-model step's metrics, as named in `metrics.jsonl`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
+    /// Share of pairs scored chosen above rejected.
+    pub accuracy: f32,
+    /// Mean of r_chosen − r_rejected.
+    pub margin: f32,
+    /// Mean, least and largest score over both rows of every pair.
+    pub mean_reward: f32,
+    pub min_reward: f32,
+    pub max_reward: f32,
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 /// Trains reward models: `Reward::new(cfg).train(&rm, &pairs)`.
@@ -165,31 +175,14 @@ impl Reward {
     }
 
     /// Train `rm` on `pairs`; returns each step's metrics (loss, accuracy, margin, rewards).
-    pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<serde_json::Value>> {
+    pub fn train(&self, rm: &RewardModel, pairs: &dyn Pairs) -> Result<Vec<RewardMetrics>> {
         let cfg = &self.cfg;
-        let n = pairs.len();
-        if n == 0 {
+        cfg.train.check("reward training")?;
+        if pairs.is_empty() {
             return Err(Error::config("reward training", "no preference pairs"));
         }
-        let gpu = rm.model.params().gpu().clone();
-        let b = cfg.train.batch_size;
-        run_steps("reward", &cfg.train, &rm.model, serde_json::to_value(cfg).expect("json"), |step, lr, opt| {
-            let batch: Vec<_> = (0..b).map(|i| pairs.pair(shuffled(cfg.train.seed, n, (step * b + i) as u64))).collect::<Result<_>>()?;
-            let s = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(&gpu)?;
-            let tape = Tape::new();
-            let (rc, rr) = split_pairs(&rm.scores(Some(&tape), &s)?, b)?;
-            let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
-            tape.backward(&loss)?;
-            let norm = opt.step(rm.model.trainable(), lr)?;
-            rm.model.trainable().zero_grad()?;
-            let mut m = metrics.tensor().to_f32_vec()?; // the step's one submit
-            let mut rec = to_json(&metrics_named(&m));
-            rec["loss"] = m.remove(0).into();
-            if let Some(n) = norm {
-                rec["grad_norm"] = n.scalar()?.into();
-            }
-            Ok(rec)
-        })
+        let run = cfg.train.loop_config(2 * cfg.train.batch_size);
+        Ok(trainer::train(&run, &rm.model, &mut RewardMethod { rm, pairs, cfg })?.metrics)
     }
 
     /// Held-out accuracy and mean margin of `rm` on `pairs` (all of them).
@@ -210,6 +203,54 @@ impl Reward {
     }
 }
 
-fn metrics_named(m: &[f32]) -> Vec<(&'static str, f32)> {
-    crate::ops::reward::REWARD_METRIC_NAMES.iter().copied().zip(m[1..].iter().copied()).collect()
+/// The reward model's step in the training loop: Bradley-Terry on a batch of pairs.
+struct RewardMethod<'a> {
+    rm: &'a RewardModel,
+    pairs: &'a dyn Pairs,
+    cfg: &'a RewardConfig,
+}
+
+impl Method for RewardMethod<'_> {
+    type Metrics = RewardMetrics;
+
+    fn name(&self) -> &'static str {
+        "reward"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        self.cfg.train.settings(serde_json::to_value(self.cfg).expect("json"))
+    }
+
+    fn step(&mut self, s: Step) -> Result<RewardMetrics> {
+        let (cfg, b) = (self.cfg, self.cfg.train.batch_size);
+        let model = &self.rm.model;
+        let batch: Vec<_> = step_indices(cfg.train.seed, self.pairs.len(), s.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(model.params().gpu())?;
+        let tape = Tape::new();
+        let (rc, rr) = split_pairs(&self.rm.scores(Some(&tape), &rows)?, b)?;
+        let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
+        tape.backward(&loss)?;
+        let norm = s.opt.step(model.trainable(), s.lr)?;
+        model.trainable().zero_grad()?;
+        let v = metrics.tensor().to_f32_vec()?; // the step's one submit: [loss, REWARD_METRIC_NAMES...]
+        debug_assert_eq!(crate::ops::reward::REWARD_METRIC_NAMES, ["accuracy", "margin", "mean_reward", "min_reward", "max_reward"]);
+        Ok(RewardMetrics {
+            loss: v[0],
+            grad_norm: norm.map(|n| n.scalar()).transpose()?,
+            accuracy: v[1],
+            margin: v[2],
+            mean_reward: v[3],
+            min_reward: v[4],
+            max_reward: v[5],
+            ..Default::default()
+        })
+    }
+
+    fn loss(m: &RewardMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut RewardMetrics, done: usize, lr: f32, elapsed_s: f64, _: usize) {
+        (m.step, m.lr, m.elapsed_s) = (done, lr, elapsed_s);
+    }
 }

@@ -155,7 +155,7 @@ pub struct SeqTensors {
 /// Log-probs of the completion tokens from hidden states (B, T, C): `(B, T)`, 0 outside the
 /// completion. Uses the chunked vocabulary head: the (B·T, V) logits never exist.
 pub fn logps_from_hidden(model: &Model, tape: Option<&Tape>, hidden: &Var, s: &SeqTensors) -> Result<Var> {
-    let head = model.token_head(tape, hidden, &s.labels)?; // (B·T, 2)
+    let head = model.token_head(tape, hidden, &s.labels)?; // (B·T, 3)
     let lp = head_logprobs(&head)?.reshape(&[s.rows, s.seq])?; // (B, T)
     mul(&lp, &Var::constant(s.mask.clone()))
 }

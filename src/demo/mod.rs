@@ -82,12 +82,14 @@ impl Default for DemoConfig {
             dpo_steps: 100,
             onpolicy_prompts: 256,
             onpolicy_steps: 100,
+            // Overrides PpoConfig's 1e-5 (the library's default, for pretrained models such as
+            // SmolLM2): this small model trained from scratch needs a larger step in 60 steps.
             // 5e-5 until the faster lavapipe kernels of 2026-11-28 changed the float rounding;
             // then PPO no longer beat SFT on the default seed on lavapipe (+0.005), and 1e-4 did
             // (+0.147; on an H200 +0.175 with the Tiled kernels, +0.085 with the Register ones).
             ppo_lr: 1e-4,
             dpo_lr: 3e-4,
-            kl_coef: 0.2,
+            kl_coef: 0.2, // overrides PpoConfig's 0.05: the value the demo's PPO stage was tuned with
             beta: 0.1,
             missing_eos_penalty: None,
             max_new_tokens: 24,

@@ -60,8 +60,9 @@ impl Curve {
     }
 
     /// The `metric` field of each step's metrics record.
-    pub fn from_metrics(method: &str, metric: &str, records: &[serde_json::Value]) -> Curve {
-        let values = records.iter().map(|r| r[metric].as_f64().unwrap_or(f64::NAN) as f32).collect::<Vec<_>>();
+    pub fn from_metrics<M: Serialize>(method: &str, metric: &str, records: &[M]) -> Curve {
+        let value = |r: &M| serde_json::to_value(r).ok().and_then(|v| v[metric].as_f64()).unwrap_or(f64::NAN) as f32;
+        let values = records.iter().map(value).collect::<Vec<_>>();
         Curve::from_values(method, metric, &values)
     }
 }

@@ -1,8 +1,10 @@
 //! The kernel registry and the pipeline cache.
 //!
-//! Every `.wgsl` file under `shaders/` is embedded with [`shader!`](crate::shader) by the op family
-//! that uses it and listed in that family's `SHADERS`; [`all_shaders`] gathers them, and a test
-//! fails if a file in `shaders/` is missing from it. Pipelines are cached by
+//! Every `.wgsl` file under `shaders/` is embedded with [`shader!`](crate::shader) by the code that
+//! uses it: the core's own kernels (`shaders/core/`) are listed in [`CORE_SHADERS`], each op
+//! family lists its own in its `SHADERS`, and `ops::all_shaders` gathers both (a test fails if a
+//! file in `shaders/` is missing). The cache needs no registry: a [`Kernel`] carries its
+//! source, so families add shaders without the core naming them. Pipelines are cached by
 //! (shader, entry point, override constants), never by tensor sizes: sizes travel in a uniform.
 //!
 //! Compiling is the cold start: on lavapipe a large register-tiled matmul pipeline takes ~0.4 s
@@ -36,10 +38,8 @@ macro_rules! shader {
     };
 }
 
-/// Every shader plumb ships, across all op families.
-pub fn all_shaders() -> Vec<&'static ShaderSource> {
-    crate::ops::SHADER_FAMILIES.iter().flat_map(|f| f.iter().copied()).collect()
-}
+/// The engine core's own shaders (`shaders/core/`); op families list theirs beside them.
+pub static CORE_SHADERS: &[&ShaderSource] = &[&super::linear::LINEAR, &super::texture::TEXTURE_PACK];
 
 /// One compute entry point with its pipeline-override constants.
 #[derive(Clone, Copy, Debug)]
@@ -191,6 +191,14 @@ impl Gpu {
     /// Number of pipelines compiled or compiling (for tests that check caching).
     pub fn pipeline_count(&self) -> usize {
         self.0.pipelines.pipelines.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The pipelines compiled or compiling, as `shader path#entry;CONSTANT=value...`, sorted
+    /// (tests check which kernel variants a device ran).
+    pub fn pipeline_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.0.pipelines.pipelines.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        keys.sort();
+        keys
     }
 }
 

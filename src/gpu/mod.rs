@@ -8,16 +8,30 @@
 //! `PLUMB_MAX_BINDING=4MiB` lays parameter stores out as if the adapter allowed at most that
 //! many bytes per buffer and storage binding, so the segmented and row-chunked storage paths of
 //! big models run with small ones on any adapter (tests, CI). `PLUMB_MAX_MEMORY=300MiB` caps
-//! the buffer pool (a run that would pass it fails with the out-of-memory error).
+//! the buffer pool (a run that would pass it fails with the out-of-memory error). How CPU
+//! adapters feed their register kernels is a per-device choice too (see [`feed`]):
+//! `PLUMB_REGISTER_FEED`, `PLUMB_ELEMENTWISE_TEXTURES`, `PLUMB_SUBGROUP_KERNELS`. Every variable
+//! only fills a [`GpuOptions`] default; two devices in one process may differ.
+//!
+//! Dependency direction: this module, `tensor`, `tape` and `params` are the engine core and name
+//! nothing above them (`tests/engine_layers.rs` checks it). The core has its own small kernel
+//! set (`linear`: fill, axpby, accumulate; `texture`: the operand packer; `shaders/core/`); op
+//! families (`ops`) build on the core, embed their own shaders and register them in
+//! `ops::SHADER_FAMILIES`, and models and trainers build on the families. A [`Kernel`] carries
+//! its shader source, so the pipeline cache compiles any family's kernels without a registry.
 
+pub mod feed;
 mod kernels;
+pub(crate) mod linear;
 mod pool;
 mod profile;
 mod recorder;
 pub(crate) mod texture;
 
-pub use kernels::{all_shaders, Kernel, ShaderSource};
+pub use feed::RegisterFeed;
+pub use kernels::{Kernel, ShaderSource, CORE_SHADERS};
 pub(crate) use pool::{alloc as pool_alloc_inner, PoolBuffer};
+pub use pool::system_available;
 pub use profile::{format_profile, ProfileRow};
 pub use recorder::Binding;
 pub use texture::FrozenTextures;
@@ -48,14 +62,15 @@ impl KernelVariant {
     }
 }
 
-/// How to pick the adapter. `Default` reads `PLUMB_BACKEND`, `PLUMB_ADAPTER`, `PLUMB_KERNELS`.
-#[derive(Clone, Debug, Default)]
+/// How to pick the adapter and its kernels. [`GpuOptions::from_env`] fills the fields from the
+/// `PLUMB_*` variables; `Default` is the same without the environment.
+#[derive(Clone, Debug)]
 pub struct GpuOptions {
-    /// Restrict to one backend: "vulkan", "metal", "dx12" or "gl".
+    /// Restrict to one backend: "vulkan", "metal", "dx12" or "gl". From `PLUMB_BACKEND`.
     pub backend: Option<String>,
-    /// Pick the first adapter whose name contains this (case-insensitive).
+    /// Pick the first adapter whose name contains this (case-insensitive). From `PLUMB_ADAPTER`.
     pub adapter: Option<String>,
-    /// Force a kernel variant instead of choosing by device type.
+    /// Force a kernel variant instead of choosing by device type. From `PLUMB_KERNELS`.
     pub kernels: Option<KernelVariant>,
     /// Lay parameter stores out as if the adapter allowed at most this many bytes per buffer
     /// and storage binding (when below its real limits), e.g. `Some(4 << 20)`: runs the
@@ -66,6 +81,32 @@ pub struct GpuOptions {
     /// the same out-of-memory error a full GPU gives: tests the error path, and keeps a run
     /// inside a budget. From `PLUMB_MAX_MEMORY` (`300MiB`, ...).
     pub max_memory: Option<u64>,
+    /// How register kernels read matmul's operands and AdamW's state (CPU adapters). From
+    /// `PLUMB_REGISTER_FEED=auto|buffer|texture`; `Auto` by default.
+    pub register_feed: RegisterFeed,
+    /// Let the elementwise, activation and normalisation kernels of CPU adapters (and AdamW,
+    /// where the register feed takes textures) read large inputs from texture copies (default
+    /// true). From `PLUMB_ELEMENTWISE_TEXTURES=on|off`; the
+    /// older `NOTEX` (any value) turns it off too.
+    pub elementwise_textures: bool,
+    /// Let texture-fed matmul and attention kernels use their subgroup variants where the device
+    /// has 8-lane subgroups (default true). From `PLUMB_SUBGROUP_KERNELS=on|off`.
+    pub subgroup_kernels: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backend: None,
+            adapter: None,
+            kernels: None,
+            max_binding: None,
+            max_memory: None,
+            register_feed: RegisterFeed::Auto,
+            elementwise_textures: true,
+            subgroup_kernels: true,
+        }
+    }
 }
 
 /// Parses a byte count with an optional binary unit: `4194304`, `4MiB`, `4M`, `512KiB`, `1GiB`.
@@ -87,15 +128,21 @@ pub fn parse_bytes(what: &str, s: &str) -> Result<u64> {
 }
 
 impl GpuOptions {
-    /// Options from the environment variables `PLUMB_BACKEND`, `PLUMB_ADAPTER`, `PLUMB_KERNELS`.
+    /// Options from the `PLUMB_*` environment variables (see the fields); unset ones keep
+    /// their defaults. A malformed value is an error naming the variable.
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let d = GpuOptions::default();
+        let switch = |k: &str, default: bool| var(k).map_or(Ok(default), |s| feed::parse_switch(k, &s));
         Ok(GpuOptions {
             backend: var("PLUMB_BACKEND"),
             adapter: var("PLUMB_ADAPTER"),
             kernels: var("PLUMB_KERNELS").map(|s| KernelVariant::parse(&s)).transpose()?,
             max_binding: var("PLUMB_MAX_BINDING").map(|s| parse_bytes("PLUMB_MAX_BINDING", &s)).transpose()?,
             max_memory: var("PLUMB_MAX_MEMORY").map(|s| parse_bytes("PLUMB_MAX_MEMORY", &s)).transpose()?,
+            register_feed: var("PLUMB_REGISTER_FEED").map_or(Ok(d.register_feed), |s| RegisterFeed::parse("PLUMB_REGISTER_FEED", &s))?,
+            elementwise_textures: std::env::var_os("NOTEX").is_none() && switch("PLUMB_ELEMENTWISE_TEXTURES", d.elementwise_textures)?,
+            subgroup_kernels: switch("PLUMB_SUBGROUP_KERNELS", d.subgroup_kernels)?,
         })
     }
 }
@@ -176,6 +223,8 @@ pub(crate) struct GpuInner {
     pub(crate) queue: wgpu::Queue,
     pub(crate) summary: AdapterSummary,
     variant: AtomicU8,
+    /// How CPU adapters feed their register kernels (see [`feed`]).
+    pub(crate) feed: feed::FeedChoice,
     pub(crate) pipelines: kernels::PipelineCache,
     pub(crate) pool: Mutex<pool::Pool>,
     pub(crate) rec: Mutex<recorder::Recorder>,
@@ -200,7 +249,7 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Open the best adapter, honouring `PLUMB_BACKEND`, `PLUMB_ADAPTER` and `PLUMB_KERNELS`.
+    /// Open the best adapter with the options of the `PLUMB_*` variables ([`GpuOptions::from_env`]).
     pub fn new() -> Result<Gpu> {
         Gpu::with_options(&GpuOptions::from_env()?)
     }
@@ -267,6 +316,7 @@ impl Gpu {
             queue,
             summary,
             variant: AtomicU8::new(variant as u8),
+            feed: feed::FeedChoice::new(opts.register_feed, opts.elementwise_textures, opts.subgroup_kernels),
             pipelines: kernels::PipelineCache::default(),
             pool: Mutex::new(pool::Pool::default()),
             rec: Mutex::new(recorder::Recorder::new(&limits)),
@@ -299,7 +349,7 @@ impl Gpu {
     /// The memory this device may use, if known: the forced [`GpuOptions::max_memory`], else
     /// for a CPU adapter the system's available memory (wgpu does not report a GPU's).
     pub fn memory_budget(&self) -> Option<u64> {
-        self.0.max_memory.or_else(|| if self.is_cpu() { crate::model::memory::system_available() } else { None })
+        self.0.max_memory.or_else(|| if self.is_cpu() { system_available() } else { None })
     }
 
     /// Remember the run's memory plan (its text); an out-of-memory error quotes it.

@@ -16,6 +16,14 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// The system's available memory from /proc/meminfo (CPU adapters use it), if readable.
+pub fn system_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 /// The size class for `bytes`: a multiple of 256, with four steps per power of two.
 pub(crate) fn size_class(bytes: u64) -> u64 {
     let b = bytes.max(256);

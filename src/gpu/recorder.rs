@@ -116,7 +116,7 @@ impl Gpu {
 
     /// [`Gpu::dispatch`] with sampled textures first: `textures` at bindings 1, 2, ..., then
     /// `bufs` after them. CPU drivers fetch texels with vector gathers, much faster than their
-    /// per-lane storage-buffer loads (see `ops::matmul`).
+    /// per-lane storage-buffer loads (see `gpu::texture`).
     pub fn dispatch_with_textures(
         &self,
         k: &Kernel,

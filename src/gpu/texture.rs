@@ -11,14 +11,18 @@
 //! lower on lavapipe, and skips the allocations).
 //!
 //! A copy ends the open compute pass, so small operands are packed by a kernel instead
-//! (`texture_pack.wgsl`), and while a [`FrozenTextures`] guard lives the texture copies of one
-//! buffer (a model's weights during generation) are kept and reused: a decode step then records
-//! no copies at all.
+//! (`shaders/core/texture_pack.wgsl`), and while a [`FrozenTextures`] guard lives the texture
+//! copies of one buffer (a model's weights during generation) are kept and reused: a decode step
+//! then records no copies at all.
 
-use super::{Gpu, Kernel};
+use super::{Gpu, Kernel, ShaderSource};
 use crate::error::Result;
+use crate::shader;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
+
+/// Fills an operand texture from a buffer inside the compute pass.
+pub(crate) static TEXTURE_PACK: ShaderSource = shader!("core/texture_pack.wgsl");
 
 /// Operands of at most this many vec4s are packed by a kernel inside the pass rather than
 /// copied: on lavapipe a copy and the pass it ends cost ~60 us, about what packing 2,048
@@ -197,7 +201,7 @@ pub(crate) fn upload_textures(operands: &[(&Tensor, usize)], width: usize) -> Re
         if pack {
             // In the pass: vec4 i of the tensor to texel (i mod width, i / width).
             let p = [*vecs as u32, width.trailing_zeros(), 0, 0];
-            let k = Kernel::new(&crate::ops::elementwise::TEXTURE_PACK, "pack");
+            let k = Kernel::new(&TEXTURE_PACK, "pack");
             gpu.dispatch_with_textures(&k, bytemuck::cast_slice(&p), &[&view], &[t.binding_vec4()], gpu.groups_1d(*vecs, 64))?;
         } else {
             copy_to_texture(tex.texture(), t, *vecs, width);
@@ -293,18 +297,19 @@ pub(crate) const MIN_TEXTURE_ELEMENTS: usize = 8192;
 
 /// Texture copies of `tensors` (f32), all `width` texels wide so that one shift addresses them:
 /// the width fits the largest; None on adapters that do not take the register kernels, where
-/// the first has fewer than [`MIN_TEXTURE_ELEMENTS`], a length is not a multiple of 4 or a copy
-/// would pass the adapter's texture limits. Returns the views and log2 of the width.
+/// [`Gpu::elementwise_textures`] is off, the first has fewer than [`MIN_TEXTURE_ELEMENTS`], a
+/// length is not a multiple of 4 or a copy would pass the adapter's texture limits. Returns the views and log2 of the width.
 pub(crate) fn tensor_textures(tensors: &[&Tensor]) -> Result<Option<(Vec<OperandTexture>, u32)>> {
     let Some(first) = tensors.first() else { return Ok(None) };
-    if std::env::var("NOTEX").is_ok() || first.gpu().variant() != super::KernelVariant::Register || first.len() < MIN_TEXTURE_ELEMENTS {
+    let gpu = first.gpu();
+    if !gpu.elementwise_textures() || gpu.variant() != super::KernelVariant::Register || first.len() < MIN_TEXTURE_ELEMENTS {
         return Ok(None);
     }
     if tensors.iter().any(|t| t.dtype() != crate::tensor::DType::F32 || !t.len().is_multiple_of(4) || t.is_empty()) {
         return Ok(None);
     }
     let largest = tensors.iter().map(|t| t.len() / 4).max().unwrap_or(0);
-    let Some(width) = texture_width(first.gpu(), largest, largest) else { return Ok(None) };
+    let Some(width) = texture_width(gpu, largest, largest) else { return Ok(None) };
     let operands: Vec<(&Tensor, usize)> = tensors.iter().map(|t| (*t, t.len() / 4)).collect();
     let views = upload_textures(&operands, width)?;
     Ok(Some((views, width.trailing_zeros())))

@@ -242,7 +242,7 @@ impl Gpt {
         }
     }
 
-    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) through the
+    /// Per-token [log p(label), entropy, mean logit] (rows, 3) for hidden states (..., C) through the
     /// chunked vocabulary head (`ops::vocab_head`): the (rows, V) logits never exist.
     pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
         match self.frozen("transformer.wte.weight") {

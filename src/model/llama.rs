@@ -258,7 +258,7 @@ impl Llama {
         self.lm_head(tape, &x)
     }
 
-    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) through the
+    /// Per-token [log p(label), entropy, mean logit] (rows, 3) for hidden states (..., C) through the
     /// chunked vocabulary head (`ops::vocab_head`): the (rows, V) logits never exist.
     pub fn token_head(&self, tape: Option<&Tape>, x: &Var, labels: &Tensor) -> Result<Var> {
         match self.frozen(self.head_name()) {

@@ -15,6 +15,8 @@
 use super::config::ModelConfig;
 use super::Model;
 use crate::lora::{LoraConfig, LoraModule};
+/// The system's available memory (the engine core reads it for CPU adapters' budget).
+pub use crate::gpu::system_available;
 use crate::params::ALIGN_ELEMS;
 
 /// What to plan for.
@@ -175,14 +177,6 @@ fn lora_modules(cfg: &ModelConfig) -> Vec<LoraModule> {
         ModelConfig::Gpt(c) => super::Gpt::lora_modules(c),
         ModelConfig::Llama(c) => super::Llama::lora_modules(c),
     }
-}
-
-/// The system's available memory from /proc/meminfo (CPU adapters use it), if readable.
-pub fn system_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
 }
 
 /// Plan a step of `model` as it stands (its config, its adapter's rank) and hand the plan to

@@ -243,7 +243,7 @@ impl Model {
         }
     }
 
-    /// Per-token [log p(label), entropy] (rows, 2) for hidden states (..., C) and labels (...)
+    /// Per-token [log p(label), entropy, mean logit] (rows, 3) for hidden states (..., C) and labels (...)
     /// through the chunked vocabulary head: the (rows, V) logits never exist. Labels past the
     /// vocabulary give log p 0. With `ops::vocab_head::head_cross_entropy` it is SFT's loss.
     pub fn token_head(&self, tape: Option<&Tape>, hidden: &Var, labels: &Tensor) -> Result<Var> {

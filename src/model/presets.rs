@@ -11,6 +11,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("gpt-nano", include_str!("../../models/presets/gpt-nano/config.json")),
     ("gpt-demo", include_str!("../../models/presets/gpt-demo/config.json")),
     ("llama-nano", include_str!("../../models/presets/llama-nano/config.json")),
+    ("smollm2-135m", include_str!("../../models/presets/smollm2-135m/config.json")),
 ];
 
 /// The config of preset `name`, or of `name` read as a path (a directory or a config.json).

@@ -29,8 +29,9 @@ pub enum GeluKind {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    /// `_pad[0]`: the textures' shift for the texture-fed entries.
-    _pad: [u32; 3],
+    /// log2 of the textures' width in texels for the texture-fed entries; 0 for the others.
+    shift: u32,
+    _pad: [u32; 2],
 }
 
 /// Dispatch an elementwise kernel writing `outs` from `ins` (all f32 of one shape).
@@ -43,7 +44,7 @@ fn run(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins
         }
     }
     let gpu = first.gpu();
-    let p = Params { n: first.len() as u32, _pad: [0; 3] };
+    let p = Params { n: first.len() as u32, shift: 0, _pad: [0; 2] };
     // Binding order: the first output, the inputs, then any second output (see the shaders).
     let mut binds = vec![first.binding()];
     binds.extend(ins.iter().map(|t| t.binding()));
@@ -53,7 +54,7 @@ fn run(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins
 
 /// The uniform of the texture-fed GELU entries: vec4s, the textures' shift.
 fn texture_params(n4: u32, shift: u32) -> Vec<u8> {
-    bytemuck::bytes_of(&Params { n: n4, _pad: [shift, 0, 0] }).to_vec()
+    bytemuck::bytes_of(&Params { n: n4, shift, _pad: [0; 2] }).to_vec()
 }
 
 fn like(x: &Tensor, what: &str) -> Result<Tensor> {

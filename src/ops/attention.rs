@@ -26,7 +26,6 @@ use crate::gpu::{Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 mod kv_cache;
 mod textures;
@@ -52,21 +51,6 @@ pub static SHADERS: &[&ShaderSource] = &[
     &KV_CACHE,
     &SUBGROUP,
 ];
-
-static SUBGROUP_KERNELS: AtomicBool = AtomicBool::new(true);
-
-/// Allow (the default) or forbid the subgroup variants of the texture-fed register kernels
-/// (`subgroup.wgsl`); tests and benches run both.
-pub fn set_subgroup_kernels(on: bool) {
-    SUBGROUP_KERNELS.store(on, Ordering::Relaxed);
-}
-
-/// True where the texture-fed register kernels take their subgroup variants: allowed, and the
-/// device has subgroups of exactly 8 consecutive lanes (lavapipe on 256-bit SIMD).
-fn subgroup_kernels(gpu: &crate::Gpu) -> bool {
-    let info = &gpu.adapter().info;
-    SUBGROUP_KERNELS.load(Ordering::Relaxed) && gpu.has_subgroups() && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
-}
 
 /// The largest head dimension the kernels hold in registers.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -231,7 +215,7 @@ impl Call<'_> {
             None if d.q_len * group >= 4 => self.pack_qkv()?,
             None => None,
         };
-        if let (Some([q, k, v]), true) = (&textures, subgroup_kernels(gpu)) {
+        if let (Some([q, k, v]), true) = (&textures, gpu.subgroup_kernels()) {
             let groups = gpu.groups_1d(d.batch * d.n_head * d.q_len.next_multiple_of(8), 64);
             return gpu.dispatch_bound(
                 &Kernel::new(&SUBGROUP, "forward").with(&[("HEAD_DIM", d.head_dim as f64)]),
@@ -296,7 +280,7 @@ impl Call<'_> {
             Some(([q, k, v], o, st)) => [&q.view, &k.view, &v.view, &o.view, &st.view],
             None => [&dummy, &dummy, &dummy, &dummy, &dummy],
         };
-        if textures.is_some() && subgroup_kernels(gpu) {
+        if textures.is_some() && gpu.subgroup_kernels() {
             let consts = [("HEAD_DIM", d.head_dim as f64)];
             let mask = self.mask_tensor().binding();
             let views: Vec<(u32, &wgpu::TextureView)> = views.iter().enumerate().map(|(i, v)| (i as u32 + 1, *v)).collect();

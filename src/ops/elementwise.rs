@@ -1,91 +1,33 @@
-//! Elementwise linear ops: fill, scale, add, axpby (a·x + b·y), in-place accumulate, multiply.
-//! Tensor-level `*_forward`-style functions record dispatches; the Var-level functions at the
-//! bottom add the tape entries. CPU references sit beside them for the gradient-check table.
-//! On CPU adapters axpby (add, sub) and in-place accumulation of large tensors read their inputs
-//! from texture copies (see `gpu::texture`).
+//! Elementwise ops: scale, add, sub, multiply and column slices. Tensor-level `*_forward`-style
+//! functions record dispatches; the Var-level functions at the bottom add the tape entries. CPU
+//! references sit beside them for the gradient-check table. add and sub run the engine core's
+//! axpby (`gpu::linear`, re-exported here with fill and add_assign), which on CPU adapters reads
+//! large inputs from texture copies (see `gpu::texture`).
 
 use crate::error::{Error, Result};
-use crate::gpu::texture::texture_elementwise;
+use crate::gpu::linear::dispatch_linear;
 use crate::gpu::{Kernel, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
 
+/// fill, axpby and add_assign are the engine core's (the tape and tensors use them); re-exported
+/// here, where the other elementwise ops are.
+pub use crate::gpu::linear::{add_assign, axpby, fill};
+
 static LINEAR: ShaderSource = shader!("elementwise/linear.wgsl");
 static SLICE: ShaderSource = shader!("elementwise/slice.wgsl");
-/// Fills an operand texture from a buffer inside the compute pass (used by `gpu::texture`).
-pub(crate) static TEXTURE_PACK: ShaderSource = shader!("elementwise/texture_pack.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&LINEAR, &SLICE, &TEXTURE_PACK];
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    a: f32,
-    b: f32,
-    /// The textures' shift for the texture-fed entries.
-    _pad: u32,
-}
+pub static SHADERS: &[&ShaderSource] = &[&LINEAR, &SLICE];
 
 fn run(entry: &'static str, out: &Tensor, inputs: &[&Tensor], a: f32, b: f32) -> Result<()> {
-    out.expect_dtype(entry, DType::F32)?;
-    for t in inputs {
-        t.expect_dtype(entry, DType::F32)?;
-        if t.len() != out.len() {
-            return Err(Error::shape("elementwise", format!("{entry}: {:?} vs {:?}", t.shape(), out.shape())));
-        }
-    }
-    let gpu = out.gpu();
-    let n = out.len();
-    let p = Params { n: n as u32, a, b, _pad: 0 };
-    let mut binds = vec![out.binding()];
-    binds.extend(inputs.iter().map(|t| t.binding()));
-    gpu.dispatch(&Kernel::new(&LINEAR, entry), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(n, 256))
-}
-
-/// `t[i] = value` for every element.
-pub fn fill(t: &Tensor, value: f32) -> Result<()> {
-    // Zeroing a large tensor on a CPU adapter: the driver's memset (a transfer command) instead
-    // of a kernel storing one lane at a time (a W2 gradient reset went from 3.5 ms to well
-    // under 1 ms on lavapipe).
-    let gpu = t.gpu();
-    if value == 0.0 && t.dtype() == DType::F32 && gpu.is_cpu() && t.len() >= 65536 {
-        let b = t.binding();
-        gpu.with_encoder(|enc| enc.clear_buffer(b.buffer, b.offset, Some(b.size)));
-        return Ok(());
-    }
-    run("fill", t, &[], value, 0.0)
-}
-
-/// `out[i] += a * x[i]` (gradient accumulation).
-pub fn add_assign(out: &Tensor, x: &Tensor, a: f32) -> Result<()> {
-    if run_texture("add_assign_texture", out, &[out, x], a, 0.0)? {
-        return Ok(());
-    }
-    run("add_assign", out, &[x], a, 0.0)
-}
-
-/// On CPU adapters, a texture-fed entry of linear.wgsl (see
-/// [`texture_elementwise`]); false where it does not apply.
-fn run_texture(entry: &'static str, out: &Tensor, ins: &[&Tensor], a: f32, b: f32) -> Result<bool> {
-    texture_elementwise(&Kernel::new(&LINEAR, entry), out, ins, |n, shift| bytemuck::bytes_of(&Params { n, a, b, _pad: shift }).to_vec())
+    dispatch_linear(&LINEAR, entry, out, inputs, a, b)
 }
 
 /// A new tensor `a * x`.
 pub fn scale_forward(x: &Tensor, a: f32) -> Result<Tensor> {
     let out = Tensor::empty(x.gpu(), x.shape(), DType::F32, "scale")?;
     run("scale", &out, &[x], a, 0.0)?;
-    Ok(out)
-}
-
-/// A new tensor `a * x + b * y` (x and y of equal size; the result takes x's shape).
-pub fn axpby(x: &Tensor, y: &Tensor, a: f32, b: f32) -> Result<Tensor> {
-    let out = Tensor::empty(x.gpu(), x.shape(), DType::F32, "axpby")?;
-    if run_texture("axpby_texture", &out, &[x, y], a, b)? {
-        return Ok(out);
-    }
-    run("axpby", &out, &[x, y], a, b)?;
     Ok(out)
 }
 

@@ -16,7 +16,7 @@
 //!   products with a handful of rows stay fast too. On x86 CPUs with AVX-512, LLVM builds
 //!   lavapipe's per-lane loads with masked broadcasts instead of stack round trips, buffer loads
 //!   are cheap, and the buffer-fed kernel with 16x16 tiles is used throughout (see
-//!   [`RegisterFeed`]; `PLUMB_MATMUL_FEED=buffer|texture` overrides the choice in the bench).
+//!   [`RegisterFeed`], a per-device choice: `GpuOptions::register_feed`, `PLUMB_REGISTER_FEED`).
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
@@ -26,7 +26,6 @@ use crate::gpu::{Gpu, Kernel, KernelVariant, ShaderSource};
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 static REGISTER: ShaderSource = shader!("matmul/register.wgsl");
 static REGISTER_SUBGROUP: ShaderSource = shader!("matmul/register_subgroup.wgsl");
@@ -201,57 +200,9 @@ struct Tile {
     wg_y: usize,
 }
 
-/// How the register kernels (CPU adapters) read their operands: matmul's, and AdamW's state;
-/// process-wide, since it depends on the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegisterFeed {
-    /// Buffers where the CPU has AVX-512 (lavapipe's buffer loads are cheap there), else
-    /// textures wherever the layout allows.
-    Auto = 0,
-    /// Always the storage buffers.
-    Buffer = 1,
-    /// Textures wherever the layout allows (rows a multiple of 4 elements).
-    Texture = 2,
-}
-
-static REGISTER_FEED: AtomicU8 = AtomicU8::new(RegisterFeed::Auto as u8);
-
-/// Choose how the register kernels read their operands from now on (tests and benches).
-pub fn set_register_feed(feed: RegisterFeed) {
-    REGISTER_FEED.store(feed as u8, Ordering::Relaxed);
-}
-
-/// The current [`RegisterFeed`].
-pub fn register_feed() -> RegisterFeed {
-    match REGISTER_FEED.load(Ordering::Relaxed) {
-        1 => RegisterFeed::Buffer,
-        2 => RegisterFeed::Texture,
-        _ => RegisterFeed::Auto,
-    }
-}
-
-/// True where LLVM builds lavapipe's variable-lane inserts (each lane of a buffer load) with
-/// AVX-512 masked broadcasts: a few instructions instead of a stack round trip (~25 cycles).
-fn cheap_buffer_loads() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether register kernels read large operands from texture copies (matmul, and AdamW's state):
-/// the [`RegisterFeed`] set, which on `Auto` is where buffer loads are costly.
-pub(crate) fn feed_textures() -> bool {
-    match register_feed() {
-        RegisterFeed::Auto => !cheap_buffer_loads(),
-        RegisterFeed::Buffer => false,
-        RegisterFeed::Texture => true,
-    }
-}
+/// How the register kernels read their operands: a per-device choice, see [`Gpu::register_feed`].
+pub use crate::gpu::RegisterFeed;
+use crate::gpu::feed::cheap_buffer_loads;
 
 /// Where the register kernel reads its operands from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -345,10 +296,8 @@ impl RegisterPlan {
         let b_vecs = if p.shared_b { 1 } else { p.batch } * p.k * p.n / 4;
         let width = texture_width(gpu, a_vecs, b_vecs);
         let textures = a_pitch % 4 == 0 && b_pitch % 4 == 0 && width.is_some();
-        let info = &gpu.adapter().info;
-        let eight_lanes = info.subgroup_min_size == 8 && info.subgroup_max_size == 8;
         let cheap_loads = cheap_buffer_loads();
-        let feed = match (textures && feed_textures(), gpu.has_subgroups() && eight_lanes) {
+        let feed = match (textures && gpu.feed_textures(), gpu.subgroup_kernels()) {
             (false, _) => Feed::Buffer,
             (true, false) => Feed::Texture,
             (true, true) => Feed::Subgroup,

@@ -25,7 +25,8 @@ pub mod vocab_head;
 
 use crate::gpu::ShaderSource;
 
-/// Every family's shader list; `gpu::all_shaders` flattens it.
+/// Every family's shader list (the families register their shaders here; the core lists its own
+/// in `gpu::CORE_SHADERS`).
 pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     activation::SHADERS,
     attention::SHADERS,
@@ -48,3 +49,9 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     softmax::SHADERS,
     vocab_head::SHADERS,
 ];
+
+/// Every shader plumb ships: the engine core's and every op family's.
+pub fn all_shaders() -> Vec<&'static ShaderSource> {
+    let families = SHADER_FAMILIES.iter().flat_map(|f| f.iter().copied());
+    crate::gpu::CORE_SHADERS.iter().copied().chain(families).collect()
+}

@@ -47,7 +47,9 @@ struct ForwardParams {
     rows: u32,
     cols: u32,
     eps: f32,
-    _pad: u32,
+    /// log2 of the textures' width in texels for `layernorm_texture.wgsl`; 0 (padding) for the
+    /// buffer kernels.
+    shift: u32,
 }
 
 #[repr(C)]
@@ -92,10 +94,9 @@ pub fn layer_norm_forward(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) 
     let out = Tensor::empty(gpu, x.shape(), DType::F32, "layer_norm out")?;
     let mean = Tensor::empty(gpu, &[rows], DType::F32, "layer_norm mean")?;
     let rstd = Tensor::empty(gpu, &[rows], DType::F32, "layer_norm rstd")?;
-    let p = ForwardParams { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
+    let p = ForwardParams { rows: rows as u32, cols: cols as u32, eps, shift: 0 };
     if let Some((tex, shift)) = row_textures(gpu, cols, &[x, weight, bias])? {
-        // the texture kernel reads the textures' shift in place of the padding
-        let p = ForwardParams { _pad: shift, ..p };
+        let p = ForwardParams { shift, ..p };
         gpu.dispatch_with_textures(
             &Kernel::new(&LAYERNORM_TEXTURE, "forward"),
             bytemuck::bytes_of(&p),
@@ -243,7 +244,7 @@ pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor
     let gpu = x.gpu();
     let out = Tensor::empty(gpu, x.shape(), DType::F32, "rms_norm out")?;
     let rstd = Tensor::empty(gpu, &[rows], DType::F32, "rms_norm rstd")?;
-    let p = ForwardParams { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
+    let p = ForwardParams { rows: rows as u32, cols: cols as u32, eps, shift: 0 };
     let (entry, groups) = row_kernel(gpu, rows, cols, "forward_thread", "forward_group");
     let binds = [out.binding(), rstd.binding(), x.binding(), weight.binding()];
     gpu.dispatch(&Kernel::new(&RMSNORM, entry), bytemuck::bytes_of(&p), &binds, groups)?;

@@ -7,7 +7,6 @@
 use crate::error::{Error, Result};
 use crate::gpu::texture::tensor_textures;
 use crate::gpu::{Kernel, ShaderSource};
-use crate::ops::matmul::feed_textures;
 use crate::params::ParamStore;
 use crate::shader;
 use crate::tensor::{DType, Tensor};
@@ -128,8 +127,9 @@ struct AdamWParams {
     bias_correction1: f32,
     bias_correction2_sqrt: f32,
     max_norm: f32,
-    /// `_pad[0]`: the textures' shift for the texture-fed entries.
-    _pad: [u32; 2],
+    /// log2 of the textures' width in texels for the texture-fed entries; 0 for the others.
+    shift: u32,
+    _pad: u32,
 }
 
 /// AdamW's state as host vectors, for checkpoints (m and v over the padded flat buffers, the
@@ -207,7 +207,8 @@ impl AdamW {
                 bias_correction1: (1.0 - (c.beta1 as f64).powf(t)) as f32,
                 bias_correction2_sqrt: (1.0 - (c.beta2 as f64).powf(t)).sqrt() as f32,
                 max_norm: c.max_grad_norm.unwrap_or(0.0),
-                _pad: [0; 2],
+                shift: 0,
+                _pad: 0,
             };
             update_segment(&seg.values, &seg.grads, &self.m[k], &self.v[k], norm.as_ref(), p)?;
         }
@@ -264,9 +265,9 @@ fn update_segment(values: &Tensor, grads: &Tensor, m: &Tensor, v: &Tensor, norm:
     // copies cost more than they save (3.7 ms from the buffers against 4.2 ms plus the
     // copies for a W2 step on lavapipe with AVX-512), and they hold 4x the model's size.
     let state = [values, grads, m, v];
-    let textures = if feed_textures() { tensor_textures(&state)? } else { None };
+    let textures = if gpu.feed_textures() { tensor_textures(&state)? } else { None };
     if let Some((tex, shift)) = textures {
-        let p = AdamWParams { _pad: [shift, 0], ..p };
+        let p = AdamWParams { shift, ..p };
         let mut bufs = vec![(1, binds[0]), (3, binds[2]), (4, binds[3])];
         if let Some(nrm) = norm {
             bufs.push((5, nrm.binding()));

@@ -2,15 +2,16 @@
 //! (tokens x vocabulary) logits never exist. For hidden states x (R, C), a head W (V, C) given
 //! as row chunks (each a contiguous range of vocabulary rows, as the parameter store splits
 //! tensors bigger than one binding) and labels (R), it returns per row
-//! `[log p(label), entropy]`: what SFT's cross-entropy, DPO/KTO/GRPO's sequence log-probs and
-//! PPO's logged entropy need (TRL's "all they actually need is per-token log-probs of the
-//! selected tokens").
+//! `[log p(label), entropy, mean logit]`: what SFT's cross-entropy, DPO/KTO/GRPO's sequence
+//! log-probs, PPO's logged entropy and DPO's `logits/*` metrics need (TRL's "all they actually
+//! need is per-token log-probs of the selected tokens"). A sampling temperature τ is applied by
+//! the caller as hidden states x/τ (the head has no bias, so the logits are z/τ exactly).
 //!
 //! Forward: the vocabulary is walked in slices of at most `slice` rows; each slice's logits
 //! (R, slice) come from the matmul family (its register or tiled kernels, per adapter) and are
 //! folded into per-row running statistics with an online log-sum-exp (`shaders/vocab_head/`),
 //! then dropped. Backward: each slice's logits are recomputed, turned into their gradient in
-//! place (`dz = a·(onehot − p) − b·p·(log p + H)` for output gradients a, b), and multiplied
+//! place (`dz = a·(onehot − p) − b·p·(log p + H) + c/V` for output gradients a, b, c), and multiplied
 //! into dX (and into the slice's rows of dW when the head trains, e.g. tied to a trained
 //! embedding). Peak extra memory is one (R, slice) buffer, ~32 MiB by default.
 
@@ -43,8 +44,19 @@ struct Params {
     v0: u32,
     vocab: u32,
     first: u32,
-    _pad: [u32; 3],
+    /// The output column `column` / `column_grad` read and write.
+    column: u32,
+    _pad: [u32; 2],
 }
+
+impl Params {
+    fn new(rows: usize, cols: usize, v0: usize, vocab: usize, first: bool) -> Params {
+        Params { rows: rows as u32, cols: cols as u32, v0: v0 as u32, vocab: vocab as u32, first: first as u32, column: 0, _pad: [0; 2] }
+    }
+}
+
+/// Columns of the head's output per row: log p(label), entropy, mean logit.
+pub const HEAD_COLUMNS: usize = 3;
 
 /// The default slice width for `rows` tokens: ~[`SLICE_BYTES`] of logits, a multiple of 64 rows
 /// (so each slice of a chunk starts at an aligned offset), at most [`MAX_SLICE`].
@@ -146,8 +158,8 @@ fn rows_view(w: &Tensor, s0: usize, width: usize) -> Result<Tensor> {
     w.view(s0 * c, &[width, c])
 }
 
-/// Forward: `(out, saved)`, out (R, 2) = [log p(label), entropy] per row (log p is 0 for
-/// labels past the vocabulary), saved (R, 2) = [lse, entropy] for the backward. x (..., C) f32, chunks (V_i, C) f32
+/// Forward: `(out, saved)`, out (R, 3) = [log p(label), entropy, mean logit] per row (log p is
+/// 0 for labels past the vocabulary), saved (R, 2) = [lse, entropy] for the backward. x (..., C) f32, chunks (V_i, C) f32
 /// whose rows together are the vocabulary in order, labels (...) u32. `slice`: vocabulary rows
 /// per step, a multiple of 64 ([`default_slice`]).
 pub fn vocab_head_forward(x: &Tensor, head: Head, labels: &Tensor, slice: usize) -> Result<(Tensor, Tensor)> {
@@ -158,8 +170,8 @@ pub fn vocab_head_forward(x: &Tensor, head: Head, labels: &Tensor, slice: usize)
     }
     let gpu = x.gpu();
     let x2 = x.reshape(&[rows, c])?;
-    let state = Tensor::empty(gpu, &[rows, 4], DType::F32, "vocab_head state")?;
-    let out = Tensor::empty(gpu, &[rows, 2], DType::F32, "vocab_head out")?;
+    let state = Tensor::empty(gpu, &[rows, 8], DType::F32, "vocab_head state")?;
+    let out = Tensor::empty(gpu, &[rows, HEAD_COLUMNS], DType::F32, "vocab_head out")?;
     let saved = Tensor::empty(gpu, &[rows, 2], DType::F32, "vocab_head saved")?;
     if rows == 0 {
         return Ok((out, saved));
@@ -167,16 +179,16 @@ pub fn vocab_head_forward(x: &Tensor, head: Head, labels: &Tensor, slice: usize)
     for (k, &(v0, s0, width, i)) in slices(head, slice).iter().enumerate() {
         // This slice's logits (R, width), folded into the running state, then dropped.
         let logits = head.logits(&x2, i, s0, width)?;
-        let p = Params { rows: rows as u32, cols: width as u32, v0: v0 as u32, vocab: vocab as u32, first: (k == 0) as u32, _pad: [0; 3] };
+        let p = Params::new(rows, width, v0, vocab, k == 0);
         dispatch(gpu, "slice_stats", &p, &[(1, logits.binding()), (2, labels.binding()), (3, state.binding())], rows)?;
     }
-    let p = Params { rows: rows as u32, cols: 0, v0: 0, vocab: vocab as u32, first: 0, _pad: [0; 3] };
+    let p = Params::new(rows, 0, 0, vocab, false);
     let bufs = [(2, labels.binding()), (3, state.binding()), (4, out.binding()), (5, saved.binding())];
     dispatch(gpu, "finish", &p, &bufs, rows)?;
     Ok((out, saved))
 }
 
-/// Backward: `(dx, dchunks)` from `g` (R, 2), the gradient of [`vocab_head_forward`]'s output;
+/// Backward: `(dx, dchunks)` from `g` (R, 3), the gradient of [`vocab_head_forward`]'s output;
 /// dchunks only when `need_w` (shaped like the chunks). Each slice's logits are recomputed.
 pub fn vocab_head_backward(
     x: &Tensor,
@@ -189,7 +201,7 @@ pub fn vocab_head_backward(
 ) -> Result<(Tensor, Option<Vec<Tensor>>)> {
     const OP: &str = "vocab_head backward";
     let (rows, c, vocab) = dims(OP, x, head, labels)?;
-    g.expect_shape(OP, &[rows, 2])?;
+    g.expect_shape(OP, &[rows, HEAD_COLUMNS])?;
     let gpu = x.gpu();
     let x2 = x.reshape(&[rows, c])?;
     let dx = Tensor::zeros(gpu, &[rows, c], DType::F32, "vocab_head dx")?;
@@ -200,7 +212,7 @@ pub fn vocab_head_backward(
     for &(v0, s0, width, i) in &slices(head, slice) {
         // Recompute the slice's logits and turn them into their gradient in place.
         let dz = head.logits(&x2, i, s0, width)?;
-        let p = Params { rows: rows as u32, cols: width as u32, v0: v0 as u32, vocab: vocab as u32, first: 0, _pad: [0; 3] };
+        let p = Params::new(rows, width, v0, vocab, false);
         let bufs = [(1, dz.binding()), (2, labels.binding()), (5, saved.binding()), (6, g.binding())];
         dispatch(gpu, "slice_grad", &p, &bufs, rows * width)?;
         // dX += dZ·W_slice; dW_slice = dZᵀ·X.
@@ -212,8 +224,8 @@ pub fn vocab_head_backward(
     Ok((dx.reshape(x.shape())?, dw))
 }
 
-/// The chunked head on the tape: x (..., C), chunks (V_i, C), labels (...) u32 -> (rows, 2) =
-/// [log p(label), entropy]. Gradients reach x and every chunk that requires one (a trained
+/// The chunked head on the tape: x (..., C), chunks (V_i, C), labels (...) u32 -> (rows, 3) =
+/// [log p(label), entropy, mean logit]. Gradients reach x and every chunk that requires one (a trained
 /// head); a frozen head (constant chunks) gets none computed.
 pub fn vocab_head(x: &Var, chunks: &[Var], labels: &Tensor) -> Result<Var> {
     let rows = x.tensor().len() / x.tensor().last_dim().max(1);
@@ -256,27 +268,42 @@ pub fn vocab_head_stored_sliced(x: &Var, w: &QuantTensor, labels: &Tensor, slice
     }))
 }
 
-/// The log-probabilities column of the head's output (rows, 2) as a (rows) Var: what DPO, KTO
-/// and GRPO need per token.
-pub fn head_logprobs(head: &Var) -> Result<Var> {
+/// Column `column` (0 log p(label), 1 entropy, 2 mean logit) of the head's output (rows, 3)
+/// as a (rows) Var, on the tape.
+pub fn head_column(head: &Var, column: usize) -> Result<Var> {
     let t = head.tensor();
-    if t.shape().len() != 2 || t.shape()[1] != 2 {
-        return Err(Error::shape("head_logprobs", format!("need the head's (rows, 2) output, got {:?}", t.shape())));
+    if t.shape().len() != 2 || t.shape()[1] != HEAD_COLUMNS || column >= HEAD_COLUMNS {
+        return Err(Error::shape("head_column", format!("need the head's (rows, 3) output and a column < 3, got {:?} column {column}", t.shape())));
     }
     let rows = t.shape()[0];
     let gpu = t.gpu().clone();
-    let p = Params { rows: rows as u32, cols: 0, v0: 0, vocab: 0, first: 0, _pad: [0; 3] };
-    let lp = Tensor::empty(&gpu, &[rows], DType::F32, "head log-probs")?;
+    let p = Params { column: column as u32, ..Params::new(rows, 0, 0, 0, false) };
+    let col = Tensor::empty(&gpu, &[rows], DType::F32, "head column")?;
     if rows > 0 {
-        dispatch(&gpu, "logprob_column", &p, &[(6, t.binding()), (7, lp.binding())], rows)?;
+        dispatch(&gpu, "column", &p, &[(6, t.binding()), (7, col.binding())], rows)?;
     }
-    Ok(Var::from_op(lp, &[head], move |g| {
-        let d = Tensor::empty(&gpu, &[rows, 2], DType::F32, "head log-probs gradient")?;
+    Ok(Var::from_op(col, &[head], move |g| {
+        let d = Tensor::empty(&gpu, &[rows, HEAD_COLUMNS], DType::F32, "head column gradient")?;
         if rows > 0 {
-            dispatch(&gpu, "logprob_column_grad", &p, &[(4, d.binding()), (8, g.binding())], rows)?;
+            dispatch(&gpu, "column_grad", &p, &[(4, d.binding()), (8, g.binding())], rows)?;
         }
         Ok(vec![Some(d)])
     }))
+}
+
+/// The log-probabilities column of the head's output: what DPO, KTO and GRPO need per token.
+pub fn head_logprobs(head: &Var) -> Result<Var> {
+    head_column(head, 0)
+}
+
+/// The entropy column of the head's output: what PPO logs.
+pub fn head_entropy(head: &Var) -> Result<Var> {
+    head_column(head, 1)
+}
+
+/// The mean-logit column of the head's output: DPO's `logits/chosen` and `logits/rejected`.
+pub fn head_mean_logits(head: &Var) -> Result<Var> {
+    head_column(head, 2)
 }
 
 #[repr(C)]
@@ -288,13 +315,13 @@ struct CeParams {
     _pad: u32,
 }
 
-/// Mean cross-entropy `-Σ w_r·log p(label_r) / Σ w_r` from the head's output (rows, 2), with
+/// Mean cross-entropy `-Σ w_r·log p(label_r) / Σ w_r` from the head's output (rows, 3), with
 /// w_r the optional f32 `mask` (1 without), 0 for labels past `vocab`; a `[1]` Var (0 when
 /// the weights sum to 0).
 pub fn head_cross_entropy(head: &Var, labels: &Tensor, mask: Option<&Tensor>, vocab: usize) -> Result<Var> {
     const OP: &str = "head_cross_entropy";
     let rows = labels.len();
-    head.tensor().expect_shape(OP, &[rows, 2])?;
+    head.tensor().expect_shape(OP, &[rows, HEAD_COLUMNS])?;
     if let Some(m) = mask {
         m.expect_dtype(OP, DType::F32)?;
         if m.len() != rows {
@@ -317,7 +344,7 @@ pub fn head_cross_entropy(head: &Var, labels: &Tensor, mask: Option<&Tensor>, vo
     let (labels, mask) = (labels.clone(), mask.cloned());
     Ok(Var::from_op(loss, &[head], move |g| {
         let gpu = labels.gpu();
-        let dhead = Tensor::empty(gpu, &[rows, 2], DType::F32, "head_cross_entropy dhead")?;
+        let dhead = Tensor::empty(gpu, &[rows, HEAD_COLUMNS], DType::F32, "head_cross_entropy dhead")?;
         let mask_bind = mask.as_ref().unwrap_or(&labels).binding();
         let bufs = [(1, labels.binding()), (2, mask_bind), (3, weight_sum.binding()), (6, g.binding()), (7, dhead.binding())];
         gpu.dispatch_bound(&Kernel::new(&CROSS_ENTROPY, "grad"), bytemuck::bytes_of(&p), &[], &bufs, gpu.groups_1d(rows, 64))?;
@@ -334,8 +361,8 @@ pub fn vocab_cross_entropy(x: &Var, chunks: &[Var], labels: &Tensor, mask: Optio
 
 /// CPU reference (f64).
 pub mod reference {
-    /// Per row [log p(label), entropy] (log p 0 for labels past v) of x (rows, c) against
-    /// the head w (v, c).
+    /// Per row [log p(label), entropy, mean logit] (log p 0 for labels past v) of x (rows, c)
+    /// against the head w (v, c).
     pub fn vocab_head(x: &[f64], w: &[f64], labels: &[f64], rows: usize, c: usize, v: usize) -> Vec<f64> {
         let mut out = Vec::with_capacity(2 * rows);
         for r in 0..rows {
@@ -346,6 +373,7 @@ pub mod reference {
             let label = labels[r] as usize;
             out.push(if label < v { z[label] - lse } else { 0.0 });
             out.push(h);
+            out.push(z.iter().sum::<f64>() / v as f64);
         }
         out
     }

@@ -33,13 +33,19 @@ pub struct TrainerState {
 
 /// Write a checkpoint for `state.step` under `out`; returns its directory.
 pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<PathBuf> {
+    save_with(out, model, opt, state, tokenizer_json, &|_: &Path| Ok(()))
+}
+
+/// [`save`], with `extra` writing more files (a method's own state) into the checkpoint's
+/// temporary directory before the manifest is written.
+pub fn save_with(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>, extra: &dyn Fn(&Path) -> Result<()>) -> Result<PathBuf> {
     let name = format!("checkpoint-{}", state.step);
     let dir = out.join(&name);
     let tmp = out.join(format!("{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    if let Err(e) = write_files(&tmp, model, opt, state, tokenizer_json) {
+    if let Err(e) = write_files(&tmp, model, opt, state, tokenizer_json).and_then(|()| extra(&tmp)).and_then(|()| write_manifest(&tmp)) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -51,7 +57,8 @@ pub fn save(out: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokeni
     Ok(dir)
 }
 
-/// Every file of a checkpoint into `tmp`, the manifest last.
+/// The model, adapter, optimizer, trainer state and tokenizer files of a checkpoint into `tmp`
+/// (the manifest is written by the caller, last).
 fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tokenizer_json: Option<&Path>) -> Result<()> {
     model.save(tmp)?;
     if model.lora().is_some() {
@@ -69,7 +76,7 @@ fn write_files(tmp: &Path, model: &Model, opt: &AdamW, state: &TrainerState, tok
     if let Some(t) = tokenizer_json {
         std::fs::copy(t, tmp.join("tokenizer.json")).map_err(|e| Error::io(t, e))?;
     }
-    write_manifest(tmp)
+    Ok(())
 }
 
 /// Name of the per-file checksum list inside a checkpoint.

@@ -30,7 +30,7 @@ impl MetricsLog {
     }
 
     /// Drop records whose "step" is after `step` (a run resumed from the checkpoint of `step`
-    /// logs those steps again).
+    /// logs those steps again), and a torn last line of a killed run (not valid JSON).
     pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
         let kept: String = text
@@ -39,7 +39,7 @@ impl MetricsLog {
                 serde_json::from_str::<serde_json::Value>(l)
                     .ok()
                     .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                    .is_none_or(|s| s <= step)
+                    .is_some_and(|s| s <= step)
             })
             .map(|l| format!("{l}\n"))
             .collect();

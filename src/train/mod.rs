@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod rundir;
 pub mod schedule;
 pub mod sft;
+pub mod trainer;
 
 /// A progress bar with ETA, or a hidden one when `show` is false (library use, tests).
 pub fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {

@@ -4,10 +4,9 @@
 //! encoder and one submit; the loss and gradient norm are the only values read back.
 
 use super::batch::{BatchSource, LmBatch};
-use super::checkpoint::{self, TrainerState};
-use super::metrics::MetricsLog;
-use super::rundir::{check_settings, RunDir, RunOptions};
+use super::rundir::RunOptions;
 use super::schedule::Schedule;
+use super::trainer::{self, LoopConfig, Method, Step};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::elementwise::{axpby, scale};
@@ -95,6 +94,8 @@ pub struct SftReport {
     pub start_step: usize,
     /// Tokens per second over the run.
     pub tokens_per_s: f64,
+    /// Every step's metrics run in this call (as written to metrics.jsonl).
+    pub metrics: Vec<SftMetrics>,
 }
 
 /// Upload a batch: ids (B, T), targets and mask (B·T).
@@ -134,7 +135,7 @@ pub fn train_step(
         let tape = Tape::new();
         // The chunked vocabulary head: the (B·T, V) logits never exist.
         let hidden = model.hidden(Some(&tape), &ids, None)?; // (B, T, C)
-        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 2)
+        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 3)
         let loss = head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?;
         tape.backward(&scale(&loss, 1.0 / accum as f32)?)?;
         let l = loss.tensor();
@@ -153,7 +154,64 @@ pub fn train_step(
     Ok((loss, norm))
 }
 
-/// Train `model` on `train`, evaluating on `eval`.
+/// One SFT step's metrics (TRL's names), one line of metrics.jsonl.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SftMetrics {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
+    /// Held-out loss, at the steps that evaluate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f32>,
+    /// Training tokens per second since the run (or the resume) started.
+    pub tokens_per_s: f64,
+}
+
+/// SFT as a [`Method`] of the training loop: next-token cross-entropy on a batch source.
+struct Sft<'a> {
+    model: &'a Model,
+    train: &'a dyn BatchSource,
+    eval: Option<&'a dyn BatchSource>,
+    cfg: &'a SftConfig,
+}
+
+impl Method for Sft<'_> {
+    type Metrics = SftMetrics;
+
+    fn name(&self) -> &'static str {
+        "sft"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({"sft": self.cfg, "data": self.train.describe(), "model": self.model.config().to_json()})
+    }
+
+    fn step(&mut self, s: Step) -> Result<SftMetrics> {
+        let first = s.step as u64 * self.cfg.grad_accum as u64;
+        let (loss, norm) = train_step(self.model, s.opt, self.train, first, self.cfg, s.lr)?;
+        Ok(SftMetrics { loss, grad_norm: norm.is_finite().then_some(norm), ..Default::default() })
+    }
+
+    fn loss(m: &SftMetrics) -> f32 {
+        m.loss
+    }
+
+    fn stamp(&self, m: &mut SftMetrics, done: usize, lr: f32, elapsed_s: f64, steps_run: usize) {
+        let tokens = (self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum) as f64 * steps_run as f64;
+        (m.step, m.lr, m.tokens_per_s) = (done, lr, tokens / elapsed_s.max(1e-9));
+    }
+
+    fn evaluate(&mut self, m: &mut SftMetrics, _done: usize) -> Result<()> {
+        if let Some(ev) = self.eval {
+            m.eval_loss = Some(evaluate(self.model, ev, self.cfg)?);
+        }
+        Ok(())
+    }
+}
+/// Train `model` on `train`, evaluating on `eval`, in the training loop of [`super::trainer`].
 pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSource>, cfg: &SftConfig) -> Result<SftReport> {
     if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.seq_len > model.max_len() {
         return Err(Error::config("SFT", format!("batch {} x seq {} (the model takes up to {} tokens)", cfg.batch_size, cfg.seq_len, model.max_len())));
@@ -161,84 +219,33 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
     if cfg.steps == 0 || cfg.grad_accum == 0 {
         return Err(Error::config("SFT", format!("steps {} and grad_accum {} must be positive", cfg.steps, cfg.grad_accum)));
     }
-    model.set_checkpointing(cfg.checkpoint_activations);
-    crate::model::memory::remember_plan(model, cfg.batch_size, cfg.seq_len, cfg.checkpoint_activations);
-    let mut schedule = cfg.schedule.clone();
-    if schedule.total == 0 {
-        schedule.total = cfg.steps;
-    }
-    let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: schedule.lr, ..cfg.adamw })?;
-    let mut start = 0usize;
-    let mut log = None;
-    // What this run means: its settings, its data, its model; saved with every checkpoint.
-    let settings = serde_json::json!({"sft": cfg, "data": train.describe(), "model": model.config().to_json()});
-    let run = cfg.out_dir.as_ref().map(|out| RunDir::open(out, cfg.resume, &cfg.run)).transpose()?;
-    if let Some(run) = &run {
-        let out = run.path();
-        if cfg.resume {
-            let (dir, st) = run.resume_point("sft")?;
-            let changes = match st.config.get("sft") {
-                Some(_) => check_settings(&st.config, &settings, cfg.run.allow_changed_settings)?,
-                None => check_settings(&st.config, &settings["sft"], cfg.run.allow_changed_settings)?, // before data and model were recorded
-            };
-            for c in changes {
-                eprintln!("warning: resuming {} with a changed setting: {c}", dir.display());
-            }
-            checkpoint::load_weights(&dir, model)?;
-            checkpoint::load_optimizer(&dir, &mut opt)?;
-            start = st.step as usize;
-            MetricsLog::truncate_after(&out.join("metrics.jsonl"), st.step)?;
-        }
-        log = Some(MetricsLog::open(&out.join("metrics.jsonl"))?);
-    }
-    let accum = cfg.grad_accum.max(1) as u64;
-    let bar = super::progress_bar(cfg.progress, cfg.steps as u64, "sft");
-    bar.set_position(start as u64);
-    let mut report = SftReport { start_step: start, ..Default::default() };
+    let run = LoopConfig {
+        steps: cfg.steps,
+        schedule: &cfg.schedule,
+        adamw: cfg.adamw,
+        seed: cfg.seed,
+        out_dir: cfg.out_dir.as_deref(),
+        resume: cfg.resume,
+        run: cfg.run,
+        save_every: cfg.save_every,
+        eval_every: cfg.eval_every,
+        progress: cfg.progress,
+        control: &cfg.control,
+        checkpoint_activations: cfg.checkpoint_activations,
+        rows: cfg.batch_size,
+        row_len: cfg.seq_len,
+        batches_per_step: cfg.grad_accum as u64,
+    };
     let t0 = Instant::now();
-    let tokens_per_step = (cfg.batch_size * cfg.seq_len) as u64 * accum;
-    for step in start..cfg.steps {
-        let lr = schedule.at(step);
-        let (loss, norm) = train_step(model, &mut opt, train, step as u64 * accum, cfg, lr)?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { what: format!("training loss at step {step}"), value: loss as f64 });
-        }
-        report.losses.push(loss);
-        let done = step + 1;
-        let tps = (done - start) as f64 * tokens_per_step as f64 / t0.elapsed().as_secs_f64();
-        let mut rec = serde_json::json!({"step": done, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tps});
-        let eval_now = eval.is_some() && ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == cfg.steps);
-        if let (true, Some(ev)) = (eval_now, eval) {
-            let l = evaluate(model, ev, cfg)?;
-            report.evals.push((done, l));
-            rec["eval_loss"] = l.into();
-        }
-        if let Some(log) = log.as_mut() {
-            log.log(&rec)?;
-        }
-        let info = super::control::StepInfo { step: done, total: cfg.steps, loss, lr, metrics: &rec };
-        let stop = cfg.control.should_stop(&info);
-        if let Some(out) = &cfg.out_dir {
-            if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == cfg.steps || stop {
-                let st = TrainerState {
-                    step: done as u64,
-                    seed: cfg.seed,
-                    batches_seen: done as u64 * accum,
-                    trainer: "sft".into(),
-                    config: settings.clone(),
-                };
-                checkpoint::save(out, model, &opt, &st, None)?;
-            }
-        }
-        bar.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
-        bar.inc(1);
-        if stop {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    report.tokens_per_s = report.losses.len() as f64 * tokens_per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-    Ok(report)
+    let r = trainer::train(&run, model, &mut Sft { model, train, eval, cfg })?;
+    let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum * r.metrics.len()) as f64;
+    Ok(SftReport {
+        losses: r.metrics.iter().map(|m| m.loss).collect(),
+        evals: r.metrics.iter().filter_map(|m| m.eval_loss.map(|l| (m.step, l))).collect(),
+        start_step: r.start_step,
+        tokens_per_s: tokens / t0.elapsed().as_secs_f64().max(1e-9),
+        metrics: r.metrics,
+    })
 }
 
 /// Mean held-out loss over the first `eval_batches` batches of `src`.

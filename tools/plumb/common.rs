@@ -29,6 +29,16 @@ pub struct CommonArgs {
     /// Replace a finished or killed run in --out (its checkpoints and metrics are deleted first).
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue the run in --out from its latest checkpoint, exactly where it stopped (or was
+    /// killed): weights, adapter, optimizer moments, the method's state, data position.
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume: accept settings other than the checkpoint's (each change is printed).
+    #[arg(long)]
+    pub allow_changed_settings: bool,
+    /// Save a checkpoint every N steps (default: only at the end).
+    #[arg(long)]
+    pub save_every: Option<usize>,
     /// Skip the checksum check of the data file's token ids (a full read) before training.
     #[arg(long)]
     pub no_verify: bool,
@@ -77,8 +87,23 @@ pub fn lengths(c: &CommonArgs, model: &Model) -> Result<(usize, usize)> {
 /// The trainers' shared settings; `warmup` steps of linear warmup, then cosine to lr/10.
 pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usize, schedule: Schedule, out: &Path) -> Result<TrainConfig> {
     let (max_len, max_prompt_len) = lengths(c, model)?;
-    let run = plumb::train::rundir::RunOptions { overwrite: c.overwrite, ..Default::default() };
-    Ok(TrainConfig { steps, batch_size, max_len, max_prompt_len, schedule, seed: c.seed, out_dir: Some(out.to_path_buf()), progress: true, run, checkpoint_activations: c.checkpoint_activations, ..Default::default() })
+    let run = plumb::train::rundir::RunOptions { overwrite: c.overwrite, allow_changed_settings: c.allow_changed_settings };
+    let d = TrainConfig::default();
+    Ok(TrainConfig {
+        steps,
+        batch_size,
+        max_len,
+        max_prompt_len,
+        schedule,
+        seed: c.seed,
+        out_dir: Some(out.to_path_buf()),
+        save_every: c.save_every.unwrap_or(d.save_every),
+        resume: c.resume,
+        progress: true,
+        run,
+        checkpoint_activations: c.checkpoint_activations,
+        ..d
+    })
 }
 
 /// Warmup over the first tenth of the run (at most 10 steps), cosine to lr/10.
@@ -242,14 +267,14 @@ pub fn print_samples(model: &Model, prompts: &[Vec<u32>], n: usize, max_new: usi
     Ok(())
 }
 
-/// The first and last value of metric `key` over a run.
-pub fn first_last(m: &[serde_json::Value], key: &str) -> (f64, f64) {
-    let get = |v: Option<&serde_json::Value>| v.and_then(|r| r[key].as_f64()).unwrap_or(f64::NAN);
+/// The first and last value of metric `key` (its name in metrics.jsonl) over a run.
+pub fn first_last<M: serde::Serialize>(m: &[M], key: &str) -> (f64, f64) {
+    let get = |v: Option<&M>| v.and_then(|r| serde_json::to_value(r).ok()).and_then(|r| r[key].as_f64()).unwrap_or(f64::NAN);
     (get(m.first()), get(m.last()))
 }
 
 /// Print `key: first -> last` for each key.
-pub fn print_first_last(m: &[serde_json::Value], keys: &[&str]) {
+pub fn print_first_last<M: serde::Serialize>(m: &[M], keys: &[&str]) {
     for k in keys {
         let (a, b) = first_last(m, k);
         println!("  {k:<28} {a:>9.4} -> {b:.4}");

@@ -21,6 +21,7 @@ use std::path::PathBuf;
   plumb dpo --loss simpo --beta 2 --simpo-gamma 0.5  # SimPO (CPO simpo): one model, no reference
   plumb dpo --loss orpo --beta 0.1             # ORPO: NLL + λ·odds ratio (λ = --beta), no reference
   plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
+  plumb dpo --save-every 20 --resume            # continue a killed run exactly (every method has both)
   plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
   plumb dpo --loss aot                          # AOT: sorted log-ratios over the batch (also aot_unpaired)
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh")]
@@ -34,12 +35,13 @@ pub struct DpoArgs {
     /// Built-in training pairs used, at most.
     #[arg(long, default_value_t = 10000)]
     max_pairs: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = DpoTrainConfig::default().train.steps)]
     steps: usize,
     /// Pairs per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = DpoTrainConfig::default().train.batch_size)]
     batch_size: usize,
-    #[arg(long, default_value_t = 5e-5)]
+    /// Peak learning rate (warmup, then cosine to a tenth).
+    #[arg(long, default_value_t = DpoTrainConfig::default().train.schedule.lr)]
     lr: f32,
     /// Loss type or weighted mixture TYPE[:WEIGHT],...: sigmoid, hinge, ipo, robust, bco_pair,
     /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo,
@@ -49,13 +51,13 @@ pub struct DpoArgs {
     #[arg(long, default_value = "sigmoid")]
     loss: String,
     /// β, the inverse temperature of the implicit reward.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = DpoConfig::default().beta)]
     beta: f32,
     /// ε for sigmoid (conservative DPO) and robust.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DpoConfig::default().label_smoothing)]
     label_smoothing: f32,
     /// Margin γ of sigmoid_norm (SimPO).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DpoConfig::default().simpo_gamma)]
     simpo_gamma: f32,
     /// Temperature τ of discopop's log-ratio modulation.
     #[arg(long, default_value_t = DpoConfig::default().discopop_tau)]
@@ -106,7 +108,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
     // SimPO and ORPO alone are reference-free: one model in memory
     let reference_free = matches!(a.loss.trim(), "simpo" | "orpo");
     let losses = if a.loss.trim() == "simpo" { vec![(DpoLoss::SigmoidNorm, 1.0)] } else { parse_losses(&a.loss)? };
-    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, bco_delta: 0.0, discopop_tau: a.discopop_tau };
+    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, discopop_tau: a.discopop_tau, ..DpoConfig::default() };
     loss.weights()?; // check the settings before loading anything
     if reference_free && (a.precompute_ref || a.reference == RefArg::Precomputed) {
         return Err(Error::config("--loss", format!("{} is reference-free: drop --precompute-ref / --reference precomputed", a.loss)));
@@ -124,7 +126,10 @@ pub fn run(a: DpoArgs) -> Result<()> {
         check_byte_level(&policy)?;
         memory = builtin_pairs(Split::Train, cfg.train.max_len, a.max_pairs)?;
         println!("data: {} built-in preference pairs", memory.len());
-        if a.precompute_ref {
+        if a.precompute_ref && a.common.resume {
+            // the killed run wrote them, with the reference's log-probs (checked below)
+            file = Some(a.out.join("pairs.bin"));
+        } else if a.precompute_ref {
             // Claim --out (lock, no other run there unless --overwrite) before writing into it;
             // the trainer opens it again to train.
             drop(plumb::train::rundir::RunDir::open(&a.out, false, &cfg.train.run)?);
@@ -135,7 +140,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
             return Err(Error::config("--reference", "the built-in pairs have no precomputed reference log-probs; add --precompute-ref"));
         }
     }
-    if let (Some(path), true) = (&file, a.precompute_ref) {
+    if let (Some(path), true) = (&file, a.precompute_ref && !a.common.resume) {
         // the init model before training is the reference: compute its log-probs once
         let n = precompute_reference(&policy, path, &cfg)?;
         println!("reference log-probs of {n} pairs stored in {}", path.display());

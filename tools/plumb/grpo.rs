@@ -36,40 +36,42 @@ pub struct GrpoArgs {
     /// Score with a reward model from `plumb reward` instead of --reward.
     #[arg(long)]
     reward_model: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Prompts per step (each sampled --num-generations times).
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    /// Completions per prompt G (at least 2).
-    #[arg(long, default_value_t = 8)]
-    num_generations: usize,
-    /// Constant learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f32,
-    /// β of the k3 KL to a frozen copy of the init model; 0 = no reference in memory.
-    #[arg(long, default_value_t = 0.04)]
-    beta: f32,
-    /// ε of the clipped objective.
-    #[arg(long, default_value_t = 0.2)]
-    epsilon: f32,
+    /// Steps [default: GrpoConfig's, 100].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Prompts per step, each sampled --num-generations times [default: GrpoConfig's, 4].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Completions per prompt G, at least 2 [default: GrpoConfig's, 8].
+    #[arg(long)]
+    num_generations: Option<usize>,
+    /// Constant learning rate [default: GrpoConfig's, 1e-5].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// β of the k3 KL to a frozen copy of the init model; 0 = no reference in memory [default: GrpoConfig's, 0.04].
+    #[arg(long)]
+    beta: Option<f32>,
+    /// ε of the clipped objective [default: GrpoConfig's, 0.2].
+    #[arg(long)]
+    epsilon: Option<f32>,
     /// Upper clip ε_high (clip-higher); default: ε.
     #[arg(long)]
     epsilon_high: Option<f32>,
-    /// How token losses are averaged: grpo, bnpo, dr_grpo, dapo (TRL's default).
-    #[arg(long, default_value = "dapo")]
-    loss_type: String,
-    /// Importance weights per token (GRPO) or per sequence (GSPO).
-    #[arg(long, default_value = "token")]
-    importance_sampling_level: String,
-    /// Std that scales the advantages: group, batch or none.
-    #[arg(long, default_value = "group")]
-    scale_rewards: String,
+    /// How token losses are averaged: grpo, bnpo, dr_grpo, dapo [default: GrpoConfig's, dapo as TRL].
+    #[arg(long)]
+    loss_type: Option<String>,
+    /// Importance weights per token (GRPO) or per sequence (GSPO) [default: token].
+    #[arg(long)]
+    importance_sampling_level: Option<String>,
+    /// Std that scales the advantages: group, batch or none [default: group].
+    #[arg(long)]
+    scale_rewards: Option<String>,
     /// Leave completions that never reached a stop token out of the loss.
     #[arg(long)]
     mask_truncated_completions: bool,
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: usize,
+    /// New tokens per completion at most [default: RolloutConfig's, 32].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Samples printed at the end.
     #[arg(long, default_value_t = 4)]
     samples: usize,
@@ -84,10 +86,15 @@ enum RewardArg {
 }
 
 pub fn run(a: GrpoArgs) -> Result<()> {
+    // every default is the library's (GrpoConfig::default)
+    let d = GrpoConfig::default();
+    let max_new_tokens = a.max_new_tokens.unwrap_or(d.rollout.max_new_tokens);
+    let beta = a.beta.unwrap_or(d.beta);
+    let schedule = a.lr.map_or(d.train.schedule.clone(), Schedule::constant);
     let (gpu, init, policy) = load_init(&a.common.init)?;
-    let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
+    let train = train_config(&a.common, &policy, a.steps.unwrap_or(d.train.steps), a.batch_size.unwrap_or(d.train.batch_size), schedule, &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
-    check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
+    check_rollout_fits(&prompts, max_new_tokens, &policy)?;
     let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
     let rm = a.reward_model.as_ref().map(|d| load_reward_model(&gpu, d, &policy)).transpose()?;
     let lexicon = vader_lexicon()?;
@@ -100,25 +107,26 @@ pub fn run(a: GrpoArgs) -> Result<()> {
         }
         (None, RewardArg::Vader) => return Err(Error::config("--reward vader", "reads text: pass --tokenizer for a model that is not byte-level")),
     };
-    let reference = if a.beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
+    let reference = if beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
     let cfg = GrpoConfig {
         train,
-        rollout: RolloutConfig { max_new_tokens: a.max_new_tokens, stop_ids: stop.clone(), ..Default::default() },
-        num_generations: a.num_generations,
-        epsilon: a.epsilon,
-        epsilon_high: a.epsilon_high,
-        beta: a.beta,
-        loss_type: a.loss_type.parse()?,
-        importance_sampling_level: a.importance_sampling_level.parse()?,
-        scale_rewards: a.scale_rewards.parse()?,
-        mask_truncated_completions: a.mask_truncated_completions,
+        rollout: RolloutConfig { max_new_tokens, stop_ids: stop.clone(), ..d.rollout.clone() },
+        num_generations: a.num_generations.unwrap_or(d.num_generations),
+        epsilon: a.epsilon.unwrap_or(d.epsilon),
+        epsilon_high: a.epsilon_high.or(d.epsilon_high),
+        beta,
+        loss_type: a.loss_type.as_deref().map_or(Ok(d.loss_type), str::parse)?,
+        importance_sampling_level: a.importance_sampling_level.as_deref().map_or(Ok(d.importance_sampling_level), str::parse)?,
+        scale_rewards: a.scale_rewards.as_deref().map_or(Ok(d.scale_rewards), str::parse)?,
+        mask_truncated_completions: a.mask_truncated_completions || d.mask_truncated_completions,
+        ..d
     };
     let r = reference.as_ref().map_or(Reference::None, Reference::Model);
     let m = Grpo::new(cfg).train(&policy, &prompts, &rewards, r)?;
     println!("trained {} steps:", m.len());
-    let keys: &[&str] = if a.beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
+    let keys: &[&str] = if beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
     print_first_last(&m, keys);
-    print_samples(&policy, &prompts, a.samples, a.max_new_tokens, &stop, &dec, a.common.seed)?;
+    print_samples(&policy, &prompts, a.samples, max_new_tokens, &stop, &dec, a.common.seed)?;
     println!("checkpoint: {}", final_checkpoint(&a.out));
     Ok(())
 }

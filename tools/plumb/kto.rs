@@ -31,13 +31,13 @@ pub struct KtoArgs {
     /// Built-in rows used, at most, of each label.
     #[arg(long, default_value_t = 5000)]
     max_rows: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = KtoTrainConfig::default().train.steps)]
     steps: usize,
     /// Rows per step (at least 2 for `kto`: the KL rows pair prompts with other rows' completions).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = KtoTrainConfig::default().train.batch_size)]
     batch_size: usize,
-    /// Learning rate (TRL's KTOConfig defaults to 1e-6 for large models; small ones take more).
-    #[arg(long, default_value_t = 5e-5)]
+    /// Peak learning rate (TRL's KTOConfig defaults to 1e-6 for large models; small ones take more).
+    #[arg(long, default_value_t = KtoTrainConfig::default().train.schedule.lr)]
     lr: f32,
     /// Loss type: kto or apo_zero_unpaired.
     #[arg(long, default_value = "kto")]

@@ -30,35 +30,36 @@ pub struct PpoArgs {
     /// A reward model from `plumb reward` (its <out>/model or run directory).
     #[arg(long, default_value = "runs/reward/model")]
     reward_model: PathBuf,
-    /// Rollout + update rounds.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Prompts per rollout.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Constant learning rate (policy and value head).
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f32,
-    /// β_KL: weight of the per-token KL penalty to the reference in the reward.
-    #[arg(long, default_value_t = 0.05)]
-    kl_coef: f32,
-    /// Per-token KL estimator: k1 (log π − log π_ref) or k3 (never negative).
-    #[arg(long, default_value = "k1")]
-    kl_estimator: KlKind,
+    /// Rollout + update rounds [default: PpoConfig's, 100].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Prompts per rollout [default: PpoConfig's, 8].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Constant learning rate, policy and value head [default: PpoConfig's, 1e-5].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// β_KL: weight of the per-token KL penalty to the reference in the reward [default: PpoConfig's, 0.05].
+    #[arg(long)]
+    kl_coef: Option<f32>,
+    /// Per-token KL estimator: k1 (log π − log π_ref) or k3 (never negative) [default: k1].
+    #[arg(long)]
+    kl_estimator: Option<KlKind>,
     /// Adaptive KL controller: target KL per completion (default: a fixed --kl-coef).
     #[arg(long)]
     kl_target: Option<f32>,
     /// Horizon of the adaptive KL controller, in completions.
     #[arg(long, default_value_t = 10000.0)]
     kl_horizon: f32,
-    /// Passes over each rollout batch.
-    #[arg(long, default_value_t = 4)]
-    ppo_epochs: usize,
-    /// Minibatches per pass (must divide --batch-size).
-    #[arg(long, default_value_t = 1)]
-    minibatches: usize,
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: usize,
+    /// Passes over each rollout batch [default: PpoConfig's, 4].
+    #[arg(long)]
+    ppo_epochs: Option<usize>,
+    /// Minibatches per pass, must divide --batch-size [default: PpoConfig's, 1].
+    #[arg(long)]
+    minibatches: Option<usize>,
+    /// New tokens per completion at most [default: RolloutConfig's, 32].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Added to the score of a completion that did not end with the stop token, e.g. -1.
     #[arg(long, allow_hyphen_values = true)]
     missing_eos_penalty: Option<f32>,
@@ -74,30 +75,34 @@ pub struct PpoArgs {
 }
 
 pub fn run(a: PpoArgs) -> Result<()> {
+    // every default is the library's (PpoConfig::default)
+    let d = PpoConfig::default();
+    let max_new_tokens = a.max_new_tokens.unwrap_or(d.rollout.max_new_tokens);
+    let schedule = a.lr.map_or(d.train.schedule.clone(), Schedule::constant);
     let (gpu, init, policy) = load_init(&a.common.init)?;
-    let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
+    let train = train_config(&a.common, &policy, a.steps.unwrap_or(d.train.steps), a.batch_size.unwrap_or(d.train.batch_size), schedule, &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
-    check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
+    check_rollout_fits(&prompts, max_new_tokens, &policy)?;
     let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
     let rm = load_reward_model(&gpu, &a.reward_model, &policy)?;
     let reference = Model::load(&gpu, &init)?;
     let rewards = Rewards::Model { model: &rm, max_len: train.max_len.min(rm.model.max_len()) };
     let cfg = PpoConfig {
         train,
-        rollout: RolloutConfig { max_new_tokens: a.max_new_tokens, stop_ids: stop.clone(), ..Default::default() },
-        ppo_epochs: a.ppo_epochs,
-        minibatches: a.minibatches,
-        kl_coef: a.kl_coef,
-        kl_estimator: a.kl_estimator,
+        rollout: RolloutConfig { max_new_tokens, stop_ids: stop.clone(), ..d.rollout.clone() },
+        ppo_epochs: a.ppo_epochs.unwrap_or(d.ppo_epochs),
+        minibatches: a.minibatches.unwrap_or(d.minibatches),
+        kl_coef: a.kl_coef.unwrap_or(d.kl_coef),
+        kl_estimator: a.kl_estimator.unwrap_or(d.kl_estimator),
         kl_target: a.kl_target.map(|t| (t, a.kl_horizon)),
         missing_eos_penalty: a.missing_eos_penalty,
         reward_clip: a.reward_clip,
-        ..Default::default()
+        ..d
     };
     let m = Ppo::new(cfg).train(&policy, &prompts, &rewards, Reference::Model(&reference))?;
     println!("trained {} steps:", m.len());
     print_first_last(&m, &["objective/scores", "objective/kl", "objective/rlhf_reward", "objective/entropy", "completion_length"]);
-    print_samples(&policy, &prompts, a.samples, a.max_new_tokens, &stop, &dec, a.common.seed)?;
+    print_samples(&policy, &prompts, a.samples, max_new_tokens, &stop, &dec, a.common.seed)?;
     println!("checkpoint: {}", final_checkpoint(&a.out));
     Ok(())
 }

@@ -29,16 +29,17 @@ pub struct RewardArgs {
     /// Built-in training pairs used, at most.
     #[arg(long, default_value_t = 10000)]
     max_pairs: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = RewardConfig::default().train.steps)]
     steps: usize,
     /// Pairs per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = RewardConfig::default().train.batch_size)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Peak learning rate (warmup, then cosine to a tenth).
+    #[arg(long, default_value_t = RewardConfig::default().train.schedule.lr)]
     lr: f32,
     /// μ of μ·mean((r_chosen + r_rejected)²), keeping rewards centred on 0 (TRL's
     /// center_rewards_coefficient); 0 = off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = RewardConfig::default().center_coef)]
     center_coef: f32,
     /// Output: metrics.jsonl, the trainer checkpoint, and the reward model in <out>/model.
     #[arg(long, default_value = "runs/reward")]

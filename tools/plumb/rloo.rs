@@ -4,7 +4,6 @@
 //! function (by default the VADER lexicon judge) or a reward model from `plumb reward`.
 
 use crate::common::{check_rollout_fits, final_checkpoint, load_init, load_reward_model, print_first_last, print_samples, prompts, train_config, CommonArgs, Decoder};
-use plumb::align::rloo::DEFAULT_LR;
 use plumb::align::{Reference, Rewards, Rloo, RlooConfig, RolloutConfig};
 use plumb::data::corpus::{vader_judge, vader_lexicon};
 use plumb::model::Model;
@@ -34,24 +33,25 @@ pub struct RlooArgs {
     /// valence, -4..4, of the completion's words).
     #[arg(long)]
     reward_model: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    /// Prompts per step (each sampled --num-generations times).
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    /// Completions per prompt k (at least 2).
-    #[arg(long, default_value_t = RlooConfig::default().num_generations)]
-    num_generations: usize,
-    /// Constant learning rate (TRL's default; small byte-level models want ~1e-4).
-    #[arg(long, default_value_t = DEFAULT_LR)]
-    lr: f32,
+    /// Steps [default: RlooConfig's].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Prompts per step, each sampled --num-generations times [default: RlooConfig's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Completions per prompt k, at least 2 [default: RlooConfig's, 2 as TRL].
+    #[arg(long)]
+    num_generations: Option<usize>,
+    /// Constant learning rate [default: RlooConfig's, 1e-6 as TRL; small byte-level models want ~1e-4].
+    #[arg(long)]
+    lr: Option<f32>,
     /// β of the summed KL to a frozen copy of the init model, subtracted from the reward; 0 = no
-    /// reference in memory.
-    #[arg(long, default_value_t = RlooConfig::default().beta)]
-    beta: f32,
-    /// ε of the clipped objective.
-    #[arg(long, default_value_t = RlooConfig::default().epsilon)]
-    epsilon: f32,
+    /// reference in memory [default: RlooConfig's, 0.05].
+    #[arg(long)]
+    beta: Option<f32>,
+    /// ε of the clipped objective [default: RlooConfig's, 0.2].
+    #[arg(long)]
+    epsilon: Option<f32>,
     /// Upper clip ε_high (clip-higher); default: ε.
     #[arg(long)]
     epsilon_high: Option<f32>,
@@ -64,8 +64,9 @@ pub struct RlooArgs {
     /// Leave completions that never reached a stop token out of the loss.
     #[arg(long)]
     mask_truncated_completions: bool,
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: usize,
+    /// New tokens per completion at most [default: RolloutConfig's].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Samples printed at the end.
     #[arg(long, default_value_t = 4)]
     samples: usize,
@@ -86,10 +87,15 @@ fn parse_range(s: &str) -> std::result::Result<(f32, f32), String> {
 }
 
 pub fn run(a: RlooArgs) -> Result<()> {
+    // every default is the library's (RlooConfig::default)
+    let d = RlooConfig::default();
+    let max_new_tokens = a.max_new_tokens.unwrap_or(d.rollout.max_new_tokens);
+    let beta = a.beta.unwrap_or(d.beta);
+    let schedule = a.lr.map_or(d.train.schedule.clone(), Schedule::constant);
     let (gpu, init, policy) = load_init(&a.common.init)?;
-    let train = train_config(&a.common, &policy, a.steps, a.batch_size, Schedule::constant(a.lr), &a.out)?;
+    let train = train_config(&a.common, &policy, a.steps.unwrap_or(d.train.steps), a.batch_size.unwrap_or(d.train.batch_size), schedule, &a.out)?;
     let (prompts, stop) = prompts(a.data.as_deref(), &policy, train.max_prompt_len, &a.common)?;
-    check_rollout_fits(&prompts, a.max_new_tokens, &policy)?;
+    check_rollout_fits(&prompts, max_new_tokens, &policy)?;
     let dec = Decoder::new(a.tokenizer.as_deref(), &policy)?;
     let rm = a.reward_model.as_ref().map(|d| load_reward_model(&gpu, d, &policy)).transpose()?;
     let lexicon = vader_lexicon()?;
@@ -102,24 +108,25 @@ pub fn run(a: RlooArgs) -> Result<()> {
         }
         None => return Err(Error::config("rloo reward", "the VADER judge reads text: pass --tokenizer for a model that is not byte-level, or --reward-model")),
     };
-    let reference = if a.beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
+    let reference = if beta != 0.0 { Some(Model::load(&gpu, &init)?) } else { None };
     let cfg = RlooConfig {
         train,
-        rollout: RolloutConfig { max_new_tokens: a.max_new_tokens, stop_ids: stop.clone(), ..Default::default() },
-        num_generations: a.num_generations,
-        beta: a.beta,
-        epsilon: a.epsilon,
-        epsilon_high: a.epsilon_high,
-        normalize_advantages: a.normalize_advantages,
-        reward_clip_range: a.reward_clip_range,
-        mask_truncated_completions: a.mask_truncated_completions,
+        rollout: RolloutConfig { max_new_tokens, stop_ids: stop.clone(), ..d.rollout.clone() },
+        num_generations: a.num_generations.unwrap_or(d.num_generations),
+        beta,
+        epsilon: a.epsilon.unwrap_or(d.epsilon),
+        epsilon_high: a.epsilon_high.or(d.epsilon_high),
+        normalize_advantages: a.normalize_advantages || d.normalize_advantages,
+        reward_clip_range: a.reward_clip_range.or(d.reward_clip_range),
+        mask_truncated_completions: a.mask_truncated_completions || d.mask_truncated_completions,
+        ..d
     };
     let r = reference.as_ref().map_or(Reference::None, Reference::Model);
     let m = Rloo::new(cfg).train(&policy, &prompts, &rewards, r)?;
     println!("trained {} steps:", m.len());
-    let keys: &[&str] = if a.beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
+    let keys: &[&str] = if beta != 0.0 { &["reward", "reward_std", "kl", "completion_length"] } else { &["reward", "reward_std", "completion_length"] };
     print_first_last(&m, keys);
-    print_samples(&policy, &prompts, a.samples, a.max_new_tokens, &stop, &dec, a.common.seed)?;
+    print_samples(&policy, &prompts, a.samples, max_new_tokens, &stop, &dec, a.common.seed)?;
     println!("checkpoint: {}", final_checkpoint(&a.out));
     Ok(())
 }

@@ -33,21 +33,22 @@ pub struct SftArgs {
     /// Held-out data (same kind); default: a held-out slice of the built-in corpus.
     #[arg(long)]
     eval_data: Option<PathBuf>,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = SftConfig::default().steps)]
     steps: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = SftConfig::default().batch_size)]
     batch_size: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = SftConfig::default().seq_len)]
     seq_len: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SftConfig::default().grad_accum)]
     grad_accum: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate (warmup, then cosine to a tenth).
+    #[arg(long, default_value_t = SftConfig::default().schedule.lr)]
     lr: f32,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = SftConfig::default().schedule.warmup)]
     warmup: usize,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = SftConfig::default().eval_every)]
     eval_every: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SftConfig::default().save_every)]
     save_every: usize,
     /// Output directory for checkpoints and metrics.jsonl.
     #[arg(long, default_value = "runs/sft")]
