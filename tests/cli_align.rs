@@ -1,5 +1,5 @@
 //! The alignment subcommands end to end through the built `plumb` binary on a tiny chain:
-//! sft -> reward -> dpo (precomputed reference) -> ppo (with that reward model) -> grpo (VADER),
+//! sft -> reward -> dpo (precomputed reference) -> ppo (with that reward model) -> grpo (VADER) -> rloo,
 //! each exiting 0 and logging its metrics; a missing --init is a clear error naming the path.
 mod common;
 use std::path::Path;
@@ -58,6 +58,12 @@ fn sft_reward_dpo_ppo_grpo_chain() {
 
     let args = [&["grpo", "--init", &sft, "--steps", "1", "--batch-size", "1", "--num-generations", "2", "--max-new-tokens", "4", "--samples", "1", "--out", &grpo][..], &tiny].concat();
     run_ok(&args, &t.join("grpo"), 1, &["loss", "reward", "reward_std", "kl", "completion_length"]);
+
+    let rloo = p("rloo");
+    let args = [&["rloo", "--init", &sft, "--steps", "1", "--batch-size", "1", "--num-generations", "3", "--max-new-tokens", "4", "--samples", "1", "--reward-clip-range=-2,2", "--out", &rloo][..], &tiny].concat();
+    run_ok(&args, &t.join("rloo"), 1, &["loss", "reward", "reward_std", "kl", "frac_reward_zero_std", "clip_ratio/region_mean"]);
+    let (ok, text) = plumb(&["rloo", "--help"]);
+    assert!(ok && text.contains("Examples:") && text.contains("--num-generations"), "plumb rloo --help:\n{text}");
     std::fs::remove_dir_all(&t).ok();
 }
 

@@ -71,7 +71,11 @@ fn dpo_table() {
     let Some(gpu) = common::gpu() else { return };
     let mut cases = Vec::new();
     for kind in DpoLoss::ALL {
-        for n in [1usize, 7, 33] {
+        // aot's sort makes the loss piecewise: a finite difference across a near-tie of two
+        // log-ratios mixes two ranks, so its large batches are checked against the sort's
+        // gradient in `dpo_aot_gradient_is_the_sorts` instead
+        let sizes: &[usize] = if matches!(kind, DpoLoss::Aot | DpoLoss::AotUnpaired) { &[1, 7] } else { &[1, 7, 33] };
+        for &n in sizes {
             let eps = if matches!(kind, DpoLoss::Sigmoid | DpoLoss::Robust) { 0.1 } else { 0.0 };
             let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, bco_delta: 0.2, ..Default::default() };
             cases.push(dpo_case(format!("dpo {kind} n={n}"), n, cfg));
@@ -85,6 +89,14 @@ fn dpo_table() {
     let disco = DpoConfig { beta: 0.3, discopop_tau: 0.5, losses: vec![(DpoLoss::Discopop, 1.0)], ..Default::default() };
     cases.push(dpo_case("dpo discopop tau=0.5 beta=0.3 n=33".into(), 33, disco));
     cases.push(dpo_case("dpo orpo lambda=1 n=33".into(), 33, DpoConfig::orpo(1.0)));
+    // aot / aot_unpaired pair log-ratios by rank over the batch (TRL's torch.sort): with label
+    // smoothing, and mixed with sigmoid so that the sorted and unsorted terms add up
+    for kind in [DpoLoss::Aot, DpoLoss::AotUnpaired] {
+        let cfg = DpoConfig { beta: 0.3, label_smoothing: 0.1, losses: vec![(kind, 1.0)], ..Default::default() };
+        cases.push(dpo_case(format!("dpo {kind} eps=0.1 beta=0.3 n=7"), 7, cfg));
+        let cfg = DpoConfig { losses: vec![(DpoLoss::Sigmoid, 0.5), (kind, 0.7)], ..Default::default() };
+        cases.push(dpo_case(format!("dpo mixture sigmoid:0.5 {kind}:0.7 n=7"), 7, cfg));
+    }
     cases.push(dpo_case("dpo simpo beta=2 gamma=0.5 n=33".into(), 33, DpoConfig::simpo(2.0, 0.5)));
     let mpo = DpoConfig {
         losses: vec![(DpoLoss::Sigmoid, 0.8), (DpoLoss::NcaPair, 0.3), (DpoLoss::SppoHard, 0.05), (DpoLoss::Sft, 1.0), (DpoLoss::ExoPair, 0.2)],
@@ -151,6 +163,59 @@ fn dpo_metrics_and_config() {
     }
     let short = Tensor::from_f32(&gpu, &[0.0; 3], &[3]).unwrap();
     assert!(dpo::dpo_loss(&vc, &vr, &short, &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &DpoConfig::default()).is_err());
+}
+
+#[test]
+fn dpo_aot_gradient_is_the_sorts() {
+    // aot / aot_unpaired over 70 pairs against the f64 loss (TRL's torch.sort) and the gradient
+    // autograd takes through a sort: each sorted position's derivative goes back to the pair
+    // that sits there
+    let Some(gpu) = common::gpu() else { return };
+    let n = 70;
+    let (pc, pr) = (rand_vec(n, 61, -40.0, -5.0), rand_vec(n, 62, -40.0, -5.0));
+    let (rc, rr) = (rand_vec(n, 63, -40.0, -5.0), rand_vec(n, 64, -40.0, -5.0));
+    let ones = vec![1.0f32; n];
+    let t = |x: &[f32]| Tensor::from_f32(&gpu, x, &[n]).unwrap();
+    let (beta, eps) = (0.2f64, 0.1f64);
+    let argsort = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        idx
+    };
+    let d_loss = |d: f64| beta * (-(1.0 - eps) * dref::sigmoid(-beta * d) + eps * dref::sigmoid(beta * d));
+    let (fc, fr, frc, frr) = (f64s(&pc), f64s(&pr), f64s(&rc), f64s(&rr));
+    for kind in [DpoLoss::Aot, DpoLoss::AotUnpaired] {
+        let cfg = DpoConfig { beta: beta as f32, label_smoothing: eps as f32, losses: vec![(kind, 1.0)], ..Default::default() };
+        let tape = Tape::new();
+        let (vc, vr) = (tape.var(t(&pc)), tape.var(t(&pr)));
+        let (loss, _) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&ones), &t(&ones), &cfg).unwrap();
+        let want = dref::dpo_loss(&fc, &fr, &frc, &frr, &f64s(&ones), &f64s(&ones), &cfg);
+        assert_close(&format!("{kind} loss"), &loss.to_f32_vec().unwrap(), &[want], 1e-5, 1e-5);
+        let (a, b): (Vec<f64>, Vec<f64>) = match kind {
+            DpoLoss::Aot => ((0..n).map(|i| fc[i] - fr[i]).collect(), (0..n).map(|i| frc[i] - frr[i]).collect()),
+            _ => ((0..n).map(|i| fc[i] - frc[i]).collect(), (0..n).map(|i| fr[i] - frr[i]).collect()),
+        };
+        let (ia, ib) = (argsort(&a), argsort(&b));
+        let (mut gc, mut gr) = (vec![0.0; n], vec![0.0; n]);
+        for k in 0..n {
+            let g = d_loss(a[ia[k]] - b[ib[k]]) / n as f64;
+            match kind {
+                DpoLoss::Aot => {
+                    gc[ia[k]] += g; // a = pc − pr
+                    gr[ia[k]] -= g;
+                }
+                _ => {
+                    gc[ia[k]] += g; // a = pc − rc, b = pr − rr
+                    gr[ib[k]] -= g;
+                }
+            }
+        }
+        let grads = tape.backward(&loss).unwrap();
+        assert_close(&format!("{kind} d pc"), &grads.get(&vc).unwrap().to_f32_vec().unwrap(), &gc, 1e-8, 1e-4);
+        assert_close(&format!("{kind} d pr"), &grads.get(&vr).unwrap().to_f32_vec().unwrap(), &gr, 1e-8, 1e-4);
+    }
+    // the name TRL used before aot_unpaired still parses
+    assert_eq!("aot_pair".parse::<DpoLoss>().unwrap(), DpoLoss::AotUnpaired);
 }
 
 #[test]
@@ -551,4 +616,109 @@ fn grpo_variants_table() {
     assert!(grpo::grpo_variant_loss(&lp, &up(&old), None, &up(&old), &up(&mask), &GrpoLossConfig::default()).is_err());
     assert!(grpo::grpo_variant_loss(&lp, &up(&old), None, &advt, &up(&mask), &GrpoLossConfig { epsilon_high: -1.0, ..Default::default() }).is_err());
     assert!("dr_grpo".parse::<GrpoLossType>().unwrap() == GrpoLossType::DrGrpo && "ppo".parse::<GrpoLossType>().is_err());
+}
+
+#[test]
+fn rloo_table_and_advantages() {
+    use plumb::ops::rloo::{self, reference as rlref, RlooAdvantageConfig};
+    let Some(gpu) = common::gpu() else { return };
+    // the loss by finite differences, π_old ≠ π so that both clip sides and the unclipped
+    // branch occur; the sequence log-ratio sums the masked tokens
+    let mut cases = Vec::new();
+    for (b, t, eps_high) in [(1usize, 4usize, 0.2f32), (5, 6, 0.2), (9, 7, 0.28)] {
+        let s = [b, t];
+        let inputs = vec![grad(&s, -1.2, -0.8), constant(&s, -1.2, -0.8), constant(&[b], -1.5, 1.5), Input::Fixed { shape: s.to_vec(), data: ragged_mask(b, t) }];
+        cases.push(
+            Case::new(
+                format!("rloo loss {b}x{t} eps_high={eps_high}"),
+                inputs,
+                move |v| Ok(rloo::rloo_loss(&v[0], v[1].tensor(), v[2].tensor(), v[3].tensor(), (0.2, eps_high))?.0),
+                move |d| vec![rlref::rloo_loss(&d[0], &d[1], &d[2], &d[3], 0.2, eps_high as f64)[0]],
+            )
+            .tol((1e-5, 1e-4), (1e-8, 2e-3)),
+        );
+    }
+    run_table(&gpu, "rloo", &cases);
+
+    // the loss's metrics, more sequences than threads
+    let (b, t) = (70usize, 9usize);
+    let n = b * t;
+    let (logp, old, refp) = (rand_vec(n, 81, -1.2, -0.8), rand_vec(n, 82, -1.2, -0.8), rand_vec(n, 83, -1.5, -0.5));
+    let (adv, mask) = (rand_vec(b, 84, -1.5, 1.5), ragged_mask(b, t));
+    let up = |x: &[f32]| Tensor::from_f32(&gpu, x, &[b, t]).unwrap();
+    let advt = Tensor::from_f32(&gpu, &adv, &[b]).unwrap();
+    let (_, stats) = rloo::rloo_loss(&Var::constant(up(&logp)), &up(&old), &advt, &up(&mask), (0.2, 0.28)).unwrap();
+    let want = rlref::rloo_loss(&f64s(&logp), &f64s(&old), &f64s(&adv), &f64s(&mask), 0.2, 0.28);
+    assert_close("rloo stats", &stats.to_f32_vec().unwrap(), &want, 1e-5, 1e-4);
+    assert!(want[1] > 0.0 && want[2] > 0.0, "both clip sides should occur: {want:?}");
+
+    // advantages against TRL's formula: KL in the reward, clipping, normalisation, G = 2 and 5
+    let rewards = rand_vec(b, 85, -2.0, 3.0);
+    let rt = Tensor::from_f32(&gpu, &rewards, &[b]).unwrap();
+    for (g, beta, clip, normalize) in [(2usize, 0.0f32, None, false), (2, 0.05, None, false), (5, 0.1, Some((-1.0f32, 2.0f32)), true), (7, 0.0, None, true)] {
+        let cfg = RlooAdvantageConfig { num_generations: g, beta, reward_clip_range: clip, normalize_advantages: normalize };
+        let kl = (beta != 0.0).then(|| (up(&logp), up(&refp)));
+        let (a, st) = rloo::rloo_advantages(&rt, kl.as_ref().map(|(o, r)| (o, r)), &up(&mask), &cfg).unwrap();
+        let (want_a, want_st) = if beta != 0.0 {
+            rlref::rloo_advantages(&f64s(&rewards), &f64s(&logp), &f64s(&refp), &f64s(&mask), &cfg)
+        } else {
+            rlref::rloo_advantages(&f64s(&rewards), &[], &[], &f64s(&mask), &cfg)
+        };
+        let name = format!("rloo advantages G={g} beta={beta} clip={clip:?} normalize={normalize}");
+        assert_close(&name, &a.to_f32_vec().unwrap(), &want_a, 1e-5, 1e-4);
+        assert_close(&format!("{name} stats"), &st.to_f32_vec().unwrap(), &want_st, 1e-5, 1e-4);
+    }
+    // the leave-one-out baseline by hand: G = 3, rewards 1, 0, 0.5: A_0 = 1 − 0.25
+    let (a, _) = rlref::rloo_advantages(&[1.0, 0.0, 0.5], &[], &[], &[1.0; 3], &RlooAdvantageConfig { num_generations: 3, beta: 0.0, ..Default::default() });
+    assert!((a[0] - 0.75).abs() < 1e-12 && (a[1] + 0.75).abs() < 1e-12 && a[2].abs() < 1e-12, "{a:?}");
+
+    // bad settings and shapes: errors, not panics
+    let m = up(&mask);
+    let bad = |cfg: RlooAdvantageConfig| rloo::rloo_advantages(&rt, None, &m, &cfg).is_err();
+    assert!(bad(RlooAdvantageConfig { num_generations: 1, beta: 0.0, ..Default::default() }));
+    assert!(bad(RlooAdvantageConfig { num_generations: 3, beta: 0.0, ..Default::default() }), "70 rows in groups of 3");
+    assert!(bad(RlooAdvantageConfig { num_generations: 2, beta: 0.05, ..Default::default() }), "a KL without log-probs");
+    assert!(bad(RlooAdvantageConfig { num_generations: 2, beta: 0.0, reward_clip_range: Some((1.0, -1.0)), ..Default::default() }));
+    let lp = Var::constant(up(&logp));
+    assert!(rloo::rloo_loss(&lp, &up(&old), &up(&old), &m, (0.2, 0.2)).is_err());
+    assert!(rloo::rloo_loss(&lp, &up(&old), &advt, &m, (-0.1, 0.2)).is_err());
+}
+
+#[test]
+fn ppo_step_kernels() {
+    // PPO's per-token rewards, minibatch gather and metric sums (shaders/ppo/step.wgsl) against
+    // the CPU; none has a gradient (they prepare the loss's constant inputs)
+    let Some(gpu) = common::gpu() else { return };
+    let (b, t) = (70usize, 9usize);
+    let (kl, scores, mask) = (rand_vec(b * t, 91, -0.5, 1.0), rand_vec(b, 92, -2.0, 2.0), ragged_mask(b, t));
+    let up = |x: &[f32], s: &[usize]| Tensor::from_f32(&gpu, x, s).unwrap();
+    let shift: Vec<f32> = (0..b).map(|i| if i % 3 == 0 { -0.7 } else { 0.0 }).collect();
+    for clip in [None, Some(1.2f32)] {
+        let got = ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores, &[b]), &up(&shift, &[b]), clip, &up(&mask, &[b, t]), 0.05).unwrap();
+        let want = pref::token_rewards(&f64s(&kl), &f64s(&scores), &f64s(&shift), clip.map(f64::from), &f64s(&mask), 0.05);
+        assert_close(&format!("ppo token rewards clip {clip:?}"), &got.to_f32_vec().unwrap(), &want, 1e-6, 1e-5);
+        assert!(want.iter().zip(&mask).all(|(r, m)| *m != 0.0 || *r == 0.0), "rewards off the response");
+    }
+
+    let rows = [5u32, 0, 69, 5, 33];
+    let got = ppo::gather_rows(&up(&kl, &[b, t]), &Tensor::from_u32(&gpu, &rows, &[5]).unwrap()).unwrap();
+    let want: Vec<f32> = rows.iter().flat_map(|&r| kl[r as usize * t..(r as usize + 1) * t].to_vec()).collect();
+    assert_eq!(got.shape(), [5, t]);
+    assert_eq!(got.to_f32_vec().unwrap(), want, "a gather copies");
+
+    let acc = Tensor::zeros(&gpu, &[12], plumb::tensor::DType::F32, "acc").unwrap();
+    ppo::accumulate(&acc, 1, &up(&kl, &[b * t]), 1, 0.5).unwrap();
+    ppo::accumulate(&acc, 2, &up(&kl, &[b, t]), t, 2.0).unwrap(); // column sums of (b, t)
+    ppo::accumulate(&acc, 2, &up(&kl[..t], &[t]), t, 1.0).unwrap(); // added on top
+    let mut want = vec![0.0f64; 12];
+    want[1] = 0.5 * kl.iter().map(|&x| x as f64).sum::<f64>();
+    for j in 0..t {
+        want[2 + j] = 2.0 * (0..b).map(|i| kl[i * t + j] as f64).sum::<f64>() + kl[j] as f64;
+    }
+    assert!(ppo::accumulate(&acc, 4, &up(&kl, &[b, t]), t, 1.0).is_err(), "9 columns at 4 overflow 12");
+    let got = acc.to_f32_vec().unwrap();
+    assert_close("ppo accumulate", &got, &want, 1e-4, 1e-5);
+    // bad shapes: errors, not panics
+    assert!(ppo::token_rewards(&up(&kl, &[b, t]), &up(&scores[..3], &[3]), &up(&shift, &[b]), None, &up(&mask, &[b, t]), 0.05).is_err());
+    assert!(ppo::gather_rows(&up(&kl, &[b, t]), &up(&[0.0], &[1])).is_err(), "f32 row indices");
 }

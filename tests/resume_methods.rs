@@ -5,7 +5,7 @@
 //! with its moments and adaptive KL coefficient, DPO's bco_pair running mean), bit for bit.
 //! The CLI version, with a real SIGKILL, is tests/resume_cli.rs.
 mod common;
-use plumb::align::{Completion, Dpo, DpoTrainConfig, Grpo, GrpoConfig, Kto, KtoTrainConfig, Ppo, PpoConfig, Reference, Reward, RewardConfig, RewardModel, Rewards, RolloutConfig, TrainConfig};
+use plumb::align::{Completion, Dpo, DpoTrainConfig, Grpo, GrpoConfig, Kto, KtoTrainConfig, Ppo, PpoConfig, Reference, Reward, RewardConfig, RewardModel, Rewards, Rloo, RlooConfig, RolloutConfig, TrainConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::dpo::{DpoConfig, DpoLoss};
 use plumb::train::control::RunControl;
@@ -201,5 +201,22 @@ fn grpo_resumes_exactly() {
             ..Default::default()
         };
         Grpo::new(cfg).train(&nano(&gpu, 7), &prompts(), &Rewards::Fn(&lowercase_share), Reference::Model(&reference)).unwrap();
+    });
+}
+
+#[test]
+fn rloo_resumes_exactly() {
+    let Some(gpu) = common::gpu() else { return };
+    let reference = nano(&gpu, 8);
+    check_exact_resume("rloo", &|out, resume, control| {
+        let cfg = RlooConfig {
+            train: train_cfg(out, resume, control, 2, 1e-2),
+            rollout: RolloutConfig { max_new_tokens: 4, ..Default::default() },
+            num_generations: 3,
+            normalize_advantages: true,
+            reward_clip_range: Some((0.0, 0.8)),
+            ..Default::default()
+        };
+        Rloo::new(cfg).train(&nano(&gpu, 8), &prompts(), &Rewards::Fn(&lowercase_share), Reference::Model(&reference)).unwrap();
     });
 }

@@ -1,6 +1,9 @@
 // DPO, per preference pair: the weighted mixture of loss types, its derivatives with respect to
 // the policy's sequence log-prob sums pc_i and pr_i, and the per-pair metric terms, in one pass.
 // One thread per pair. The formulas are documented on `DpoLoss` in src/ops/dpo.rs.
+// aot and aot_unpaired pair the log-ratios by their rank in the batch, as TRL's torch.sort
+// does: dpo_sort first writes the sorted columns (a rank sort, one thread per pair, ties broken
+// by index so the ranks are a permutation), then dpo_pairs finds each pair's rank the same way.
 //
 // Row i of `pairs` (STRIDE floats):
 //   0 loss_i = sum over types of w_type * L_type(i)
@@ -19,7 +22,7 @@ struct Params {
     w_a: vec4<f32>,  // weights of sigmoid, hinge, ipo, robust
     w_b: vec4<f32>,  // weights of bco_pair, apo_zero, apo_down, sigmoid_norm
     w_c: vec4<f32>,  // weights of sft, exo_pair, nca_pair, sppo_hard
-    w_d: vec4<f32>,  // weights of discopop, orpo; the rest unused
+    w_d: vec4<f32>,  // weights of discopop, orpo, aot, aot_unpaired
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,6 +33,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> rr: array<f32>;
 @group(0) @binding(6) var<storage, read> lc: array<f32>;
 @group(0) @binding(7) var<storage, read> lr: array<f32>;
+// (N, 3), ascending: the chosen log-ratios pc - rc, the rejected ones pr - rr, the reference's
+// pair log-ratios rc - rr (written by dpo_sort, read by dpo_pairs)
+@group(0) @binding(8) var<storage, read_write> sorted: array<f32>;
 
 const WG: u32 = 64u;
 const STRIDE: u32 = 9u;
@@ -63,9 +69,51 @@ fn log1m_exp(a: f32) -> f32 {
     return log(1.0 - t);
 }
 
+// Column `c` of the values that dpo_sort orders, at pair j: 0 chosen log-ratio, 1 rejected
+// log-ratio, 2 the reference's pair log-ratio, 3 the policy's pair log-ratio pc - pr.
+fn column(c: u32, j: u32) -> f32 {
+    var v = pc[j] - pr[j];
+    switch c {
+        case 0u: { v = pc[j] - rc[j]; }
+        case 1u: { v = pr[j] - rr[j]; }
+        case 2u: { v = rc[j] - rr[j]; }
+        default: {}
+    }
+    return v;
+}
+
+// The position of pair i in column c sorted ascending (ties by index: a permutation).
+fn rank(c: u32, i: u32) -> u32 {
+    let x = column(c, i);
+    var r = 0u;
+    for (var j = 0u; j < p.n; j++) {
+        let y = column(c, j);
+        if (y < x || (y == x && j < i)) { r += 1u; }
+    }
+    return r;
+}
+
+// The sigmoid loss with label smoothing on a margin d, -(1 - eps) log sigma(b d) - eps log
+// sigma(-b d), as x = loss and y = d loss / d d.
+fn smoothed_sigmoid(d: f32, b: f32, eps: f32) -> vec2<f32> {
+    let z = b * d;
+    let loss = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
+    return vec2<f32>(loss, -b * (1.0 - eps) * sigmoid(-z) + b * eps * sigmoid(z));
+}
+
 // sigma'(x) = sigma(x) sigma(-x)
 fn dsigmoid(x: f32) -> f32 {
     return sigmoid(x) * sigmoid(-x);
+}
+
+// sorted[rank(c, i) * 3 + c] = column(c, i) for c = 0, 1, 2
+@compute @workgroup_size(WG)
+fn dpo_sort(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.n) { return; }
+    for (var c = 0u; c < 3u; c++) {
+        sorted[rank(c, i) * 3u + c] = column(c, i);
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -198,6 +246,23 @@ fn dpo_pairs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         let dlo = -b * sigmoid(-lo);
         dc += w * (-1.0 + dlo / (1.0 - exp(a))) / lc[i];
         dr += w * (-dlo / (1.0 - exp(c))) / lr[i];
+    }
+    if (p.w_d.z != 0.0) {  // aot: the k-th smallest policy pair log-ratio against the k-th reference one
+        let w = p.w_d.z;
+        let f = smoothed_sigmoid(column(3u, i) - sorted[rank(3u, i) * 3u + 2u], b, eps);
+        loss += w * f.x;
+        dc += w * f.y;
+        dr -= w * f.y;
+    }
+    if (p.w_d.w != 0.0) {  // aot_unpaired: the k-th smallest chosen log-ratio against the k-th rejected one
+        let w = p.w_d.w;
+        // this pair's chosen log-ratio at its rank k, against the rejected one ranked k
+        let fc = smoothed_sigmoid(sc - sorted[rank(0u, i) * 3u + 1u], b, eps);
+        // this pair's rejected log-ratio at its rank k, against the chosen one ranked k
+        let fr = smoothed_sigmoid(sorted[rank(1u, i) * 3u] - sr, b, eps);
+        loss += w * fc.x;
+        dc += w * fc.y;
+        dr -= w * fr.y;
     }
 
     // store: loss, gradients of the batch mean, metric terms

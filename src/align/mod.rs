@@ -1,4 +1,4 @@
-//! Alignment: reward models, DPO and its family, KTO (unpaired thumbs up/down), PPO (RLHF) and GRPO, as small trainers over the
+//! Alignment: reward models, DPO and its family, KTO (unpaired thumbs up/down), PPO (RLHF), GRPO and RLOO, as small trainers over the
 //! fused loss kernels of [`crate::ops::reward`], [`crate::ops::dpo`] and [`crate::ops::ppo`].
 //! Each reads like the method:
 //!
@@ -25,6 +25,7 @@ pub mod ppo;
 pub mod provenance;
 pub mod reference;
 pub mod reward;
+pub mod rloo;
 pub mod rollout;
 pub mod seqs;
 
@@ -37,4 +38,5 @@ pub use seqs::{sequence_logps, token_logps, SeqBatch, SeqTensors};
 pub use ppo::{Ppo, PpoConfig, PpoMetrics, ValueHead};
 pub use rollout::{Rewards, RolloutConfig};
 pub use grpo::{Grpo, GrpoConfig, GrpoMetrics, ScaleRewards};
+pub use rloo::{Rloo, RlooConfig, RlooMetrics};
 pub use kto::{Completion, Completions, Kto, KtoMetrics, KtoTrainConfig};

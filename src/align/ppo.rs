@@ -9,7 +9,9 @@
 //! 4. PPO epochs over minibatches of the rollout: the clipped surrogate
 //!    `max(−A·ρ, −A·clip(ρ, 1 ± ε))`, `ρ = π/π_old`, plus vf_coef × the clipped value loss.
 //!
-//! GAE, whitening, the KL estimators and the fused loss are WGSL kernels ([`crate::ops::ppo`]).
+//! GAE, whitening, the KL estimators, the per-token rewards, the minibatch gather and the fused
+//! loss are WGSL kernels ([`crate::ops::ppo`]); from the rollout to the end of the step nothing
+//! is read back but the step's metrics, once.
 //! The value head (TRL's `v_head.summary`) reads the policy's last hidden states (shared trunk).
 
 use super::batching::{prompt_groups, sampling_seed, shuffled};
@@ -19,13 +21,13 @@ use super::rollout::{sample, Rewards, Rollout, RolloutConfig};
 use super::seqs::SeqBatch;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::ops::elementwise::mul_forward;
 use crate::ops::matmul::linear;
 use crate::ops::optim::AdamW;
-use crate::ops::ppo::{gae, kl_penalty, ppo_loss, whiten, KlKind, PpoLossConfig};
-use crate::ops::reduce::sum_last_forward;
+use crate::ops::ppo::{accumulate, gae, gather_rows, kl_penalty, ppo_loss, token_rewards, whiten, KlKind, PpoLossConfig, PPO_METRIC_NAMES};
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
@@ -99,14 +101,26 @@ impl ValueHead {
     }
 }
 
-/// What one rollout leaves for the PPO epochs, on the CPU: (B, T) rows.
+/// What one rollout leaves for the PPO epochs: (B, T) tensors on the GPU, and what the CPU
+/// already holds from the sampler.
 struct Scored {
-    old_logp: Vec<f32>,
-    old_values: Vec<f32>,
-    advantages: Vec<f32>,
-    returns: Vec<f32>,
-    metrics: serde_json::Value,
+    old_logp: Tensor,
+    old_values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    num_eos: usize,
+    completion_length: f32,
 }
+
+/// The step's metric sums on the GPU, read back once at the end of the step: `objective/kl`,
+/// `objective/entropy`, `objective/scores`, `objective/rlhf_reward`, then the means over the
+/// updates of the loss and [`PPO_METRIC_NAMES`].
+const KL_SLOT: usize = 0;
+const ENTROPY_SLOT: usize = 1;
+const SCORE_SLOT: usize = 2;
+const RLHF_REWARD_SLOT: usize = 3;
+const UPDATE_SLOT: usize = 4;
+const STEP_METRICS: usize = UPDATE_SLOT + 1 + PPO_METRIC_NAMES.len();
 
 /// One PPO step's metrics, with TRL's names in `metrics.jsonl` (the update's values are means
 /// over the step's epochs and minibatches).
@@ -183,8 +197,10 @@ impl Ppo {
         Ok(trainer::train(&cfg.train.loop_config(b), policy, &mut method)?.metrics)
     }
 
-    /// Score a rollout: old log-probs and values, reference KL, rewards, GAE, whitening.
-    fn score(&self, policy: &Model, head: &ValueHead, ro: &Rollout, rewards: &Rewards, reference: &Reference, kl_coef: f32) -> Result<Scored> {
+    /// Score a rollout on the GPU: old log-probs and values, reference KL, per-token rewards,
+    /// GAE, whitening; the KL and entropy sums go into `acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn score(&self, policy: &Model, head: &ValueHead, ro: &Rollout, rewards: &Rewards, reference: &Reference, kl_coef: f32, acc: &Tensor) -> Result<Scored> {
         let cfg = &self.cfg;
         let gpu = policy.params().gpu();
         let s = ro.batch.upload(gpu)?;
@@ -192,65 +208,53 @@ impl Ppo {
         let h = policy.hidden(None, &s.ids, s.key_mask.as_ref())?;
         let (logp, token_entropy) = tempered_logps(policy, None, &h, &s, cfg.rollout.temperature)?;
         let values = head.values(None, &h)?;
-        let entropy = sum_last_forward(&crate::ops::elementwise::mul_forward(&token_entropy.tensor().reshape(&[b, t])?, &s.mask)?)?; // (B)
+        let entropy = mul_forward(&token_entropy.tensor().reshape(&[b, t])?, &s.mask)?; // (B, T)
         let ref_logp = reference.token_logps(policy, &s, cfg.rollout.temperature)?;
-        let kl = crate::ops::elementwise::mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
+        let kl = mul_forward(&kl_penalty(logp.tensor(), &ref_logp, cfg.kl_estimator)?, &s.mask)?; // (B, T)
+        // the scores, on the GPU: the reward model's (every row in one forward, as the policy's
+        // above) or the reward function's (on the CPU already)
         let (p, c) = ro.slices();
-        let mut scores = rewards.score(&p, &c, cfg.rollout.pad_id)?;
-        let raw_scores = scores.clone();
-        for (i, sc) in scores.iter_mut().enumerate() {
-            if let (Some(pen), false) = (cfg.missing_eos_penalty, ro.stopped(i, &cfg.rollout.stop_ids)) {
-                *sc += pen;
+        let scores = match rewards {
+            Rewards::Model { model, max_len } => {
+                let rows: Vec<(&[u32], &[u32])> = p.iter().copied().zip(c.iter().copied()).collect();
+                let rs = SeqBatch::right_padded(&rows, *max_len, max_len.saturating_sub(1), cfg.rollout.pad_id)?.upload(gpu)?;
+                model.scores(None, &rs)?.tensor().clone()
             }
-            if let Some(clip) = cfg.reward_clip {
-                *sc = sc.clamp(-clip, clip);
-            }
-        }
-        let kl_v = kl.to_f32_vec()?;
-        // per-token rewards: −β·kl, plus the score at the last completion token
-        let mut r = kl_v.iter().map(|k| -kl_coef * k).collect::<Vec<f32>>();
-        for (i, sc) in scores.iter().enumerate() {
-            let last = ro.batch.mask[i * t..(i + 1) * t].iter().rposition(|&m| m > 0.0);
-            if let Some(l) = last {
-                r[i * t + l] += sc;
-            }
-        }
-        let rew = Tensor::from_f32(gpu, &r, &[b, t])?;
+            Rewards::Fn(_) => Tensor::from_f32(gpu, &rewards.score(&p, &c, cfg.rollout.pad_id)?, &[b])?,
+        };
+        // per-token rewards −β·kl plus the score (with the missing-EOS penalty, clipped) at the
+        // last completion token, GAE, whitening
+        let penalty: Vec<f32> = (0..b)
+            .map(|i| match (cfg.missing_eos_penalty, ro.stopped(i, &cfg.rollout.stop_ids)) {
+                (Some(pen), false) => pen,
+                _ => 0.0,
+            })
+            .collect();
+        let rew = token_rewards(&kl, &scores, &Tensor::from_f32(gpu, &penalty, &[b])?, cfg.reward_clip, &s.mask, kl_coef)?;
         let (adv, ret) = gae(&rew, values.tensor(), &s.mask, cfg.gamma, cfg.lam)?;
         let adv = whiten(&adv, &s.mask, true)?;
-        let kl_sum: f32 = kl_v.iter().sum::<f32>() / b as f32;
-        let ent: f32 = entropy.to_f32_vec()?.iter().sum::<f32>() / b as f32;
-        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
-        let len = mean(&ro.completions.iter().map(|c| c.len() as f32).collect::<Vec<_>>());
-        let metrics = serde_json::json!({
-            "objective/kl": kl_sum,
-            "objective/entropy": ent,
-            "objective/scores": mean(&raw_scores),
-            "objective/non_score_reward": -kl_coef * kl_sum,
-            "objective/rlhf_reward": mean(&scores) - kl_coef * kl_sum,
-            "val/num_eos_tokens": (0..b).filter(|&i| ro.stopped(i, &cfg.rollout.stop_ids)).count(),
-            "completion_length": len,
-        });
+        accumulate(acc, KL_SLOT, &kl, 1, 1.0 / b as f32)?;
+        accumulate(acc, ENTROPY_SLOT, &entropy, 1, 1.0 / b as f32)?;
+        accumulate(acc, SCORE_SLOT, &scores, 1, 1.0 / b as f32)?;
+        accumulate(acc, RLHF_REWARD_SLOT, &rew, 1, 1.0 / b as f32)?; // mean shaped score − β·kl
         Ok(Scored {
-            old_logp: logp.to_f32_vec()?,
-            old_values: values.to_f32_vec()?,
-            advantages: adv.to_f32_vec()?,
-            returns: ret.to_f32_vec()?,
-            metrics,
+            old_logp: logp.tensor().clone(),
+            old_values: values.tensor().clone(),
+            advantages: adv,
+            returns: ret,
+            num_eos: (0..b).filter(|&i| ro.stopped(i, &cfg.rollout.stop_ids)).count(),
+            completion_length: mean(&ro.completions.iter().map(|c| c.len() as f32).collect::<Vec<_>>()),
         })
     }
 
-    /// One PPO update on the rollout rows `rows`; returns [loss, approxkl, clipfrac, pg, vf, vf clipfrac].
+    /// One PPO update on the rollout rows `rows` (gathered on the GPU); adds `scale` × [loss,
+    /// approxkl, clipfrac, pg, vf, vf clipfrac] into the step's metrics at [`UPDATE_SLOT`].
     #[allow(clippy::too_many_arguments)]
-    fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32) -> Result<Vec<f32>> {
+    fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32, (acc, scale): (&Tensor, f32)) -> Result<()> {
         let gpu = policy.params().gpu();
-        let t = ro.batch.seq;
-        let sub = select_rows(&ro.batch, rows);
-        let s = sub.upload(gpu)?;
-        let pick = |v: &[f32]| -> Result<Tensor> {
-            let x: Vec<f32> = rows.iter().flat_map(|&r| v[r * t..(r + 1) * t].iter().copied()).collect();
-            Tensor::from_f32(gpu, &x, &[rows.len(), t])
-        };
+        let s = select_rows(&ro.batch, rows).upload(gpu)?;
+        let idx = Tensor::from_u32(gpu, &rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &[rows.len()])?;
+        let pick = |x: &Tensor| gather_rows(x, &idx);
         let tape = Tape::new();
         let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
         let (logp, _) = tempered_logps(policy, Some(&tape), &h, &s, self.cfg.rollout.temperature)?;
@@ -261,8 +265,7 @@ impl Ppo {
         head_opt.step(&head.params, lr)?;
         policy.trainable().zero_grad()?;
         head.params.zero_grad()?;
-        let m = metrics.tensor().to_f32_vec()?;
-        Ok(m[..6].to_vec())
+        accumulate(acc, UPDATE_SLOT, &metrics.tensor().view(0, &[1 + PPO_METRIC_NAMES.len()])?, 1 + PPO_METRIC_NAMES.len(), scale)
     }
 }
 
@@ -297,33 +300,43 @@ impl Method for PpoMethod<'_> {
         let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, 1);
         let seed = sampling_seed(cfg.train.seed, st.step);
         let ro = sample(policy, &batch, &cfg.rollout, seed)?;
-        let sc = ppo.score(policy, &self.head, &ro, self.rewards, &self.reference, self.kl_coef)?;
-        let mut rec = sc.metrics.clone();
+        // from here to the metrics everything stays on the GPU
+        let acc = Tensor::zeros(policy.params().gpu(), &[STEP_METRICS], DType::F32, "ppo step metrics")?;
+        let sc = ppo.score(policy, &self.head, &ro, self.rewards, &self.reference, self.kl_coef, &acc)?;
         let mb = b / cfg.minibatches;
-        let mut sums = [0.0f64; 6];
-        let mut count = 0.0;
+        let per_update = 1.0 / (cfg.ppo_epochs * cfg.minibatches) as f32;
         for epoch in 0..cfg.ppo_epochs {
             for k in 0..cfg.minibatches {
                 let rows: Vec<usize> = (0..mb).map(|i| shuffled(seed ^ epoch as u64, b, (k * mb + i) as u64)).collect();
-                let m = ppo.update(policy, &self.head, &ro, &sc, &rows, st.opt, &mut self.head_opt, st.lr)?;
-                for (s, v) in sums.iter_mut().zip(m) {
-                    *s += v as f64;
-                }
-                count += 1.0;
+                ppo.update(policy, &self.head, &ro, &sc, &rows, st.opt, &mut self.head_opt, st.lr, (&acc, per_update))?;
             }
         }
-        rec["loss"] = (sums[0] / count).into();
-        for (i, name) in crate::ops::ppo::PPO_METRIC_NAMES.iter().enumerate() {
-            rec[*name] = (sums[i + 1] / count).into();
-        }
-        rec["objective/kl_coef"] = self.kl_coef.into();
+        let m = acc.to_f32_vec()?; // the step's one readback
+        debug_assert_eq!(PPO_METRIC_NAMES, ["policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg"]);
+        let (kl, u) = (m[KL_SLOT], UPDATE_SLOT);
+        let metrics = PpoMetrics {
+            loss: m[u],
+            objective_kl: kl,
+            objective_entropy: m[ENTROPY_SLOT],
+            objective_scores: m[SCORE_SLOT],
+            objective_non_score_reward: -self.kl_coef * kl,
+            objective_rlhf_reward: m[RLHF_REWARD_SLOT],
+            objective_kl_coef: self.kl_coef,
+            val_num_eos_tokens: sc.num_eos as f32,
+            completion_length: sc.completion_length,
+            policy_approxkl_avg: m[u + 1],
+            policy_clipfrac_avg: m[u + 2],
+            loss_policy_avg: m[u + 3],
+            loss_value_avg: m[u + 4],
+            val_clipfrac_avg: m[u + 5],
+            ..Default::default()
+        };
         if let Some((target, horizon)) = cfg.kl_target {
             // Adaptive KL controller: move β_KL towards the target, at most ±20% per horizon.
-            let kl = rec["objective/kl"].as_f64().unwrap_or(0.0) as f32;
             let err = (kl / target - 1.0).clamp(-0.2, 0.2);
             self.kl_coef *= 1.0 + err * b as f32 / horizon;
         }
-        serde_json::from_value(rec).map_err(|e| Error::config("PPO metrics", e.to_string()))
+        Ok(metrics)
     }
 
     fn loss(m: &PpoMetrics) -> f32 {
@@ -362,4 +375,9 @@ pub(crate) fn select_rows(b: &SeqBatch, rows: &[usize]) -> SeqBatch {
         last: rows.iter().enumerate().map(|(i, &r)| b.last[r] - (r * t) as u32 + (i * t) as u32).collect(),
         key_mask: b.key_mask.as_ref().map(take),
     }
+}
+
+/// The mean of `v` (0 when empty).
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len().max(1) as f32
 }

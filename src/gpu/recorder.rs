@@ -32,6 +32,7 @@ pub(crate) struct Recorder {
     /// Dispatches recorded since the device was opened (for tests and benches).
     pub(crate) dispatches: u64,
     pub(crate) submits: u64,
+    pub(crate) readbacks: u64,
 }
 
 impl Recorder {
@@ -46,6 +47,7 @@ impl Recorder {
             free: Vec::new(),
             dispatches: 0,
             submits: 0,
+            readbacks: 0,
         }
     }
 
@@ -255,6 +257,7 @@ impl Gpu {
         {
             let mut rec = self.0.rec.lock().unwrap_or_else(|e| e.into_inner());
             rec.copy_encoder(&self.0.device).copy_buffer_to_buffer(b.buffer, b.offset, &staging, 0, size);
+            rec.readbacks += 1;
             self.submit_locked(&mut rec)?;
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -274,6 +277,11 @@ impl Gpu {
             .to_vec();
         staging.unmap();
         Ok(data)
+    }
+
+    /// Buffers copied back to the host (each a wait for the GPU) since the device was opened.
+    pub fn readbacks(&self) -> u64 {
+        self.0.rec.lock().unwrap_or_else(|e| e.into_inner()).readbacks
     }
 
     /// Dispatches and submits since the device was opened.

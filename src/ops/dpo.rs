@@ -1,6 +1,7 @@
 //! Direct preference optimisation (DPO) and its relatives, as one fused op: for every preference
 //! pair one kernel computes the loss of each configured type, the mixture's derivatives with
-//! respect to the policy's sequence log-prob sums, and the per-pair metric terms; a second pass
+//! respect to the policy's sequence log-prob sums, and the per-pair metric terms (`aot` and
+//! `aot_unpaired` pair log-ratios by rank: a rank-sort kernel runs first); a second pass
 //! (one workgroup, fixed order) reduces them to the scalar loss and TRL's batch metrics. The
 //! backward pass only scales the stored gradients by the upstream gradient, on the GPU.
 //!
@@ -70,11 +71,21 @@ pub enum DpoLoss {
     /// tokens of the whole batch; here it is per pair, then over pairs (the same when lengths
     /// are equal). Pass zero reference sums.
     Orpo,
+    /// AOT (alignment via optimal transport, TRL's `aot`): the policy's pair log-ratios
+    /// `pc − pr` and the reference's `rc − rr` are each sorted over the batch, and the k-th
+    /// smallest are paired: `d_k = sort(pc − pr)_k − sort(rc − rr)_k`, loss
+    /// `−logσ(βd_k)(1 − ε) − logσ(−βd_k)ε`, averaged over k. Pair i's term is the one at its
+    /// rank k. Depends on the whole batch (as in TRL: on each micro-batch).
+    Aot,
+    /// AOT on unpaired data (TRL's `aot_unpaired`, formerly `aot_pair`): the chosen log-ratios
+    /// `pc − rc` and the rejected ones `pr − rr` are each sorted over the batch, `d_k =
+    /// sort(pc − rc)_k − sort(pr − rr)_k`, loss as for [`DpoLoss::Aot`].
+    AotUnpaired,
 }
 
 impl DpoLoss {
     /// Every type, in the order of the kernel's weight slots.
-    pub const ALL: [DpoLoss; 14] = [
+    pub const ALL: [DpoLoss; 16] = [
         DpoLoss::Sigmoid,
         DpoLoss::Hinge,
         DpoLoss::Ipo,
@@ -89,6 +100,8 @@ impl DpoLoss {
         DpoLoss::SppoHard,
         DpoLoss::Discopop,
         DpoLoss::Orpo,
+        DpoLoss::Aot,
+        DpoLoss::AotUnpaired,
     ];
 
     /// The name TRL uses (`loss_type`).
@@ -108,6 +121,8 @@ impl DpoLoss {
             DpoLoss::SppoHard => "sppo_hard",
             DpoLoss::Discopop => "discopop",
             DpoLoss::Orpo => "orpo",
+            DpoLoss::Aot => "aot",
+            DpoLoss::AotUnpaired => "aot_unpaired",
         }
     }
 
@@ -126,7 +141,9 @@ impl std::fmt::Display for DpoLoss {
 impl FromStr for DpoLoss {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        DpoLoss::ALL.iter().copied().find(|k| k.name() == s.trim()).ok_or_else(|| {
+        // `aot_pair` is TRL's earlier name of `aot_unpaired`
+        let name = if s.trim() == "aot_pair" { "aot_unpaired" } else { s.trim() };
+        DpoLoss::ALL.iter().copied().find(|k| k.name() == name).ok_or_else(|| {
             let names: Vec<&str> = DpoLoss::ALL.iter().map(|k| k.name()).collect();
             Error::config("DPO loss type", format!("`{s}` is not one of {}", names.join(", ")))
         })
@@ -174,7 +191,7 @@ impl DpoConfig {
 impl DpoConfig {
     /// The weight of each type in [`DpoLoss::ALL`] order (repeated types add up), after
     /// checking the settings.
-    pub fn weights(&self) -> Result<[f32; 14]> {
+    pub fn weights(&self) -> Result<[f32; 16]> {
         let bad = |what: &str, msg: String| Err(Error::config(format!("DPO {what}"), msg));
         if self.losses.is_empty() {
             return bad("losses", "at least one loss type is needed".into());
@@ -182,7 +199,7 @@ impl DpoConfig {
         if !(self.beta.is_finite() && self.beta > 0.0) {
             return bad("beta", format!("{} must be a positive number", self.beta));
         }
-        let mut w = [0.0f32; 14];
+        let mut w = [0.0f32; 16];
         for &(kind, weight) in &self.losses {
             if !weight.is_finite() {
                 return bad("loss weight", format!("{weight} for {kind} is not finite"));
@@ -303,8 +320,6 @@ pub fn dpo_forward(
     let w = cfg.weights()?;
     let n = pair_count(&[("pc", pc), ("pr", pr), ("rc", rc), ("rr", rr), ("lc", lc), ("lr", lr)])?;
     let gpu = pc.gpu();
-    let mut weights = [0.0f32; 16];
-    weights[..w.len()].copy_from_slice(&w);
     let inv_n = 1.0 / n as f32;
     let pp = PairParams {
         n: n as u32,
@@ -315,10 +330,16 @@ pub fn dpo_forward(
         delta: cfg.bco_delta,
         inv_n,
         tau: cfg.discopop_tau,
-        weights,
+        weights: w,
     };
     let pairs = Tensor::empty(gpu, &[n, STRIDE], DType::F32, "dpo pairs")?;
-    let binds = [pairs.binding(), pc.binding(), pr.binding(), rc.binding(), rr.binding(), lc.binding(), lr.binding()];
+    // the batch's log-ratios sorted, for aot and aot_unpaired (unread by the other types)
+    let sorted = Tensor::empty(gpu, &[n, 3], DType::F32, "dpo sorted log-ratios")?;
+    let binds = [pairs.binding(), pc.binding(), pr.binding(), rc.binding(), rr.binding(), lc.binding(), lr.binding(), sorted.binding()];
+    if w[DpoLoss::Aot.slot()] != 0.0 || w[DpoLoss::AotUnpaired.slot()] != 0.0 {
+        let sort_binds = [(2, pc.binding()), (3, pr.binding()), (4, rc.binding()), (5, rr.binding()), (8, sorted.binding())];
+        gpu.dispatch_bound(&Kernel::new(&PAIRS, "dpo_sort"), bytemuck::bytes_of(&pp), &[], &sort_binds, gpu.groups_1d(n, WG))?;
+    }
     gpu.dispatch(&Kernel::new(&PAIRS, "dpo_pairs"), bytemuck::bytes_of(&pp), &binds, gpu.groups_1d(n, WG))?;
     let stats = Tensor::empty(gpu, &[1 + DPO_METRIC_NAMES.len()], DType::F32, "dpo stats")?;
     let rp = ReduceParams { n: n as u32, inv_n, _pad: [0; 2] };
@@ -394,7 +415,8 @@ pub mod reference {
         pub lr: f64,
     }
 
-    /// `L_kind` of one pair, straight from the formula on [`DpoLoss`].
+    /// `L_kind` of one pair, straight from the formula on [`DpoLoss`]; `aot` and
+    /// `aot_unpaired` as in a batch of one pair (their batches are in [`batch_losses`]).
     pub fn pair_loss(kind: DpoLoss, x: &Pair, cfg: &DpoConfig) -> f64 {
         let (b, eps) = (cfg.beta as f64, cfg.label_smoothing as f64);
         let (sc, sr) = (x.pc - x.rc, x.pr - x.rr);
@@ -435,6 +457,28 @@ pub mod reference {
                 let log_odds = (a - c) - ((-a.exp()).ln_1p() - (-c.exp()).ln_1p());
                 -a - b * log_sigmoid(log_odds)
             }
+            // a batch of one: both sorted differences are h
+            DpoLoss::Aot | DpoLoss::AotUnpaired => -log_sigmoid(b * h) * (1.0 - eps) - log_sigmoid(-b * h) * eps,
+        }
+    }
+
+    /// TRL's sorted-margin losses: `−logσ(βd)(1 − ε) − logσ(−βd)ε` over `d = sort(a) − sort(b)`.
+    fn sorted_margin_losses(mut a: Vec<f64>, mut b: Vec<f64>, cfg: &DpoConfig) -> Vec<f64> {
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        let (beta, eps) = (cfg.beta as f64, cfg.label_smoothing as f64);
+        a.iter().zip(&b).map(|(x, y)| -log_sigmoid(beta * (x - y)) * (1.0 - eps) - log_sigmoid(-beta * (x - y)) * eps).collect()
+    }
+
+    /// The N losses of `kind` over a batch, as TRL's `dpo_loss` returns them (for `aot` and
+    /// `aot_unpaired`, in sorted order, as TRL's).
+    pub fn batch_losses(kind: DpoLoss, ps: &[Pair], cfg: &DpoConfig) -> Vec<f64> {
+        match kind {
+            // TRL dpo_loss "aot": sort(logratios) - sort(ref_logratios)
+            DpoLoss::Aot => sorted_margin_losses(ps.iter().map(|x| x.pc - x.pr).collect(), ps.iter().map(|x| x.rc - x.rr).collect(), cfg),
+            // TRL dpo_loss "aot_unpaired": sort(chosen_logratios) - sort(rejected_logratios)
+            DpoLoss::AotUnpaired => sorted_margin_losses(ps.iter().map(|x| x.pc - x.rc).collect(), ps.iter().map(|x| x.pr - x.rr).collect(), cfg),
+            _ => ps.iter().map(|x| pair_loss(kind, x, cfg)).collect(),
         }
     }
 
@@ -446,7 +490,7 @@ pub mod reference {
     pub fn dpo_loss(pc: &[f64], pr: &[f64], rc: &[f64], rr: &[f64], lc: &[f64], lr: &[f64], cfg: &DpoConfig) -> f64 {
         let ps = pairs(pc, pr, rc, rr, lc, lr);
         let n = ps.len() as f64;
-        cfg.losses.iter().map(|&(k, w)| w as f64 * ps.iter().map(|x| pair_loss(k, x, cfg)).sum::<f64>() / n).sum()
+        cfg.losses.iter().map(|&(k, w)| w as f64 * batch_losses(k, &ps, cfg).iter().sum::<f64>() / n).sum()
     }
 
     /// The metrics of [`super::DPO_METRIC_NAMES`], in order.

@@ -17,6 +17,7 @@ pub mod ppo;
 pub mod quant;
 pub mod reduce;
 pub mod reward;
+pub mod rloo;
 pub mod rope;
 pub mod sample;
 pub mod softmax;
@@ -42,6 +43,7 @@ pub static SHADER_FAMILIES: &[&[&ShaderSource]] = &[
     quant::SHADERS,
     reduce::SHADERS,
     reward::SHADERS,
+    rloo::SHADERS,
     rope::SHADERS,
     sample::SHADERS,
     softmax::SHADERS,

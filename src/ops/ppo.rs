@@ -1,7 +1,8 @@
 //! The on-policy RL pieces of PPO and GRPO, after TRL's PPOTrainer and GRPOTrainer: generalised
 //! advantage estimation, masked whitening, per-token KL estimators, GRPO's group-normalised
 //! advantages, and the two fused losses (PPO's clipped surrogate plus clipped value loss;
-//! GRPO's clipped objective plus a k3 KL to the reference).
+//! GRPO's clipped objective plus a k3 KL to the reference), and what keeps a PPO step on the GPU:
+//! the per-token rewards, the minibatch gather and the metric sums (shaders/ppo/step.wgsl).
 //!
 //! Each loss is one per-token kernel computing the loss terms, their derivatives and the metric
 //! terms in one pass, then deterministic reductions (per sequence, then one workgroup over the
@@ -23,8 +24,9 @@ static REWARDS: ShaderSource = shader!("ppo/rewards.wgsl");
 static PPO_TOKENS: ShaderSource = shader!("ppo/ppo_tokens.wgsl");
 static GRPO_TOKENS: ShaderSource = shader!("ppo/grpo_tokens.wgsl");
 static LOSS_REDUCE: ShaderSource = shader!("ppo/loss_reduce.wgsl");
+static STEP: ShaderSource = shader!("ppo/step.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&GAE, &WHITEN, &REWARDS, &PPO_TOKENS, &GRPO_TOKENS, &LOSS_REDUCE];
+pub static SHADERS: &[&ShaderSource] = &[&GAE, &WHITEN, &REWARDS, &PPO_TOKENS, &GRPO_TOKENS, &LOSS_REDUCE, &STEP];
 
 /// Threads per workgroup of the per-element kernels; matches `WG` in the shaders.
 const WG: u32 = 64;
@@ -402,10 +404,81 @@ pub fn grpo_loss(
     Ok((loss, GrpoMetrics { stats, with_kl: ref_logp.is_some() }))
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    rows: u32,
+    cols: u32,
+    offset: u32,
+    clip_on: u32,
+    scale: f32,
+    clip: f32,
+    _pad: [u32; 2],
+}
+
+/// PPO's per-token rewards (TRL's `rewards = −kl_coef · kl`, plus the shaped score at the
+/// last response token): `kl` (B, T) the per-token KL, `scores` (B) the sequence scores,
+/// `shift` (B) added to them (the missing-EOS penalty), then clipped to ±`clip` when given,
+/// `mask` (B, T). Returns (B, T), 0 off the response.
+pub fn token_rewards(kl: &Tensor, scores: &Tensor, shift: &Tensor, clip: Option<f32>, mask: &Tensor, kl_coef: f32) -> Result<Tensor> {
+    let (b, t) = rows_cols("token_rewards", "kl", kl)?;
+    expect("token_rewards", "scores", scores, &[b])?;
+    expect("token_rewards", "shift", shift, &[b])?;
+    expect("token_rewards", "mask", mask, &[b, t])?;
+    let gpu = kl.gpu();
+    let out = Tensor::empty(gpu, &[b, t], DType::F32, "ppo token rewards")?;
+    let p = StepParams { rows: b as u32, cols: t as u32, offset: 0, clip_on: clip.is_some() as u32, scale: kl_coef, clip: clip.unwrap_or(0.0), _pad: [0; 2] };
+    let binds = [(1, out.binding()), (2, kl.binding()), (3, scores.binding()), (4, mask.binding()), (6, shift.binding())];
+    gpu.dispatch_bound(&Kernel::new(&STEP, "token_rewards"), bytemuck::bytes_of(&p), &[], &binds, gpu.groups_1d(b, WG))?;
+    Ok(out)
+}
+
+/// The rows `rows` (u32 indices, each below B) of a (B, T) f32 tensor, as (rows, T): a PPO
+/// minibatch.
+pub fn gather_rows(src: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    let (_, t) = rows_cols("gather_rows", "src", src)?;
+    let n = rows.len();
+    if rows.dtype() != DType::U32 || n == 0 {
+        return Err(Error::shape("gather_rows", format!("rows must be a non-empty u32 tensor, got {:?} {:?}", rows.dtype(), rows.shape())));
+    }
+    let gpu = src.gpu();
+    let out = Tensor::empty(gpu, &[n, t], DType::F32, "gathered rows")?;
+    let p = StepParams { rows: n as u32, cols: t as u32, offset: 0, clip_on: 0, scale: 0.0, clip: 0.0, _pad: [0; 2] };
+    let binds = [(1, out.binding()), (2, src.binding()), (5, rows.binding())];
+    gpu.dispatch_bound(&Kernel::new(&STEP, "gather_rows"), bytemuck::bytes_of(&p), &[], &binds, gpu.groups_1d(n * t, WG))?;
+    Ok(out)
+}
+
+/// `acc[offset + j] += scale · Σ_i x[i, j]` for the k columns of `x` seen as (len / k, k): sums
+/// metrics into one GPU tensor that a step reads back once. `k` at most 64.
+pub fn accumulate(acc: &Tensor, offset: usize, x: &Tensor, k: usize, scale: f32) -> Result<()> {
+    let n = x.len();
+    if x.dtype() != DType::F32 || acc.dtype() != DType::F32 || k == 0 || k > 64 || n == 0 || !n.is_multiple_of(k) || offset + k > acc.len() {
+        return Err(Error::shape("accumulate", format!("{k} columns of {:?} into {:?} at {offset}", x.shape(), acc.shape())));
+    }
+    let gpu = x.gpu();
+    let p = StepParams { rows: (n / k) as u32, cols: k as u32, offset: offset as u32, clip_on: 0, scale, clip: 0.0, _pad: [0; 2] };
+    gpu.dispatch_bound(&Kernel::new(&STEP, "accumulate"), bytemuck::bytes_of(&p), &[], &[(1, acc.binding()), (2, x.binding())], [1, 1, 1])
+}
+
 /// CPU references (f64) of everything above, for the tests. Token arrays are (B, T) row-major,
 /// flattened.
 pub mod reference {
     use super::{KlKind, PpoLossConfig};
+
+    /// TRL's per-token rewards (`scores += penalty` where no EOS, `scores.clamp(±clip)`,
+    /// `rewards = −kl_coef · kl`, `rewards[i, last] += score_i`) of [`super::token_rewards`].
+    pub fn token_rewards(kl: &[f64], scores: &[f64], shift: &[f64], clip: Option<f64>, mask: &[f64], kl_coef: f64) -> Vec<f64> {
+        let t = kl.len() / scores.len();
+        let mut r: Vec<f64> = kl.iter().zip(mask).map(|(k, m)| -kl_coef * k * m).collect();
+        for (i, sc) in scores.iter().enumerate() {
+            let sc = clip.map_or(sc + shift[i], |c| (sc + shift[i]).clamp(-c, c));
+            if let Some(last) = mask[i * t..(i + 1) * t].iter().rposition(|&m| m != 0.0) {
+                r[i * t + last] += sc;
+            }
+        }
+        r
+    }
 
     /// (advantages, returns) of [`super::gae`].
     pub fn gae(rewards: &[f64], values: &[f64], mask: &[f64], t: usize, gamma: f64, lam: f64) -> (Vec<f64>, Vec<f64>) {

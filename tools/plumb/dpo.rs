@@ -23,6 +23,7 @@ use std::path::PathBuf;
   plumb dpo --loss sigmoid:0.8,bco_pair:0.2,sft:1   # MPO-style mixture with loss_weights
   plumb dpo --save-every 20 --resume            # continue a killed run exactly (every method has both)
   plumb dpo --loss discopop --discopop-tau 0.05      # also exo_pair, nca_pair, sppo_hard
+  plumb dpo --loss aot                          # AOT: sorted log-ratios over the batch (also aot_unpaired)
   plumb dpo --data prefs.bin --init runs/sft/checkpoint-300 --precompute-ref --out runs/dpo-hh
   plumb dpo --model SmolLM2-135M-Instruct.Q4_1.gguf --lora 16   # built-in pairs in the model's chat form")]
 pub struct DpoArgs {
@@ -44,7 +45,8 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = DpoTrainConfig::default().train.schedule.lr)]
     lr: f32,
     /// Loss type or weighted mixture TYPE[:WEIGHT],...: sigmoid, hinge, ipo, robust, bco_pair,
-    /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo.
+    /// apo_zero, apo_down, sigmoid_norm, sft, exo_pair, nca_pair, sppo_hard, discopop, orpo,
+    /// aot, aot_unpaired.
     /// Example: sigmoid:1,sft:0.5. Alone, `simpo` (= sigmoid_norm) and `orpo` are
     /// reference-free: no reference model is loaded.
     #[arg(long, default_value = "sigmoid")]

@@ -12,6 +12,7 @@ mod info;
 mod kto;
 mod ppo;
 mod reward;
+mod rloo;
 mod sft;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,8 @@ enum Command {
     Ppo(ppo::PpoArgs),
     /// GRPO: groups of samples per prompt, group-normalised rewards (VADER or a reward model).
     Grpo(grpo::GrpoArgs),
+    /// RLOO (REINFORCE leave-one-out): k samples per prompt, the others' mean reward as baseline.
+    Rloo(rloo::RlooArgs),
     /// Sample continuations from a checkpoint (KV cache, temperature, top-k, top-p, seeded).
     Generate(generate::GenerateArgs),
     /// RLHF (reward model + PPO) vs DPO, end to end on built-in human ratings: the main job.
@@ -82,6 +85,7 @@ fn main() {
         Command::Kto(a) => kto::run(a),
         Command::Ppo(a) => ppo::run(a),
         Command::Grpo(a) => grpo::run(a),
+        Command::Rloo(a) => rloo::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Export(a) => export::run(a),
         Command::Bench(a) => bench::run(a),
