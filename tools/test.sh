@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast
 cargo test --doc
 # The C ABI: header freshness, then the C/C++ programs against libplumb.so/.a (one under valgrind).
 cargo test -p plumb-capi-header

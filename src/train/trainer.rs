@@ -1,5 +1,5 @@
 //! The one training loop. SFT, the reward model, DPO (and ORPO/SimPO through its losses), KTO,
-//! PPO and GRPO each bring only what is theirs, a [`Method`]: one optimizer step (their batch,
+//! PPO, GRPO and RLOO each bring only what is theirs, a [`Method`]: one optimizer step (their batch,
 //! their loss, backward, AdamW) and whatever state they carry from step to step. The loop owns
 //! everything else, the same for every method:
 //!
