@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, rand_vec};
-use plumb::gpu::RegisterFeed;
+use plumb::gpu::{RegisterFeed, StoredMatmul};
 use plumb::ops::{elementwise, matmul};
 use plumb::{Gpu, GpuOptions, KernelVariant, Tensor};
 
@@ -96,4 +96,9 @@ fn feed_settings_parse_and_name_themselves_in_errors() {
     assert!(e.contains("PLUMB_REGISTER_FEED") && e.contains("sideways"), "{e}");
     let d = GpuOptions::default();
     assert_eq!((d.register_feed, d.elementwise_textures, d.subgroup_kernels), (RegisterFeed::Auto, true, true));
+    assert_eq!(d.stored_matmul, StoredMatmul::Auto);
+    assert_eq!(StoredMatmul::parse("PLUMB_STORED_MATMUL", "Decode").unwrap(), StoredMatmul::Decode);
+    assert_eq!(StoredMatmul::parse("PLUMB_STORED_MATMUL", "fused").unwrap(), StoredMatmul::Fused);
+    let e = StoredMatmul::parse("PLUMB_STORED_MATMUL", "both").unwrap_err().to_string();
+    assert!(e.contains("PLUMB_STORED_MATMUL") && e.contains("both"), "{e}");
 }

@@ -1,8 +1,9 @@
 //! Frozen stored-form weights against the CPU reference (ggml's decoders + an f64 product): for
 //! every stored type, `quant_linear`'s value and its gradient with respect to the activations
 //! (and a trained bias) by central differences, on shapes that are not multiples of any tile,
-//! with both kernel variants; the embedding gather from stored rows; bad inputs; a LoRA step on
-//! a base frozen in f16 / Q8_0 against the same step on the f32 base.
+//! with both kernel variants, W decoded inside the product or to f32 first; the embedding
+//! gather from stored rows; bad inputs; a LoRA step on a base frozen in f16 / Q8_0 against the
+//! same step on the f32 base.
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use plumb::ops::quant::{self as q, reference as r, QuantTensor, StoredType};
@@ -10,6 +11,7 @@ use plumb::lora::LoraConfig;
 use plumb::model::{presets, Model, ModelConfig};
 use plumb::ops::loss::cross_entropy;
 use plumb::ops::optim::{AdamW, AdamWConfig};
+use plumb::gpu::StoredMatmul;
 use plumb::{KernelVariant, Tape, Tensor, Var};
 
 /// x (rows, inp) times a stored (out, inp) weight, optionally plus a trained bias.
@@ -75,14 +77,23 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+/// Both kernel variants, each with W decoded inside the product (fused) and decoded to f32
+/// first (the CPU adapters' default from 32 rows).
 #[test]
 fn quant_table_both_variants() {
     let Some(gpu) = common::gpu() else { return };
     let cases = cases();
-    gpu.set_variant(KernelVariant::Register);
-    run_table(&gpu, "register", &cases);
-    gpu.set_variant(KernelVariant::Tiled);
-    run_table(&gpu, "tiled", &cases);
+    for (variant, choice, label) in [
+        (KernelVariant::Register, StoredMatmul::Fused, "register fused"),
+        (KernelVariant::Register, StoredMatmul::Decode, "register decode"),
+        (KernelVariant::Tiled, StoredMatmul::Fused, "tiled fused"),
+        (KernelVariant::Tiled, StoredMatmul::Decode, "tiled decode"),
+    ] {
+        gpu.set_variant(variant);
+        gpu.set_stored_matmul(choice);
+        run_table(&gpu, label, &cases);
+    }
+    gpu.set_stored_matmul(StoredMatmul::Auto);
 }
 
 #[test]

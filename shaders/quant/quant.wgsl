@@ -384,3 +384,19 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let c0 = (i % quads) * 4u;
     store4(w4(ids[t], c0), t, c0, p.m, p.k);
 }
+
+// ---- decode to f32 ------------------------------------------------------------------------
+
+// out (N, K) = W decoded, rows row0.. of the stored matrix: the operand of the f32 matmul when a
+// product has many rows (src/ops/quant.rs `StoredMatmul::Decode`), one matrix at a time.
+@compute @workgroup_size(64, 1, 1)
+fn decode(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = gid.x + gid.y * nw.x * 64u;
+    let quads = (p.k + 3u) / 4u;
+    let r = i / quads;
+    if (r >= p.n) {
+        return;
+    }
+    let c0 = (i % quads) * 4u;
+    store4(w4(r, c0), r, c0, p.n, p.k);
+}

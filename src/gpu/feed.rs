@@ -8,7 +8,9 @@
 //! - [`RegisterFeed`]: matmul's operands and AdamW's state from buffers or textures;
 //! - elementwise textures: the elementwise, activation and normalisation kernels' inputs (and
 //!   AdamW's state, where the register feed takes textures) from texture copies;
-//! - subgroup kernels: the subgroup variants of the texture-fed matmul and attention kernels.
+//! - subgroup kernels: the subgroup variants of the texture-fed matmul and attention kernels;
+//! - [`StoredMatmul`]: products with a frozen stored-form weight (`ops::quant`) fused, or the
+//!   weight decoded to f32 first and fed to the f32 matmul.
 //!
 //! Each can be changed on an open device ([`Gpu::set_register_feed`], ...): tests run every
 //! variant on one device. They only matter where [`Gpu::variant`] is `Register`.
@@ -50,6 +52,44 @@ impl RegisterFeed {
     }
 }
 
+/// How a product with a frozen stored-form weight (f16, bf16, GGUF's quantized types) runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoredMatmul {
+    /// `Decode` for products of [`DECODE_MIN_ROWS`] rows or more on CPU adapters (the register
+    /// f32 matmul is several times faster than decoding W inside every thread's inner loop),
+    /// `Fused` otherwise.
+    #[default]
+    Auto = 0,
+    /// Decode W inside the matmul kernel: no f32 copy of W at all.
+    Fused = 1,
+    /// Decode W (the rows one product reads) into a temporary f32 matrix, then run the f32
+    /// matmul; the temporary is freed after the product (one matrix at a time, never the model).
+    Decode = 2,
+}
+
+/// Rows of x from which `StoredMatmul::Auto` decodes W first on CPU adapters.
+pub const DECODE_MIN_ROWS: usize = 32;
+
+impl StoredMatmul {
+    /// `auto`, `fused` or `decode`; `what` names the setting in the error.
+    pub fn parse(what: &str, s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(StoredMatmul::Auto),
+            "fused" => Ok(StoredMatmul::Fused),
+            "decode" => Ok(StoredMatmul::Decode),
+            _ => Err(Error::config(what, format!("`{s}` is not one of auto, fused, decode"))),
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => StoredMatmul::Fused,
+            2 => StoredMatmul::Decode,
+            _ => StoredMatmul::Auto,
+        }
+    }
+}
+
 /// Parses an on/off switch: `on`, `off`, `1`, `0`, `true`, `false`, `yes`, `no`.
 pub(crate) fn parse_switch(what: &str, s: &str) -> Result<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -77,14 +117,16 @@ pub(crate) struct FeedChoice {
     register_feed: AtomicU8,
     elementwise_textures: AtomicBool,
     subgroup_kernels: AtomicBool,
+    stored_matmul: AtomicU8,
 }
 
 impl FeedChoice {
-    pub(crate) fn new(register_feed: RegisterFeed, elementwise_textures: bool, subgroup_kernels: bool) -> Self {
+    pub(crate) fn new(register_feed: RegisterFeed, elementwise_textures: bool, subgroup_kernels: bool, stored_matmul: StoredMatmul) -> Self {
         FeedChoice {
             register_feed: AtomicU8::new(register_feed as u8),
             elementwise_textures: AtomicBool::new(elementwise_textures),
             subgroup_kernels: AtomicBool::new(subgroup_kernels),
+            stored_matmul: AtomicU8::new(stored_matmul as u8),
         }
     }
 }
@@ -134,5 +176,15 @@ impl Gpu {
     /// Allow (the default) or forbid the subgroup variants from now on.
     pub fn set_subgroup_kernels(&self, on: bool) {
         self.0.feed.subgroup_kernels.store(on, Ordering::Relaxed);
+    }
+
+    /// How products with a stored-form weight run here ([`GpuOptions::stored_matmul`](super::GpuOptions)).
+    pub fn stored_matmul(&self) -> StoredMatmul {
+        StoredMatmul::from_u8(self.0.feed.stored_matmul.load(Ordering::Relaxed))
+    }
+
+    /// Choose how products with a stored-form weight run from now on.
+    pub fn set_stored_matmul(&self, choice: StoredMatmul) {
+        self.0.feed.stored_matmul.store(choice as u8, Ordering::Relaxed);
     }
 }

@@ -28,7 +28,7 @@ mod profile;
 mod recorder;
 pub(crate) mod texture;
 
-pub use feed::RegisterFeed;
+pub use feed::{RegisterFeed, StoredMatmul};
 pub use kernels::{Kernel, ShaderSource, CORE_SHADERS};
 pub(crate) use pool::{alloc as pool_alloc_inner, PoolBuffer};
 pub use pool::system_available;
@@ -92,6 +92,9 @@ pub struct GpuOptions {
     /// Let texture-fed matmul and attention kernels use their subgroup variants where the device
     /// has 8-lane subgroups (default true). From `PLUMB_SUBGROUP_KERNELS=on|off`.
     pub subgroup_kernels: bool,
+    /// Products with a frozen stored-form weight: fused, or W decoded to f32 first (see
+    /// [`StoredMatmul`]). From `PLUMB_STORED_MATMUL=auto|fused|decode`; `Auto` by default.
+    pub stored_matmul: StoredMatmul,
 }
 
 impl Default for GpuOptions {
@@ -105,6 +108,7 @@ impl Default for GpuOptions {
             register_feed: RegisterFeed::Auto,
             elementwise_textures: true,
             subgroup_kernels: true,
+            stored_matmul: StoredMatmul::Auto,
         }
     }
 }
@@ -143,6 +147,7 @@ impl GpuOptions {
             register_feed: var("PLUMB_REGISTER_FEED").map_or(Ok(d.register_feed), |s| RegisterFeed::parse("PLUMB_REGISTER_FEED", &s))?,
             elementwise_textures: std::env::var_os("NOTEX").is_none() && switch("PLUMB_ELEMENTWISE_TEXTURES", d.elementwise_textures)?,
             subgroup_kernels: switch("PLUMB_SUBGROUP_KERNELS", d.subgroup_kernels)?,
+            stored_matmul: var("PLUMB_STORED_MATMUL").map_or(Ok(d.stored_matmul), |s| StoredMatmul::parse("PLUMB_STORED_MATMUL", &s))?,
         })
     }
 }
@@ -316,7 +321,7 @@ impl Gpu {
             queue,
             summary,
             variant: AtomicU8::new(variant as u8),
-            feed: feed::FeedChoice::new(opts.register_feed, opts.elementwise_textures, opts.subgroup_kernels),
+            feed: feed::FeedChoice::new(opts.register_feed, opts.elementwise_textures, opts.subgroup_kernels, opts.stored_matmul),
             pipelines: kernels::PipelineCache::default(),
             pool: Mutex::new(pool::Pool::default()),
             rec: Mutex::new(recorder::Recorder::new(&limits)),

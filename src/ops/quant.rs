@@ -8,13 +8,21 @@
 //! like matmul's: register-tiled without workgroup memory for CPU adapters (each thread 8 rows x
 //! 4 outputs, one decoded vec4 of W serving 8 rows), 64x64 workgroup-memory tiles for real GPUs
 //! (W decoded once into the tile, then the usual inner loop).
+//!
+//! On CPU adapters a product with many rows (a training batch) runs faster another way: decode
+//! the rows of W it reads into a temporary f32 matrix (`decode` in the shader, O(N·K)) and run
+//! the register f32 matmul (O(M·N·K)), the temporary freed right after, so at most one decoded
+//! matrix exists at a time, never the model ([`StoredMatmul`], `PLUMB_STORED_MATMUL`). This is
+//! what llama.cpp does for batched products on GPUs (dequantize, then the BLAS GEMM).
 
 pub mod codec;
 
 pub use codec::{dequantize, quantize, StoredType};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Gpu, Kernel, KernelVariant, ShaderSource};
+use crate::gpu::feed::DECODE_MIN_ROWS;
+use crate::gpu::{Binding, Gpu, Kernel, KernelVariant, ShaderSource, StoredMatmul};
+use crate::ops::matmul::matmul_forward;
 use crate::shader;
 use crate::tape::Var;
 use crate::tensor::{DType, Tensor};
@@ -170,6 +178,29 @@ fn check_groups(gpu: &Gpu, op: &'static str, groups: [u32; 3]) -> Result<[u32; 3
     Ok(groups)
 }
 
+/// Whether a product of `m` rows decodes W to f32 first (see [`StoredMatmul`]).
+fn decode_first(gpu: &Gpu, m: usize) -> bool {
+    match gpu.stored_matmul() {
+        StoredMatmul::Fused => false,
+        StoredMatmul::Decode => true,
+        StoredMatmul::Auto => gpu.variant() == KernelVariant::Register && m >= DECODE_MIN_ROWS,
+    }
+}
+
+/// The rows of W a product reads, decoded to a temporary f32 (rows, in) matrix.
+pub fn decode_rows<'a>(w: impl Into<QuantRows<'a>>) -> Result<Tensor> {
+    let w: QuantRows = w.into();
+    let (n, k) = (w.rows, w.w.shape[1]);
+    let gpu = w.w.words.gpu();
+    let out = Tensor::empty(gpu, &[n, k], DType::F32, "decoded stored-form weight")?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let p = w.params(0, false)?;
+    dispatch(w.w, "decode", &p, &[(1, w.w.words.binding()), (4, out.binding())], gpu.groups_1d(n * k.div_ceil(4), 64))?;
+    Ok(out)
+}
+
 /// `y = x·Wᵀ (+ bias)`: x (..., in) f32, W (out, in) stored, bias (out) f32 -> y (..., out).
 /// `w` is a whole [`QuantTensor`] or a [`QuantRows`] range of one.
 pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -184,10 +215,14 @@ pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: O
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("checked non-empty") = n;
     let gpu = x.gpu();
-    let y = Tensor::empty(gpu, &shape, DType::F32, "quant_linear output")?;
-    if y.is_empty() || k == 0 {
-        return if k == 0 { Tensor::zeros(gpu, &shape, DType::F32, "quant_linear output") } else { Ok(y) };
+    if m == 0 || n == 0 || k == 0 {
+        return Tensor::zeros(gpu, &shape, DType::F32, "quant_linear output");
     }
+    if decode_first(gpu, m) {
+        let y2 = matmul_forward(&x.reshape(&[m, k])?, &decode_rows(w)?, bias, false, true)?; // (m, n)
+        return y2.reshape(&shape);
+    }
+    let y = Tensor::empty(gpu, &shape, DType::F32, "quant_linear output")?;
     let p = w.params(m, bias.is_some())?;
     // Without a bias, bind something read-only that is not the output (never read).
     let bias_bind = bias.unwrap_or(x).binding();
@@ -212,6 +247,9 @@ pub fn quant_linear_backward<'a>(dy: &Tensor, w: impl Into<QuantRows<'a>>) -> Re
     let gpu = dy.gpu();
     if n == 0 || m == 0 || k == 0 {
         return Tensor::zeros(gpu, &shape, DType::F32, "quant_linear dx");
+    }
+    if decode_first(gpu, m) {
+        return matmul_forward(&dy.reshape(&[m, n])?, &decode_rows(w)?, None, false, false)?.reshape(&shape); // (m, k)
     }
     let dx = Tensor::empty(gpu, &shape, DType::F32, "quant_linear dx")?;
     let p = w.params(m, false)?;
