@@ -10,7 +10,7 @@ use plumb::train::sft::{self, SftConfig};
 use plumb::{Error, Gpu, GpuOptions};
 
 fn opts(b: usize, t: usize, ckpt: bool) -> PlanOptions {
-    PlanOptions { batch_size: b, seq_len: t, lora_rank: None, checkpoint_activations: ckpt }
+    PlanOptions { batch_size: b, seq_len: t, lora_rank: None, checkpoint_activations: ckpt, stored_base: None }
 }
 
 #[test]
@@ -38,8 +38,13 @@ fn plan_checks_bindings_and_budgets() {
         std::path::Path::new("gpt2.json"),
     )
     .unwrap();
-    let big = plan(&gpt2, &opts(8, 512, false), 128 << 20, Some(64 << 30));
-    assert!(big.problem().unwrap().contains("logits"), "{big}");
+    // The chunked head never holds the (B·T, V) logits: 8 x 512 tokens fit one binding, only
+    // the MLP's (B·T, 4C) activation of 16 x 1024 tokens does not.
+    let fits = plan(&gpt2, &opts(8, 512, false), 128 << 20, Some(64 << 30));
+    assert!(fits.problem().is_none(), "{fits}");
+    assert!(!fits.to_string().contains(&format!("{}", 8 * 512 * 50257)), "no full logits: {fits}");
+    let big = plan(&gpt2, &opts(16, 1024, false), 128 << 20, Some(64 << 30));
+    assert!(big.problem().unwrap().contains("MLP"), "{big}");
     let small = plan(&gpt2, &opts(1, 64, false), 128 << 20, Some(64 << 30));
     assert!(small.problem().is_none(), "{small}");
     assert!(small.to_string().ends_with("fits"));

@@ -230,6 +230,8 @@ pub struct W5Report {
     pub flops: W5Flops,
     /// W1's 1024³ rate measured in the same process, GFLOP/s.
     pub matmul_gflops: f64,
+    /// With `PLUMB_PROFILE`: the per-kernel table of the timed steps (W1's product excluded).
+    pub profile: Vec<crate::ProfileRow>,
 }
 
 impl W5Report {
@@ -318,8 +320,9 @@ pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5
     let result = result(format!("W5 LoRA-DPO step 4 pairs ({})", opts.describe()), tm, W5::PAIRS as f64, "pairs_per_s");
     let peak_gpu_mib = gpu.peak_bytes() as f64 / (1 << 20) as f64;
     let flops = w.flops();
+    let profile = if gpu.profiling() { gpu.take_profile() } else { vec![] };
     drop(w);
     gpu.trim_pool();
     let matmul = super::w1_shape(gpu, (1024, 1024, 1024), 7)?;
-    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, matmul_gflops: matmul.figure })
+    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, matmul_gflops: matmul.figure, profile })
 }

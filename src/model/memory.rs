@@ -10,13 +10,17 @@
 //! log-sum-exp, x + attn, ln_2(x), the 4C MLP input (GELU is recomputed); Llama keeps x, the
 //! norm, q, k, v and their rotated copies, the attention output, x + attn, the norm, gate, up
 //! and their SwiGLU. With checkpointing only each block's input stays, plus one block's worth
-//! while it is recomputed. The cross-entropy keeps its logits' gradient (B·T, V).
+//! while it is recomputed. The vocabulary head is chunked (`ops::vocab_head`): the (B·T, V)
+//! logits never exist, only one slice of them and its gradient at a time (about 32 MiB each).
+//! A base frozen in stored form (`Model::freeze_base`, a GGUF base) counts its matrices as
+//! stored, plus one matrix decoded to f32 at a time (`ops::quant`'s decode-first products).
 
 use super::config::ModelConfig;
 use super::Model;
 use crate::lora::{LoraConfig, LoraModule};
 /// The system's available memory (the engine core reads it for CPU adapters' budget).
 pub use crate::gpu::system_available;
+use crate::ops::vocab_head::default_slice;
 use crate::params::ALIGN_ELEMS;
 
 /// What to plan for.
@@ -31,6 +35,9 @@ pub struct PlanOptions {
     pub lora_rank: Option<usize>,
     /// Activation checkpointing per block.
     pub checkpoint_activations: bool,
+    /// The base's matrices frozen in stored form: (their bytes on the GPU, a name for them such
+    /// as "Q8_0 + Q4_1"); the f32 rest (norms, biases) is counted from the config. None: f32.
+    pub stored_base: Option<(u64, String)>,
 }
 
 /// One line of the plan.
@@ -137,7 +144,26 @@ pub fn plan(cfg: &ModelConfig, opts: &PlanOptions, max_binding: u64, budget: Opt
             (l.vocab_size as u64, c, l.num_hidden_layers as u64, per, per)
         }
     };
-    let mut held = vec![PlanItem { what: "weights (f32)".into(), bytes: weights }];
+    let (c_in, i_out) = match cfg {
+        ModelConfig::Gpt(g) => (g.n_embd, 4 * g.n_embd),
+        ModelConfig::Llama(l) => (l.hidden_size, l.intermediate_size),
+    };
+    let mut held = vec![];
+    let mut temporaries = vec![];
+    match &opts.stored_base {
+        Some((bytes, types)) => {
+            let (names, _) = Model::frozen_names(cfg);
+            let rest: u64 = specs.iter().filter(|s| !names.contains(&s.name)).map(|s| padded(s.shape.iter().product())).sum();
+            held.push(PlanItem { what: format!("frozen matrices ({types}, as stored)"), bytes: *bytes });
+            held.push(PlanItem { what: "norms and other f32 weights".into(), bytes: rest });
+            // Products of many rows decode the rows of W they read to f32 first: the biggest
+            // is an MLP matrix or one head slice.
+            let slice = default_slice(b * t).min(vocab as usize);
+            let decoded = (c_in * i_out).max(slice * c_in);
+            temporaries.push(PlanItem { what: format!("one matrix decoded ({decoded} f32)"), bytes: 4 * decoded as u64 });
+        }
+        None => held.push(PlanItem { what: "weights (f32)".into(), bytes: weights }),
+    }
     let trainable = match opts.lora_rank {
         Some(r) => {
             let targets = LoraConfig { r, target_modules: LoraConfig::default_targets(cfg), ..LoraConfig::default() };
@@ -156,17 +182,26 @@ pub fn plan(cfg: &ModelConfig, opts: &PlanOptions, max_binding: u64, budget: Opt
         what: format!("activations ({b}x{t} tokens{})", if opts.checkpoint_activations { ", checkpointed" } else { "" }),
         bytes: 4 * tokens * (kept + 4 * c),
     });
-    let logits = 4 * tokens * vocab;
-    held.push(PlanItem { what: format!("logits gradient ({} x {vocab})", b * t), bytes: logits });
-    let mut temporaries = vec![PlanItem { what: format!("logits ({} x {vocab})", b * t), bytes: logits }];
+    // The chunked head: one slice of logits and its gradient at a time.
+    let slice = default_slice(b * t).min(vocab as usize) as u64;
+    let slice_bytes = 4 * tokens * slice;
+    temporaries.push(PlanItem { what: format!("logits slice + grad ({}x{slice})", b * t), bytes: 2 * slice_bytes });
     if opts.lora_rank.is_none() {
         temporaries.push(PlanItem { what: format!("embedding gradient ({vocab} x {c})"), bytes: 4 * vocab * c });
     }
     temporaries.sort_by_key(|i| std::cmp::Reverse(i.bytes));
+    // The biggest activation, which cannot be split into row chunks: the MLP's hidden layer or
+    // a head slice.
+    let mlp = 4 * tokens * i_out as u64;
+    let largest_activation = if mlp >= slice_bytes {
+        PlanItem { what: format!("the MLP's hidden activation ({} x {i_out} f32)", b * t), bytes: mlp }
+    } else {
+        PlanItem { what: format!("a head slice of logits ({} x {slice} f32)", b * t), bytes: slice_bytes }
+    };
     MemoryPlan {
         held,
         temporaries,
-        largest_activation: PlanItem { what: format!("the logits ({} x {vocab} f32)", b * t), bytes: logits },
+        largest_activation,
         max_binding,
         budget,
     }
@@ -184,6 +219,7 @@ fn lora_modules(cfg: &ModelConfig) -> Vec<LoraModule> {
 /// step.
 pub fn remember_plan(model: &Model, batch_size: usize, seq_len: usize, checkpoint_activations: bool) {
     let gpu = model.params().gpu();
-    let opts = PlanOptions { batch_size, seq_len, lora_rank: model.lora().map(|l| l.cfg.r), checkpoint_activations };
+    let stored_base = model.frozen().map(|f| (f.bytes() as u64, "stored form".to_string()));
+    let opts = PlanOptions { batch_size, seq_len, lora_rank: model.lora().map(|l| l.cfg.r), checkpoint_activations, stored_base };
     gpu.set_memory_plan(plan(&model.config(), &opts, gpu.max_binding_bytes(), gpu.memory_budget()).to_string());
 }

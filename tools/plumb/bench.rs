@@ -73,10 +73,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // W5 only when named: minutes on a CPU adapter.
     if a.workloads.iter().any(|x| x.eq_ignore_ascii_case("w5")) {
         let opts = W5Options { checkpoint: a.checkpoint_activations, quantized: !a.f32_base, chunked_head: !a.full_logits, model: a.model.clone() };
-        let report = bench::w5(&gpu, &opts, a.warmup, a.iters.unwrap_or(3));
+        let report = bench::w5(&gpu, &opts, a.warmup, a.iters.unwrap_or(3))?;
         // The per-kernel table covers W5's timed steps (W1's product ran after them).
-        profile(&gpu);
-        println!("{}", report?);
+        if gpu.profiling() {
+            print!("{}", format_profile(&report.profile));
+        }
+        println!("{report}");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! gradients, moments, activations, largest temporaries) and whether it fits.
 
 use plumb::gpu::{list_adapters, GpuOptions};
-use plumb::model::memory::{plan, PlanItem, PlanOptions};
+use plumb::model::memory::{plan, PlanOptions};
 use plumb::model::presets;
 use plumb::Gpu;
 
@@ -54,18 +54,19 @@ pub fn run(args: InfoArgs) -> plumb::Result<()> {
             Some((cfg, ..)) => cfg.clone(),
             None => presets::resolve(m)?,
         };
+        // `plumb dpo --model FILE.gguf --lora R` keeps the file's matrices as they are stored.
+        let stored_base = match (&footprint, args.lora) {
+            (Some((_, stored, types, _)), Some(_)) => Some((*stored, types.join(" + "))),
+            _ => None,
+        };
         let opts = PlanOptions {
             batch_size: args.batch_size,
             seq_len: args.seq_len,
             lora_rank: args.lora,
             checkpoint_activations: args.checkpoint_activations,
+            stored_base,
         };
-        let mut p = plan(&cfg, &opts, gpu.max_binding_bytes(), gpu.memory_budget());
-        if let (Some((_, stored, types, rest)), Some(_)) = (&footprint, args.lora) {
-            // `plumb dpo --model FILE.gguf --lora R` keeps the file's matrices as they are stored
-            p.held[0] = PlanItem { what: format!("frozen matrices ({}, as stored)", types.join(" + ")), bytes: *stored };
-            p.held.insert(1, PlanItem { what: "norms and other f32 weights".into(), bytes: *rest });
-        }
+        let p = plan(&cfg, &opts, gpu.max_binding_bytes(), gpu.memory_budget());
         println!();
         println!("memory plan: {m}, batch {} x {} tokens, {}", args.batch_size, args.seq_len, match args.lora {
             Some(r) => format!("LoRA r={r}"),
