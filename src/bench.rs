@@ -152,7 +152,7 @@ impl W2 {
     /// The gpt-w2 model (seed 0), AdamW (lr 3e-4, weight decay 0.01) and the corpus.
     pub fn new(gpu: &Gpu) -> Result<W2> {
         let model = w2_model(gpu)?;
-        let opt = AdamW::new(model.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        let opt = AdamW::new(model.params(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
         Ok(W2 { gpu: gpu.clone(), model, opt, data: corpus(1 << 16), step: 0 })
     }
 
@@ -226,7 +226,7 @@ impl W3 {
     pub fn new(gpu: &Gpu) -> Result<W3> {
         let policy = w2_model(gpu)?;
         let reference = w2_model(gpu)?;
-        let opt = AdamW::new(policy.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        let opt = AdamW::new(policy.params(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
         Ok(W3 { gpu: gpu.clone(), policy, reference, opt, cfg: DpoConfig::default(), data: corpus(1 << 16), step: 0 })
     }
 

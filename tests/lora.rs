@@ -105,7 +105,7 @@ fn lifecycle(preset: &str) {
     assert_eq!(logits(&model, &ids), original, "a fresh adapter (B = 0) must not change the logits");
 
     // Train the adapter alone on cross-entropy.
-    let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(model.trainable(), AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
     let mut losses = vec![];
     for _ in 0..25 {
         let tape = Tape::new();

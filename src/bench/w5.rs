@@ -151,7 +151,7 @@ impl W5 {
         let lora = LoraConfig { r: Self::RANK, alpha: 2.0 * Self::RANK as f32, target_modules: LoraConfig::default_targets(&cfg) };
         policy.add_lora(&lora, 0)?;
         policy.set_checkpointing(opts.checkpoint);
-        let opt = AdamW::new(policy.trainable(), AdamWConfig { lr: Self::LR, ..Default::default() })?;
+        let opt = AdamW::new(policy.trainable(), AdamWConfig::default())?;
         Ok(W5 { gpu: gpu.clone(), policy, opt, cfg: DpoConfig::default(), opts: opts.clone(), step: 0 })
     }
 
