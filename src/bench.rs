@@ -12,7 +12,7 @@ pub use w5::{quant_matmul, w5, W5Flops, W5Options, W5Report, W5};
 
 use crate::error::Result;
 use crate::model::{presets, Model};
-use crate::ops::dpo::{dpo_loss, DpoConfig};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoRunState};
 use crate::ops::elementwise::slice_last;
 use crate::ops::loss::{cross_entropy, token_logprobs};
 use crate::ops::matmul::matmul_forward;
@@ -253,7 +253,7 @@ impl W3 {
         let rc = crate::ops::elementwise::slice_last_forward(&refs, 0, 1)?.reshape(&[pairs])?;
         let rr = crate::ops::elementwise::slice_last_forward(&refs, 1, 1)?.reshape(&[pairs])?;
         let len = Tensor::from_f32(gpu, &vec![resp as f32; pairs], &[pairs])?;
-        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg)?;
+        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg, DpoRunState::default())?;
         tape.backward(&loss)?;
         self.opt.step(self.policy.params(), 3e-4)?;
         self.policy.params().zero_grad()?;

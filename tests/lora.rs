@@ -247,7 +247,7 @@ fn seq_logps(model: &Model, tape: Option<&Tape>, s: &Side) -> plumb::Var {
 /// of (chosen, rejected) log-prob change.
 #[test]
 fn lora_dpo_moves_only_adapters_and_matches_full_dpo_direction() {
-    use plumb::ops::dpo::{dpo_loss, DpoConfig};
+    use plumb::ops::dpo::{dpo_loss, DpoConfig, DpoRunState};
     let Some(gpu) = common::gpu() else { return };
     let cfg = presets::resolve("gpt-nano").unwrap();
     let t = 20;
@@ -265,7 +265,7 @@ fn lora_dpo_moves_only_adapters_and_matches_full_dpo_direction() {
     let step = |m: &Model, opt: &mut AdamW, lr: f32, rc: &Tensor, rr: &Tensor| {
         let tape = Tape::new();
         let (pc, pr) = (seq_logps(m, Some(&tape), &chosen), seq_logps(m, Some(&tape), &rejected));
-        let (loss, _) = dpo_loss(&pc, &pr, rc, rr, &chosen.lens, &rejected.lens, &dpo).unwrap();
+        let (loss, _) = dpo_loss(&pc, &pr, rc, rr, &chosen.lens, &rejected.lens, &dpo, DpoRunState::default()).unwrap();
         tape.backward(&loss).unwrap();
         opt.step(m.trainable(), lr).unwrap();
         m.trainable().zero_grad().unwrap();

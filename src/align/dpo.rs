@@ -21,7 +21,7 @@ use crate::train::trainer::{self, Method, MethodState, Step};
 use crate::data::PreferenceDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoRunState, DPO_METRIC_NAMES};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,8 @@ pub struct DpoTrainConfig {
     /// Default: 200 steps of 8 pairs, peak learning rate 5e-5.
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
-    /// Its `bco_delta` is not a setting: the trainer keeps bco_pair's running mean of rewards
-    /// as per-run state (saved in checkpoints) and passes that to the kernel.
+    /// (bco_pair's δ is no setting: the trainer keeps the running mean of the rewards as per-run
+    /// state, saved in checkpoints, and passes it to the loss as a [`DpoRunState`].)
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
@@ -117,8 +117,9 @@ struct BcoMean {
 }
 
 impl BcoMean {
-    fn delta(&self) -> f32 {
-        if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 }
+    /// What the loss takes from the run so far: δ, the same for every micro-batch of a step.
+    fn run_state(&self) -> DpoRunState {
+        DpoRunState { bco_delta: if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 } }
     }
 }
 
@@ -166,8 +167,7 @@ impl Method for DpoMethod<'_> {
         let tape = Tape::new();
         let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
         let (pc, pr) = split_pairs(&logps, b)?;
-        let loss_cfg = DpoConfig { bco_delta: self.bco.delta(), ..cfg.loss.clone() };
-        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
+        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &cfg.loss, self.bco.run_state())?;
         tape.backward(&loss)?;
         let norm = st.opt.step(policy.trainable(), st.lr)?;
         policy.trainable().zero_grad()?;

@@ -109,7 +109,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
     // SimPO and ORPO alone are reference-free: one model in memory
     let reference_free = matches!(a.loss.trim(), "simpo" | "orpo");
     let losses = if a.loss.trim() == "simpo" { vec![(DpoLoss::SigmoidNorm, 1.0)] } else { parse_losses(&a.loss)? };
-    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, discopop_tau: a.discopop_tau, ..DpoConfig::default() };
+    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, discopop_tau: a.discopop_tau };
     loss.weights()?; // check the settings before loading anything
     if reference_free && (a.precompute_ref || a.reference == RefArg::Precomputed) {
         return Err(Error::config("--loss", format!("{} is reference-free: drop --precompute-ref / --reference precomputed", a.loss)));
