@@ -38,6 +38,10 @@ use crate::train::trainer::{self, Method, MethodState, MicroBatch};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
 
+/// The adaptive KL controller's horizon in completions (Ziegler et al.; TRL's old PPOConfig
+/// `horizon`), the usual second half of [`PpoConfig::kl_target`].
+pub const DEFAULT_KL_HORIZON: f32 = 10_000.0;
+
 /// PPO settings (TRL's PPOConfig names where they exist).
 #[derive(Clone, Debug)]
 pub struct PpoConfig {
@@ -53,7 +57,8 @@ pub struct PpoConfig {
     pub kl_coef: f32,
     /// k1 (`logπ − logπ_ref`, TRL's default) or k3.
     pub kl_estimator: KlKind,
-    /// Adaptive KL controller (Ziegler et al.): target KL per sequence and horizon; None = fixed β.
+    /// Adaptive KL controller (Ziegler et al.): target KL per sequence and horizon in completions
+    /// (e.g. [`DEFAULT_KL_HORIZON`]); None = fixed β.
     pub kl_target: Option<(f32, f32)>,
     /// GAE's γ and λ. Example: 1.0, 0.95.
     pub gamma: f32,

@@ -25,7 +25,7 @@ pub struct CommonArgs {
     /// Longest prompt kept (its end); default: min(64, max-len / 2).
     #[arg(long)]
     pub max_prompt_len: Option<usize>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Micro-batches per optimizer step (TRL's gradient_accumulation_steps): each step learns
     /// from grad-accum × --batch-size items with the memory of --batch-size.
