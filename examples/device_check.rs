@@ -67,7 +67,7 @@ fn main() -> Result<()> {
         }
         // LoRA: a few steps so that B != 0, then the adapter, its logits, and the merged model.
         model.add_lora(&plumb::lora::LoraConfig { r: 4, alpha: 8.0, ..Default::default() }, 3)?;
-        let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() })?;
+        let mut opt = AdamW::new(model.trainable(), AdamWConfig::default())?;
         for _ in 0..3 {
             step_dump(&gpu, &model, &ids, &tg)?;
             let idt = Tensor::from_u32(&gpu, &ids, &[B, T])?;

@@ -12,7 +12,7 @@ pub use w5::{quant_matmul, w5, W5Flops, W5Options, W5Report, W5};
 
 use crate::error::Result;
 use crate::model::{presets, Model};
-use crate::ops::dpo::{dpo_loss, DpoConfig};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoRunState};
 use crate::ops::elementwise::slice_last;
 use crate::ops::loss::{cross_entropy, token_logprobs};
 use crate::ops::matmul::matmul_forward;
@@ -152,7 +152,7 @@ impl W2 {
     /// The gpt-w2 model (seed 0), AdamW (lr 3e-4, weight decay 0.01) and the corpus.
     pub fn new(gpu: &Gpu) -> Result<W2> {
         let model = w2_model(gpu)?;
-        let opt = AdamW::new(model.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        let opt = AdamW::new(model.params(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
         Ok(W2 { gpu: gpu.clone(), model, opt, data: corpus(1 << 16), step: 0 })
     }
 
@@ -226,7 +226,7 @@ impl W3 {
     pub fn new(gpu: &Gpu) -> Result<W3> {
         let policy = w2_model(gpu)?;
         let reference = w2_model(gpu)?;
-        let opt = AdamW::new(policy.params(), AdamWConfig { lr: 3e-4, weight_decay: 0.01, ..Default::default() })?;
+        let opt = AdamW::new(policy.params(), AdamWConfig { weight_decay: 0.01, ..Default::default() })?;
         Ok(W3 { gpu: gpu.clone(), policy, reference, opt, cfg: DpoConfig::default(), data: corpus(1 << 16), step: 0 })
     }
 
@@ -253,7 +253,7 @@ impl W3 {
         let rc = crate::ops::elementwise::slice_last_forward(&refs, 0, 1)?.reshape(&[pairs])?;
         let rr = crate::ops::elementwise::slice_last_forward(&refs, 1, 1)?.reshape(&[pairs])?;
         let len = Tensor::from_f32(gpu, &vec![resp as f32; pairs], &[pairs])?;
-        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg)?;
+        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg, DpoRunState::default())?;
         tape.backward(&loss)?;
         self.opt.step(self.policy.params(), 3e-4)?;
         self.policy.params().zero_grad()?;

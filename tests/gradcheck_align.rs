@@ -5,7 +5,7 @@
 mod common;
 use common::gradcheck::{run_table, Case, Input};
 use common::{assert_close, rand_vec};
-use plumb::ops::dpo::{self, reference as dref, DpoConfig, DpoLoss};
+use plumb::ops::dpo::{self, reference as dref, DpoConfig, DpoLoss, DpoRunState};
 use plumb::ops::ppo::{self, reference as pref, KlKind, PpoLossConfig};
 use plumb::ops::reward::{self, reference as rref};
 use plumb::{Tape, Tensor, Var};
@@ -46,6 +46,9 @@ fn ragged_mask(b: usize, t: usize) -> Vec<f32> {
     m
 }
 
+/// bco_pair's δ in every DPO case: the trainer's running mean of the rewards, non-zero here.
+const RUN: DpoRunState = DpoRunState { bco_delta: 0.2 };
+
 fn dpo_case(name: String, n: usize, cfg: DpoConfig) -> Case {
     let cpu_cfg = cfg.clone();
     // Sums of per-token log-probs over 3..30 tokens; β h spans both signs of every kink.
@@ -60,8 +63,8 @@ fn dpo_case(name: String, n: usize, cfg: DpoConfig) -> Case {
     Case::new(
         name,
         inputs,
-        move |v| Ok(dpo::dpo_loss(&v[0], &v[1], v[2].tensor(), v[3].tensor(), v[4].tensor(), v[5].tensor(), &cfg)?.0),
-        move |d| vec![dref::dpo_loss(&d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &cpu_cfg)],
+        move |v| Ok(dpo::dpo_loss(&v[0], &v[1], v[2].tensor(), v[3].tensor(), v[4].tensor(), v[5].tensor(), &cfg, RUN)?.0),
+        move |d| vec![dref::dpo_loss(&d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &cpu_cfg, RUN)],
     )
     .tol((1e-5, 1e-4), (1e-8, 2e-3))
 }
@@ -77,7 +80,7 @@ fn dpo_table() {
         let sizes: &[usize] = if matches!(kind, DpoLoss::Aot | DpoLoss::AotUnpaired) { &[1, 7] } else { &[1, 7, 33] };
         for &n in sizes {
             let eps = if matches!(kind, DpoLoss::Sigmoid | DpoLoss::Robust) { 0.1 } else { 0.0 };
-            let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, bco_delta: 0.2, ..Default::default() };
+            let cfg = DpoConfig { beta: 0.1, label_smoothing: eps, losses: vec![(kind, 1.0)], simpo_gamma: 0.3, ..Default::default() };
             cases.push(dpo_case(format!("dpo {kind} n={n}"), n, cfg));
         }
     }
@@ -126,9 +129,9 @@ fn dpo_metrics_and_config() {
     let cfg = DpoConfig { beta: 0.2, losses: vec![(DpoLoss::Sigmoid, 1.0), (DpoLoss::Sft, 0.25)], ..Default::default() };
     let tape = Tape::new();
     let (vc, vr) = (tape.var(t(&pc)), tape.var(t(&pr)));
-    let (loss, metrics) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&lc), &t(&lr), &cfg).unwrap();
+    let (loss, metrics) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&lc), &t(&lr), &cfg, DpoRunState::default()).unwrap();
     let (pc, pr, rc, rr, lc, lr) = (f64s(&pc), f64s(&pr), f64s(&rc), f64s(&rr), f64s(&lc), f64s(&lr));
-    let want_loss = dref::dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr, &cfg);
+    let want_loss = dref::dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr, &cfg, DpoRunState::default());
     assert_close("dpo loss", &loss.to_f32_vec().unwrap(), &[want_loss], 1e-5, 1e-5);
     let got = metrics.read().unwrap();
     let names: Vec<&str> = got.iter().map(|m| m.0).collect();
@@ -159,10 +162,13 @@ fn dpo_metrics_and_config() {
         DpoConfig { losses: vec![(DpoLoss::Robust, 1.0)], label_smoothing: 0.5, ..Default::default() },
     ];
     for cfg in bad {
-        assert!(dpo::dpo_loss(&vc, &vr, &t(&[0.0; 70]), &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &cfg).is_err());
+        assert!(dpo::dpo_loss(&vc, &vr, &t(&[0.0; 70]), &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &cfg, DpoRunState::default()).is_err());
     }
+    let (zeros, ones) = (t(&[0.0; 70]), t(&[1.0; 70]));
+    let not_finite = DpoRunState { bco_delta: f32::NAN };
+    assert!(dpo::dpo_loss(&vc, &vr, &zeros, &zeros, &ones, &ones, &DpoConfig::default(), not_finite).is_err());
     let short = Tensor::from_f32(&gpu, &[0.0; 3], &[3]).unwrap();
-    assert!(dpo::dpo_loss(&vc, &vr, &short, &t(&[0.0; 70]), &t(&[1.0; 70]), &t(&[1.0; 70]), &DpoConfig::default()).is_err());
+    assert!(dpo::dpo_loss(&vc, &vr, &short, &zeros, &ones, &ones, &DpoConfig::default(), DpoRunState::default()).is_err());
 }
 
 #[test]
@@ -188,8 +194,8 @@ fn dpo_aot_gradient_is_the_sorts() {
         let cfg = DpoConfig { beta: beta as f32, label_smoothing: eps as f32, losses: vec![(kind, 1.0)], ..Default::default() };
         let tape = Tape::new();
         let (vc, vr) = (tape.var(t(&pc)), tape.var(t(&pr)));
-        let (loss, _) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&ones), &t(&ones), &cfg).unwrap();
-        let want = dref::dpo_loss(&fc, &fr, &frc, &frr, &f64s(&ones), &f64s(&ones), &cfg);
+        let (loss, _) = dpo::dpo_loss(&vc, &vr, &t(&rc), &t(&rr), &t(&ones), &t(&ones), &cfg, DpoRunState::default()).unwrap();
+        let want = dref::dpo_loss(&fc, &fr, &frc, &frr, &f64s(&ones), &f64s(&ones), &cfg, DpoRunState::default());
         assert_close(&format!("{kind} loss"), &loss.to_f32_vec().unwrap(), &[want], 1e-5, 1e-5);
         let (a, b): (Vec<f64>, Vec<f64>) = match kind {
             DpoLoss::Aot => ((0..n).map(|i| fc[i] - fr[i]).collect(), (0..n).map(|i| frc[i] - frr[i]).collect()),

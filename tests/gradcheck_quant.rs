@@ -122,7 +122,7 @@ const LLAMA: &str = r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 
 
 /// (loss before, LoRA gradients, loss after one AdamW step) of a LoRA step on `model`.
 fn lora_step(model: &Model, ids: &Tensor, tg: &Tensor) -> (f32, Vec<f32>, f32) {
-    let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(model.trainable(), AdamWConfig::default()).unwrap();
     let tape = Tape::new();
     let loss = cross_entropy(&model.forward(Some(&tape), ids, None).unwrap(), tg, None).unwrap();
     tape.backward(&loss).unwrap();

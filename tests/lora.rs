@@ -105,7 +105,7 @@ fn lifecycle(preset: &str) {
     assert_eq!(logits(&model, &ids), original, "a fresh adapter (B = 0) must not change the logits");
 
     // Train the adapter alone on cross-entropy.
-    let mut opt = AdamW::new(model.trainable(), AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(model.trainable(), AdamWConfig { weight_decay: 0.1, ..Default::default() }).unwrap();
     let mut losses = vec![];
     for _ in 0..25 {
         let tape = Tape::new();
@@ -247,7 +247,7 @@ fn seq_logps(model: &Model, tape: Option<&Tape>, s: &Side) -> plumb::Var {
 /// of (chosen, rejected) log-prob change.
 #[test]
 fn lora_dpo_moves_only_adapters_and_matches_full_dpo_direction() {
-    use plumb::ops::dpo::{dpo_loss, DpoConfig};
+    use plumb::ops::dpo::{dpo_loss, DpoConfig, DpoRunState};
     let Some(gpu) = common::gpu() else { return };
     let cfg = presets::resolve("gpt-nano").unwrap();
     let t = 20;
@@ -265,7 +265,7 @@ fn lora_dpo_moves_only_adapters_and_matches_full_dpo_direction() {
     let step = |m: &Model, opt: &mut AdamW, lr: f32, rc: &Tensor, rr: &Tensor| {
         let tape = Tape::new();
         let (pc, pr) = (seq_logps(m, Some(&tape), &chosen), seq_logps(m, Some(&tape), &rejected));
-        let (loss, _) = dpo_loss(&pc, &pr, rc, rr, &chosen.lens, &rejected.lens, &dpo).unwrap();
+        let (loss, _) = dpo_loss(&pc, &pr, rc, rr, &chosen.lens, &rejected.lens, &dpo, DpoRunState::default()).unwrap();
         tape.backward(&loss).unwrap();
         opt.step(m.trainable(), lr).unwrap();
         m.trainable().zero_grad().unwrap();

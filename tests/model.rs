@@ -29,7 +29,7 @@ fn overfit(preset: &str) {
     let (ids, tg) = fixed_batch(b, t, 3);
     let ids = Tensor::from_u32(&gpu, &ids, &[b, t]).unwrap();
     let tg = Tensor::from_u32(&gpu, &tg, &[b * t]).unwrap();
-    let mut opt = AdamW::new(model.params(), AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(model.params(), AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
     let mut losses = vec![];
     for _ in 0..120 {
         let tape = Tape::new();
@@ -125,7 +125,7 @@ fn try_clone_is_a_deep_copy() {
         let logits = |m: &Model| m.forward(None, &ids, None).unwrap().tensor().to_f32_vec().unwrap();
         let before = logits(&model);
         assert_eq!(before, logits(&copy), "{preset}: the copy computes what the original does");
-        let mut opt = AdamW::new(model.params(), AdamWConfig { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(model.params(), AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
         let tape = Tape::new();
         let loss = cross_entropy(&model.forward(Some(&tape), &ids, None).unwrap(), &tg, None).unwrap();
         tape.backward(&loss).unwrap();

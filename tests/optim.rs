@@ -256,7 +256,7 @@ fn softmax_regression_trains() {
         p[e.offset..e.offset + C].copy_from_slice(&f64s(&init));
     }
     let off: Vec<usize> = store.entries().iter().map(|e| e.offset).collect(); // w0..w3, b
-    let cfg = AdamWConfig { lr: 0.05, max_grad_norm: Some(1.0), ..Default::default() };
+    let (cfg, lr) = (AdamWConfig { max_grad_norm: Some(1.0), ..Default::default() }, 0.05);
     let mut opt = AdamW::new(&store, cfg).unwrap();
     let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
     let target_t: Vec<Tensor> = targets.iter().map(|&t| Tensor::from_u32(&gpu, &[t], &[1]).unwrap()).collect();
@@ -281,7 +281,7 @@ fn softmax_regression_trains() {
         }
         let mean = ew::scale(&total.unwrap(), 1.0 / N as f32).unwrap();
         tape.backward(&mean).unwrap();
-        opt.step(&store, cfg.lr).unwrap();
+        opt.step(&store, lr).unwrap();
         let got = mean.to_f32_vec().unwrap()[0];
         // f64 reference of the same step.
         let mut g = vec![0.0f64; p.len()];
@@ -297,7 +297,7 @@ fn softmax_regression_trains() {
                 }
             }
         }
-        r::adamw_step(&mut p, &g, &mut m, &mut v, step, &cfg, cfg.lr as f64, store.decay_end());
+        r::adamw_step(&mut p, &g, &mut m, &mut v, step, &cfg, lr as f64, store.decay_end());
         assert!((got as f64 - want).abs() <= 1e-4 * want.abs() + 1e-6, "step {step}: loss {got} vs reference {want}");
         losses.push(got);
     }

@@ -1,5 +1,6 @@
 //! The settings every alignment trainer has, and how they feed the one training loop
-//! ([`crate::train::trainer`]).
+//! ([`crate::train::trainer`]): steps, batch and gradient accumulation, lengths, schedule,
+//! AdamW, seed, output, resume.
 
 use crate::error::{Error, Result};
 use crate::ops::optim::AdamWConfig;
@@ -15,15 +16,21 @@ use std::path::PathBuf;
 pub struct TrainConfig {
     /// Optimizer steps. Example: 100.
     pub steps: usize,
-    /// Pairs (reward, DPO) or prompts (PPO, GRPO) per step. Example: 8.
+    /// Pairs (reward, DPO), rows (KTO) or prompts (PPO, GRPO, RLOO) per micro-batch. Example: 8.
     pub batch_size: usize,
+    /// Micro-batches per optimizer update (TRL's `gradient_accumulation_steps`): a step learns
+    /// from `grad_accum × batch_size` items with the memory of `batch_size` (PPO: each
+    /// minibatch's rows split in `grad_accum`). Example: 1. Written to a checkpoint's settings
+    /// only when not 1, so a run saved before the setting existed resumes unchanged.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub grad_accum: usize,
     /// Longest row (prompt + completion) in tokens. Example: 128.
     pub max_len: usize,
     /// Longest prompt kept (its end) when a row is too long. Example: 64.
     pub max_prompt_len: usize,
     /// Learning-rate schedule; `total` = `steps` when 0.
     pub schedule: Schedule,
-    /// AdamW settings (its `lr` is ignored: the schedule gives each step's rate).
+    /// AdamW's moments, decay and clipping (the schedule gives each step's learning rate).
     #[serde(skip, default)]
     pub adamw: AdamWConfig,
     /// Seed of the data order and of sampling.
@@ -57,6 +64,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 100,
             batch_size: 8,
+            grad_accum: 1,
             max_len: 128,
             max_prompt_len: 64,
             schedule: Schedule { lr: 5e-5, warmup: 10, total: 0, min_lr: 5e-6 },
@@ -75,12 +83,13 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// What the training loop needs from these settings; `rows` forward rows of up to
-    /// `max_len` tokens per pass (pairs count two rows, groups G).
+    /// `max_len` tokens per pass, one micro-batch (pairs count two rows, groups G).
     pub(crate) fn loop_config(&self, rows: usize) -> LoopConfig<'_> {
         LoopConfig {
             steps: self.steps,
             schedule: &self.schedule,
             adamw: self.adamw,
+            grad_accum: self.grad_accum,
             seed: self.seed,
             out_dir: self.out_dir.as_deref(),
             resume: self.resume,
@@ -92,7 +101,6 @@ impl TrainConfig {
             checkpoint_activations: self.checkpoint_activations,
             rows,
             row_len: self.max_len,
-            batches_per_step: 1,
         }
     }
 
@@ -101,11 +109,20 @@ impl TrainConfig {
         serde_json::json!({"train": self, "method": method})
     }
 
-    /// Refuse a run with no steps or an empty batch, naming the method.
+    /// Refuse a run with no steps, an empty batch or no micro-batches, naming the method.
     pub(crate) fn check(&self, what: &str) -> Result<()> {
-        if self.steps == 0 || self.batch_size == 0 {
-            return Err(Error::config(what, format!("steps {} and batch size {} must be positive", self.steps, self.batch_size)));
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::config(what, format!("steps {}, batch size {} and grad_accum {} must be positive", self.steps, self.batch_size, self.grad_accum)));
         }
         Ok(())
     }
+}
+
+/// `grad_accum` of settings saved before it existed.
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }

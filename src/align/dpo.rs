@@ -17,11 +17,11 @@ use super::batching::{pair_rows, split_pair_tensor, split_pairs, step_indices, P
 use super::common::TrainConfig;
 use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqTensors};
-use crate::train::trainer::{self, Method, MethodState, Step};
+use crate::train::trainer::{self, read_norm, Method, MethodState, MicroBatch, MicroMetrics};
 use crate::data::PreferenceDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DPO_METRIC_NAMES};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoRunState, DPO_METRIC_NAMES};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,8 @@ pub struct DpoTrainConfig {
     /// Default: 200 steps of 8 pairs, peak learning rate 5e-5.
     pub train: TrainConfig,
     /// β, loss types and their weights, label smoothing, SimPO's γ. Default: sigmoid, β = 0.1.
-    /// Its `bco_delta` is not a setting: the trainer keeps bco_pair's running mean of rewards
-    /// as per-run state (saved in checkpoints) and passes that to the kernel.
+    /// (bco_pair's δ is no setting: the trainer keeps the running mean of the rewards as per-run
+    /// state, saved in checkpoints, and passes it to the loss as a [`DpoRunState`].)
     pub loss: DpoConfig,
     /// Pad token id.
     pub pad_id: u32,
@@ -46,7 +46,8 @@ impl Default for DpoTrainConfig {
     }
 }
 
-/// One DPO step's metrics, with TRL's names in `metrics.jsonl` (means over the batch's pairs).
+/// One DPO step's metrics, with TRL's names in `metrics.jsonl` (means over the step's pairs, all
+/// its micro-batches').
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DpoMetrics {
     pub step: usize,
@@ -117,9 +118,18 @@ struct BcoMean {
 }
 
 impl BcoMean {
-    fn delta(&self) -> f32 {
-        if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 }
+    /// What the loss takes from the run so far: δ, the same for every micro-batch of a step.
+    fn run_state(&self) -> DpoRunState {
+        DpoRunState { bco_delta: if self.count == 0 { 0.0 } else { (self.sum / self.count as f64) as f32 } }
     }
+}
+
+/// What a DPO micro-batch leaves for the step's metrics: `[loss, DPO_METRIC_NAMES...]` and each
+/// row's sum of mean logits (on the GPU), and each row's completion length.
+struct DpoPart {
+    stats: Tensor,
+    logit_sums: Tensor,
+    completion_len: Vec<f32>,
 }
 
 /// DPO's step in the training loop: the pairs' log-probs, the reference's, the fused loss.
@@ -133,6 +143,7 @@ struct DpoMethod<'a> {
 
 impl Method for DpoMethod<'_> {
     type Metrics = DpoMetrics;
+    type Part = DpoPart;
 
     fn name(&self) -> &'static str {
         "dpo"
@@ -148,10 +159,10 @@ impl Method for DpoMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<DpoMetrics> {
+    fn backward(&mut self, mb: MicroBatch) -> Result<DpoPart> {
         let (cfg, policy, b) = (self.cfg, self.policy, self.cfg.train.batch_size);
         // 1. the batch: chosen and rejected rows side by side, and the reference's log-probs
-        let batch: Vec<Pair> = step_indices(cfg.train.seed, self.pairs.len(), st.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let batch: Vec<Pair> = step_indices(cfg.train.seed, self.pairs.len(), mb.index(), b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
         let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?;
         let s = rows.upload(policy.params().gpu())?;
         let stored: Option<Vec<f32>> = batch.iter().map(|p| p.reference).collect::<Option<Vec<[f32; 2]>>>().map(|v| v.concat());
@@ -166,35 +177,42 @@ impl Method for DpoMethod<'_> {
         let tape = Tape::new();
         let (logps, logit_sums) = logps_and_logit_sums(policy, &tape, &s)?;
         let (pc, pr) = split_pairs(&logps, b)?;
-        let loss_cfg = DpoConfig { bco_delta: self.bco.delta(), ..cfg.loss.clone() };
-        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &loss_cfg)?;
-        tape.backward(&loss)?;
-        let norm = st.opt.step(policy.trainable(), st.lr)?;
-        policy.trainable().zero_grad()?;
-        // 3. the metrics: the step's submit, [loss, the metrics of DPO_METRIC_NAMES]
-        let stats = metrics.tensor().to_f32_vec()?;
-        let (sums, lens) = (logit_sums.to_f32_vec()?, &rows.completion_len);
+        let (loss, metrics) = dpo_loss(&pc, &pr, &rc, &rr, &lc, &lr_, &cfg.loss, self.bco.run_state())?;
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(DpoPart { stats: metrics.tensor().clone(), logit_sums, completion_len: rows.completion_len })
+    }
+
+    /// Means over the micro-batches; logits/* over all the step's completion tokens.
+    fn finish(&mut self, parts: Vec<DpoPart>, grad_norm: Option<Tensor>) -> Result<DpoMetrics> {
+        // 3. the metrics: the step's readback, [loss, the metrics of DPO_METRIC_NAMES] each
+        let stats = MicroMetrics::read(&parts.iter().map(|p| p.stats.clone()).collect::<Vec<_>>())?;
+        let (mut sums, mut lens) = (vec![], vec![]);
+        for p in &parts {
+            sums.extend(p.logit_sums.to_f32_vec()?);
+            lens.extend_from_slice(&p.completion_len);
+        }
         let mean_logit = |k: usize| {
-            let (s, l): (f32, f32) = (k..2 * b).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
+            let (s, l): (f32, f32) = (k..sums.len()).step_by(2).fold((0.0, 0.0), |a, i| (a.0 + sums[i], a.1 + lens[i]));
             s / l.max(1.0)
         };
         debug_assert_eq!(DPO_METRIC_NAMES[..4], ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]);
         let m = DpoMetrics {
-            loss: stats[0],
-            grad_norm: norm.map(|n| n.scalar()).transpose()?,
-            rewards_chosen: stats[1],
-            rewards_rejected: stats[2],
-            rewards_margins: stats[3],
-            rewards_accuracies: stats[4],
-            logps_chosen: stats[5],
-            logps_rejected: stats[6],
+            loss: stats.mean(0),
+            grad_norm: read_norm(grad_norm)?,
+            rewards_chosen: stats.mean(1),
+            rewards_rejected: stats.mean(2),
+            rewards_margins: stats.mean(3),
+            rewards_accuracies: stats.mean(4),
+            logps_chosen: stats.mean(5),
+            logps_rejected: stats.mean(6),
             logits_chosen: mean_logit(0),
             logits_rejected: mean_logit(1),
             ..Default::default()
         };
-        if cfg.loss.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair) {
-            self.bco.sum += (m.rewards_chosen as f64 + m.rewards_rejected as f64) * b as f64;
-            self.bco.count += 2 * b as u64;
+        if self.cfg.loss.losses.iter().any(|(k, _)| *k == DpoLoss::BcoPair) {
+            let pairs = sums.len() / 2; // the step's, over its micro-batches
+            self.bco.sum += (m.rewards_chosen as f64 + m.rewards_rejected as f64) * pairs as f64;
+            self.bco.count += 2 * pairs as u64;
         }
         Ok(m)
     }

@@ -15,12 +15,16 @@
 //! `mask_truncated_completions` (completions that never stopped count for nothing). β = 0 needs
 //! no reference, and none is evaluated. With one update per rollout (TRL's default
 //! `num_iterations = 1`) π_old is the policy itself, so ρ = 1 in value and only its gradient acts.
+//!
+//! With gradient accumulation each micro-batch samples its own groups (prompts: the split of one
+//! batch of grad_accum × batch_size; sampling seed: the micro-batch's index). Advantages are
+//! per group, so they do not depend on the split; `scale_rewards = batch` and the dapo and bnpo
+//! token means are over the micro-batch, as TRL's per-micro-batch normalisation.
 
-use super::batching::{prompt_groups, sampling_seed};
 use super::common::TrainConfig;
-use super::reference::{tempered_logps, Reference};
-use super::rollout::{sample, Rewards, RolloutConfig};
-use crate::train::trainer::{self, Method, Step};
+use super::reference::Reference;
+use super::rollout::{sample_groups, GroupSampling, Rewards, RolloutConfig};
+use crate::train::trainer::{self, read_norm, Method, MicroBatch, MicroMetrics};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::grpo::{grpo_variant_loss, GrpoLossConfig, GrpoLossType, ImportanceLevel, GRPO_VARIANT_METRIC_NAMES};
@@ -32,7 +36,7 @@ use serde::{Deserialize, Serialize};
 /// GRPO settings (TRL's GRPOConfig names).
 #[derive(Clone, Debug)]
 pub struct GrpoConfig {
-    /// Steps; `batch_size` = prompts per step (each sampled `num_generations` times).
+    /// Steps; `batch_size` = prompts per micro-batch (each sampled `num_generations` times).
     pub train: TrainConfig,
     pub rollout: RolloutConfig,
     /// Completions per prompt G (at least 2). Example: 8.
@@ -101,6 +105,9 @@ pub struct GrpoMetrics {
     pub step: usize,
     pub loss: f32,
     pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
     /// Mean reward of the step's completions.
     pub reward: f32,
     /// Their (unbiased) standard deviation.
@@ -151,7 +158,15 @@ impl Grpo {
             beta: cfg.beta,
             max_completion_length: cfg.rollout.max_new_tokens.max(1),
         };
-        let mut method = GrpoMethod { cfg, policy, prompts, rewards, reference, loss };
+        let groups = GroupSampling {
+            prompts,
+            rollout: &cfg.rollout,
+            seed: cfg.train.seed,
+            batch_size: b,
+            num_generations: g,
+            mask_truncated_completions: cfg.mask_truncated_completions,
+        };
+        let mut method = GrpoMethod { cfg, policy, groups, rewards, reference, loss };
         Ok(trainer::train(&cfg.train.loop_config(b * g), policy, &mut method)?.metrics)
     }
 }
@@ -161,14 +176,23 @@ impl Grpo {
 struct GrpoMethod<'a> {
     cfg: &'a GrpoConfig,
     policy: &'a Model,
-    prompts: &'a [Vec<u32>],
+    groups: GroupSampling<'a>,
     rewards: &'a Rewards<'a>,
     reference: Reference<'a>,
     loss: GrpoLossConfig,
 }
 
+/// What a GRPO micro-batch leaves for the step's metrics: `[loss, GRPO_VARIANT_METRIC_NAMES...]`
+/// on the GPU, the rewards and the mean completion length.
+struct GrpoPart {
+    stats: Tensor,
+    rewards: Vec<f32>,
+    completion_length: f32,
+}
+
 impl Method for GrpoMethod<'_> {
     type Metrics = GrpoMetrics;
+    type Part = GrpoPart;
 
     fn name(&self) -> &'static str {
         "grpo"
@@ -184,19 +208,15 @@ impl Method for GrpoMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<GrpoMetrics> {
+    fn backward(&mut self, mb: MicroBatch) -> Result<GrpoPart> {
         let (cfg, policy) = (self.cfg, self.policy);
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
-        let gpu = policy.params().gpu();
         let use_ref = cfg.beta != 0.0;
-        // 1. sample G completions per prompt and score them
-        let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, g);
-        let mut ro = sample(policy, &batch, &cfg.rollout, sampling_seed(cfg.train.seed, st.step))?;
-        let (p, c) = ro.slices();
-        let r = self.rewards.score(&p, &c, cfg.rollout.pad_id)?;
-        let completion_length = c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32;
+        // 1. sample G completions per prompt, score them; π's log-probs on the tape, π_ref's
+        let tape = Tape::new();
+        let ro = sample_groups(policy, &tape, &self.groups, mb.index(), self.rewards, use_ref.then_some(&self.reference))?;
         // 2. advantages: each reward against its group
-        let rt = Tensor::from_f32(gpu, &r, &[b * g])?;
+        let rt = Tensor::from_f32(policy.params().gpu(), &ro.rewards, &[b * g])?;
         let adv = match cfg.scale_rewards {
             ScaleRewards::Group => group_advantages(&rt, g, true)?,
             ScaleRewards::None => group_advantages(&rt, g, false)?,
@@ -204,41 +224,33 @@ impl Method for GrpoMethod<'_> {
                 // the rewards are on the CPU already (a Rust function or the reward model's
                 // scores read for the metrics): the batch std is one number
                 let centred = group_advantages(&rt, g, false)?;
-                let std = unbiased_std(&r) + 1e-4;
+                let std = unbiased_std(&ro.rewards) + 1e-4;
                 crate::ops::elementwise::scale_forward(&centred, 1.0 / std)?
             }
         };
-        if cfg.mask_truncated_completions {
-            let t = ro.batch.seq;
-            for i in 0..b * g {
-                if !ro.stopped(i, &cfg.rollout.stop_ids) {
-                    ro.batch.mask[i * t..(i + 1) * t].fill(0.0);
-                }
-            }
-        }
-        // 3. the clipped objective with the KL to the reference, backward, AdamW
-        let s = ro.batch.upload(gpu)?;
-        let ref_logp = if use_ref { Some(self.reference.token_logps(policy, &s, cfg.rollout.temperature)?) } else { None };
-        let tape = Tape::new();
-        let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
-        let logp = tempered_logps(policy, Some(&tape), &h, &s, cfg.rollout.temperature)?.0;
-        let old = logp.tensor().clone(); // π_old = π (one update per rollout)
-        let (loss, stats) = grpo_variant_loss(&logp, &old, ref_logp.as_ref(), &adv, &s.mask, &self.loss)?;
-        tape.backward(&loss)?;
-        st.opt.step(policy.trainable(), st.lr)?;
-        policy.trainable().zero_grad()?;
-        // 4. the metrics: the step's submit, [loss, kl, clip ratios]
-        let stats = stats.to_f32_vec()?;
+        // 3. the clipped objective with the KL to the reference, backward
+        let (loss, stats) = grpo_variant_loss(&ro.logp, &ro.old_logp, ro.ref_logp.as_ref(), &adv, &ro.seqs.mask, &self.loss)?;
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(GrpoPart { stats, rewards: ro.rewards, completion_length: ro.completion_length })
+    }
+
+    /// Means over the micro-batches; reward and reward_std over all the step's completions.
+    fn finish(&mut self, parts: Vec<GrpoPart>, grad_norm: Option<Tensor>) -> Result<GrpoMetrics> {
+        // 4. the metrics: the step's readback, [loss, kl, clip ratios] each
+        let stats = MicroMetrics::read(&parts.iter().map(|p| p.stats.clone()).collect::<Vec<_>>())?;
+        let r: Vec<f32> = parts.iter().flat_map(|p| p.rewards.iter().copied()).collect();
+        let lengths = parts.iter().map(|p| p.completion_length as f64).sum::<f64>() / parts.len() as f64;
         debug_assert_eq!(GRPO_VARIANT_METRIC_NAMES, ["kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]);
         Ok(GrpoMetrics {
-            loss: stats[0],
+            loss: stats.mean(0),
+            grad_norm: read_norm(grad_norm)?,
             reward: r.iter().sum::<f32>() / r.len() as f32,
             reward_std: unbiased_std(&r),
-            kl: use_ref.then_some(stats[1]),
-            clip_ratio_low_mean: stats[2],
-            clip_ratio_high_mean: stats[3],
-            clip_ratio_region_mean: stats[4],
-            completion_length,
+            kl: (self.cfg.beta != 0.0).then(|| stats.mean(1)),
+            clip_ratio_low_mean: stats.mean(2),
+            clip_ratio_high_mean: stats.mean(3),
+            clip_ratio_region_mean: stats.mean(4),
+            completion_length: lengths as f32,
             ..Default::default()
         })
     }

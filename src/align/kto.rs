@@ -34,7 +34,7 @@ use super::batching::step_indices;
 use super::common::TrainConfig;
 use super::reference::Reference;
 use super::seqs::{sequence_logps, SeqBatch};
-use crate::train::trainer::{self, Method, Step};
+use crate::train::trainer::{self, read_norm, Method, MicroBatch, MicroMetrics};
 use crate::data::UnpairedDataset;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -92,8 +92,8 @@ impl Completions for UnpairedDataset {
 /// KTO settings: the shared training settings and the loss's (TRL's KTOConfig names).
 #[derive(Clone, Debug)]
 pub struct KtoTrainConfig {
-    /// Steps, rows per step (at least 2 for `kto`: the KL rows pair rows of one batch), lengths,
-    /// schedule, seed, output.
+    /// Steps, rows per micro-batch (at least 2 for `kto`: the KL rows pair rows of one
+    /// micro-batch), gradient accumulation, lengths, schedule, seed, output.
     pub train: TrainConfig,
     /// β, loss type, desirable and undesirable weights. Default: kto, β = 0.1, weights 1.
     pub loss: KtoConfig,
@@ -110,7 +110,8 @@ impl Default for KtoTrainConfig {
 }
 
 /// One step's metrics, with TRL's names in `metrics.jsonl`. Means over the desirable
-/// (`chosen`) or undesirable (`rejected`) rows of the batch are absent when it has none.
+/// (`chosen`) or undesirable (`rejected`) rows of the step (all its micro-batches) are absent
+/// when it has none.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KtoMetrics {
     pub step: usize,
@@ -210,6 +211,7 @@ struct KtoMethod<'a> {
 
 impl Method for KtoMethod<'_> {
     type Metrics = KtoMetrics;
+    type Part = Tensor;
 
     fn name(&self) -> &'static str {
         "kto"
@@ -226,12 +228,12 @@ impl Method for KtoMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<KtoMetrics> {
+    fn backward(&mut self, mb: MicroBatch) -> Result<Tensor> {
         let (cfg, policy, reference) = (&self.kto.cfg, self.policy, &self.reference);
         let b = cfg.train.batch_size;
         let gpu = policy.params().gpu();
         // 1. the batch, and its KL rows: prompt i with completion i − 1 (row 0 with the last)
-        let batch: Vec<Completion> = step_indices(cfg.train.seed, self.data.len(), st.step, b).map(|i| self.data.completion(i)).collect::<Result<_>>()?;
+        let batch: Vec<Completion> = step_indices(cfg.train.seed, self.data.len(), mb.index(), b).map(|i| self.data.completion(i)).collect::<Result<_>>()?;
         let rows: Vec<(&[u32], &[u32])> = batch.iter().map(|c| (&c.prompt[..], &c.completion[..])).collect();
         let s = self.kto.upload(gpu, &rows)?;
         let labels: Vec<f32> = batch.iter().map(|c| f32::from(u8::from(c.label))).collect();
@@ -245,19 +247,30 @@ impl Method for KtoMethod<'_> {
         } else {
             None
         };
-        // 3. the policy's log-probs on the tape, the fused loss, backward, AdamW
+        // 3. the policy's log-probs on the tape, the fused loss, backward
         let tape = Tape::new();
         let logp = sequence_logps(policy, Some(&tape), &s)?;
         let (loss, metrics) = kto_loss(&logp, &ref_logp, &labels, kl.as_ref().map(|(a, b)| (a, b)), &cfg.loss)?;
-        tape.backward(&loss)?;
-        let norm = st.opt.step(policy.trainable(), st.lr)?;
-        policy.trainable().zero_grad()?;
-        // 4. the step's one readback: the metrics
-        let mut m = KtoMetrics::from_stats(&metrics.read()?);
-        if let Some(nm) = norm {
-            m.grad_norm = Some(nm.scalar()?);
-        }
-        Ok(m)
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(metrics.tensor().clone())
+    }
+
+    /// The loss and z0 are means over the micro-batches; the reward and log-prob sums and the
+    /// counts add up before TRL's division, so the means are over all the step's rows.
+    fn finish(&mut self, parts: Vec<Tensor>, grad_norm: Option<Tensor>) -> Result<KtoMetrics> {
+        // 4. the step's readback: the metrics
+        let v = MicroMetrics::read(&parts)?;
+        let stats = KtoStats {
+            loss: v.mean(0),
+            rewards_chosen_sum: v.sum(1),
+            rewards_rejected_sum: v.sum(2),
+            logps_chosen_sum: v.sum(3),
+            logps_rejected_sum: v.sum(4),
+            count_chosen: v.sum(5),
+            count_rejected: v.sum(6),
+            kl: v.mean(7),
+        };
+        Ok(KtoMetrics { grad_norm: read_norm(grad_norm)?, ..KtoMetrics::from_stats(&stats) })
     }
 
     fn loss(m: &KtoMetrics) -> f32 {

@@ -9,6 +9,12 @@
 //! 4. PPO epochs over minibatches of the rollout: the clipped surrogate
 //!    `max(−A·ρ, −A·clip(ρ, 1 ± ε))`, `ρ = π/π_old`, plus vf_coef × the clipped value loss.
 //!
+//! In the one training loop ([`crate::train::trainer`]) step 1-3 are [`Method::prepare`] and each
+//! of the `ppo_epochs × minibatches` updates is one of the loop's: with gradient accumulation
+//! (TRL's `gradient_accumulation_steps`) a minibatch's rows are split into `grad_accum`
+//! micro-batches, each loss (a token mean over its rows) scaled by 1/grad_accum, then one AdamW
+//! step of the policy and one of the value head.
+//!
 //! GAE, whitening, the KL estimators, the per-token rewards, the minibatch gather and the fused
 //! loss are WGSL kernels ([`crate::ops::ppo`]); from the rollout to the end of the step nothing
 //! is read back but the step's metrics, once.
@@ -28,14 +34,19 @@ use crate::ops::ppo::{accumulate, gae, gather_rows, kl_penalty, ppo_loss, token_
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
 use crate::tensor::{DType, Tensor};
-use crate::train::trainer::{self, Method, MethodState, Step};
+use crate::train::trainer::{self, Method, MethodState, MicroBatch};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
+
+/// The adaptive KL controller's horizon in completions (Ziegler et al.; TRL's old PPOConfig
+/// `horizon`), the usual second half of [`PpoConfig::kl_target`].
+pub const DEFAULT_KL_HORIZON: f32 = 10_000.0;
 
 /// PPO settings (TRL's PPOConfig names where they exist).
 #[derive(Clone, Debug)]
 pub struct PpoConfig {
-    /// Steps = rollout batches; `batch_size` = prompts per rollout.
+    /// Steps = rollout batches; `batch_size` = prompts per rollout; `grad_accum` micro-batches
+    /// per minibatch update.
     pub train: TrainConfig,
     pub rollout: RolloutConfig,
     /// Passes over each rollout batch. Example: 4.
@@ -46,7 +57,8 @@ pub struct PpoConfig {
     pub kl_coef: f32,
     /// k1 (`logπ − logπ_ref`, TRL's default) or k3.
     pub kl_estimator: KlKind,
-    /// Adaptive KL controller (Ziegler et al.): target KL per sequence and horizon; None = fixed β.
+    /// Adaptive KL controller (Ziegler et al.): target KL per sequence and horizon in completions
+    /// (e.g. [`DEFAULT_KL_HORIZON`]); None = fixed β.
     pub kl_target: Option<(f32, f32)>,
     /// GAE's γ and λ. Example: 1.0, 0.95.
     pub gamma: f32,
@@ -191,9 +203,14 @@ impl Ppo {
         if cfg.minibatches == 0 || !b.is_multiple_of(cfg.minibatches) || cfg.ppo_epochs == 0 {
             return Err(Error::config("PPO", format!("{} minibatches must divide the batch of {b}; epochs {} must be positive", cfg.minibatches, cfg.ppo_epochs)));
         }
+        let rows = b / cfg.minibatches;
+        if !rows.is_multiple_of(cfg.train.grad_accum) {
+            return Err(Error::config("PPO", format!("grad_accum {} must divide each minibatch's {rows} rows (batch {b} / {} minibatches)", cfg.train.grad_accum, cfg.minibatches)));
+        }
         let head = ValueHead::new(policy.params().gpu(), policy.hidden_size())?;
         let head_opt = AdamW::new(&head.params, cfg.train.adamw)?;
-        let mut method = PpoMethod { ppo: self, policy, prompts, rewards, reference, head, head_opt, kl_coef: cfg.kl_coef };
+        let mut method = PpoMethod { ppo: self, policy, prompts, rewards, reference, head, head_opt, kl_coef: cfg.kl_coef, rollout: None };
+        // the memory plan's rows: the rollout's, scored in one forward
         Ok(trainer::train(&cfg.train.loop_config(b), policy, &mut method)?.metrics)
     }
 
@@ -247,10 +264,11 @@ impl Ppo {
         })
     }
 
-    /// One PPO update on the rollout rows `rows` (gathered on the GPU); adds `scale` × [loss,
-    /// approxkl, clipfrac, pg, vf, vf clipfrac] into the step's metrics at [`UPDATE_SLOT`].
-    #[allow(clippy::too_many_arguments)]
-    fn update(&self, policy: &Model, head: &ValueHead, ro: &Rollout, sc: &Scored, rows: &[usize], opt: &mut AdamW, head_opt: &mut AdamW, lr: f32, (acc, scale): (&Tensor, f32)) -> Result<()> {
+    /// Loss and backward of a PPO update's micro-batch, the rollout rows `rows` (gathered on the
+    /// GPU), its loss scaled by `mb`; adds `scale` × [loss, approxkl, clipfrac, pg, vf, vf
+    /// clipfrac] into the step's metrics at [`UPDATE_SLOT`].
+    fn micro_update(&self, policy: &Model, head: &ValueHead, r: &StepRollout, rows: &[usize], mb: MicroBatch, scale: f32) -> Result<()> {
+        let (ro, sc) = (&r.rollout, &r.scored);
         let gpu = policy.params().gpu();
         let s = select_rows(&ro.batch, rows).upload(gpu)?;
         let idx = Tensor::from_u32(gpu, &rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &[rows.len()])?;
@@ -260,13 +278,18 @@ impl Ppo {
         let (logp, _) = tempered_logps(policy, Some(&tape), &h, &s, self.cfg.rollout.temperature)?;
         let values = head.values(Some(&tape), &h)?;
         let (loss, metrics) = ppo_loss(&logp, &pick(&sc.old_logp)?, &pick(&sc.advantages)?, &values, &pick(&sc.old_values)?, &pick(&sc.returns)?, &s.mask, &self.cfg.loss)?;
-        tape.backward(&loss)?;
-        opt.step(policy.trainable(), lr)?;
-        head_opt.step(&head.params, lr)?;
-        policy.trainable().zero_grad()?;
-        head.params.zero_grad()?;
-        accumulate(acc, UPDATE_SLOT, &metrics.tensor().view(0, &[1 + PPO_METRIC_NAMES.len()])?, 1 + PPO_METRIC_NAMES.len(), scale)
+        tape.backward(&mb.scaled(&loss)?)?;
+        accumulate(&r.acc, UPDATE_SLOT, &metrics.tensor().view(0, &[1 + PPO_METRIC_NAMES.len()])?, 1 + PPO_METRIC_NAMES.len(), scale)
     }
+}
+
+/// One step's rollout, scored, for its updates; and the step's metric sums on the GPU.
+struct StepRollout {
+    rollout: Rollout,
+    scored: Scored,
+    /// The step's sampling seed (it also shuffles each epoch's minibatches).
+    seed: u64,
+    acc: Tensor,
 }
 
 /// PPO's step in the training loop, with what it carries from step to step: the value head,
@@ -280,10 +303,13 @@ struct PpoMethod<'a> {
     head: ValueHead,
     head_opt: AdamW,
     kl_coef: f32,
+    /// The current step's rollout, from `prepare` to `finish`.
+    rollout: Option<StepRollout>,
 }
 
 impl Method for PpoMethod<'_> {
     type Metrics = PpoMetrics;
+    type Part = ();
 
     fn name(&self) -> &'static str {
         "ppo"
@@ -294,24 +320,47 @@ impl Method for PpoMethod<'_> {
         cfg.train.settings(serde_json::json!({"kl_coef": cfg.kl_coef, "ppo_epochs": cfg.ppo_epochs, "minibatches": cfg.minibatches, "reference": self.reference.describe()}))
     }
 
-    fn step(&mut self, st: Step) -> Result<PpoMetrics> {
+    /// Steps 1-3: the rollout, scored on the GPU (from here to the metrics everything stays there).
+    fn prepare(&mut self, step: usize) -> Result<()> {
         let (ppo, cfg, policy) = (self.ppo, &self.ppo.cfg, self.policy);
-        let b = cfg.train.batch_size;
-        let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, 1);
-        let seed = sampling_seed(cfg.train.seed, st.step);
-        let ro = sample(policy, &batch, &cfg.rollout, seed)?;
-        // from here to the metrics everything stays on the GPU
+        let batch = prompt_groups(self.prompts, cfg.train.seed, step, cfg.train.batch_size, 1);
+        let seed = sampling_seed(cfg.train.seed, step);
+        let rollout = sample(policy, &batch, &cfg.rollout, seed)?;
         let acc = Tensor::zeros(policy.params().gpu(), &[STEP_METRICS], DType::F32, "ppo step metrics")?;
-        let sc = ppo.score(policy, &self.head, &ro, self.rewards, &self.reference, self.kl_coef, &acc)?;
-        let mb = b / cfg.minibatches;
-        let per_update = 1.0 / (cfg.ppo_epochs * cfg.minibatches) as f32;
-        for epoch in 0..cfg.ppo_epochs {
-            for k in 0..cfg.minibatches {
-                let rows: Vec<usize> = (0..mb).map(|i| shuffled(seed ^ epoch as u64, b, (k * mb + i) as u64)).collect();
-                ppo.update(policy, &self.head, &ro, &sc, &rows, st.opt, &mut self.head_opt, st.lr, (&acc, per_update))?;
-            }
-        }
-        let m = acc.to_f32_vec()?; // the step's one readback
+        let scored = ppo.score(policy, &self.head, &rollout, self.rewards, &self.reference, self.kl_coef, &acc)?;
+        self.rollout = Some(StepRollout { rollout, scored, seed, acc });
+        Ok(())
+    }
+
+    fn updates_per_step(&self) -> usize {
+        self.ppo.cfg.ppo_epochs * self.ppo.cfg.minibatches
+    }
+
+    /// Step 4: micro-batch `mb.micro` of minibatch `update % minibatches` of epoch
+    /// `update / minibatches` (each epoch shuffles the rollout's rows).
+    fn backward(&mut self, mb: MicroBatch) -> Result<()> {
+        let cfg = &self.ppo.cfg;
+        let r = self.rollout.as_ref().expect("prepare runs before the updates");
+        let (b, m) = (cfg.train.batch_size, cfg.minibatches);
+        let (epoch, k) = (mb.update / m, mb.update % m);
+        let rows = b / m / mb.accum; // per micro-batch
+        let first = k * (b / m) + mb.micro * rows;
+        let picked: Vec<usize> = (first..first + rows).map(|i| shuffled(r.seed ^ epoch as u64, b, i as u64)).collect();
+        let scale = 1.0 / (self.updates_per_step() * mb.accum) as f32;
+        self.ppo.micro_update(self.policy, &self.head, r, &picked, mb, scale)
+    }
+
+    /// The value head's own AdamW update, beside the loop's of the policy.
+    fn after_update(&mut self, lr: f32) -> Result<()> {
+        self.head_opt.step(&self.head.params, lr)?;
+        self.head.params.zero_grad()
+    }
+
+    /// The update metrics are means over the step's updates and micro-batches.
+    fn finish(&mut self, _parts: Vec<()>, _grad_norm: Option<Tensor>) -> Result<PpoMetrics> {
+        let cfg = &self.ppo.cfg;
+        let r = self.rollout.take().expect("prepare runs before finish");
+        let m = r.acc.to_f32_vec()?; // the step's one readback
         debug_assert_eq!(PPO_METRIC_NAMES, ["policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg"]);
         let (kl, u) = (m[KL_SLOT], UPDATE_SLOT);
         let metrics = PpoMetrics {
@@ -322,8 +371,8 @@ impl Method for PpoMethod<'_> {
             objective_non_score_reward: -self.kl_coef * kl,
             objective_rlhf_reward: m[RLHF_REWARD_SLOT],
             objective_kl_coef: self.kl_coef,
-            val_num_eos_tokens: sc.num_eos as f32,
-            completion_length: sc.completion_length,
+            val_num_eos_tokens: r.scored.num_eos as f32,
+            completion_length: r.scored.completion_length,
             policy_approxkl_avg: m[u + 1],
             policy_clipfrac_avg: m[u + 2],
             loss_policy_avg: m[u + 3],
@@ -334,7 +383,7 @@ impl Method for PpoMethod<'_> {
         if let Some((target, horizon)) = cfg.kl_target {
             // Adaptive KL controller: move β_KL towards the target, at most ±20% per horizon.
             let err = (kl / target - 1.0).clamp(-0.2, 0.2);
-            self.kl_coef *= 1.0 + err * b as f32 / horizon;
+            self.kl_coef *= 1.0 + err * cfg.train.batch_size as f32 / horizon;
         }
         Ok(metrics)
     }

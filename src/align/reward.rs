@@ -12,7 +12,7 @@
 use super::batching::{pair_rows, split_pairs, step_indices, Pairs};
 use super::common::TrainConfig;
 use super::seqs::{SeqBatch, SeqTensors};
-use crate::train::trainer::{self, Method, Step};
+use crate::train::trainer::{self, read_norm, Method, MicroBatch, MicroMetrics};
 use crate::error::{Error, Result};
 use crate::model::{Gpt, Llama, Model, ModelConfig};
 use crate::nn::normal;
@@ -21,6 +21,7 @@ use crate::ops::matmul::matmul;
 use crate::ops::reward::bradley_terry;
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
 use crate::weights::{save_f32, write_atomic, WeightFile};
 use crate::Gpu;
 use serde::{Deserialize, Serialize};
@@ -212,6 +213,7 @@ struct RewardMethod<'a> {
 
 impl Method for RewardMethod<'_> {
     type Metrics = RewardMetrics;
+    type Part = Tensor;
 
     fn name(&self) -> &'static str {
         "reward"
@@ -221,27 +223,30 @@ impl Method for RewardMethod<'_> {
         self.cfg.train.settings(serde_json::to_value(self.cfg).expect("json"))
     }
 
-    fn step(&mut self, s: Step) -> Result<RewardMetrics> {
+    fn backward(&mut self, mb: MicroBatch) -> Result<Tensor> {
         let (cfg, b) = (self.cfg, self.cfg.train.batch_size);
         let model = &self.rm.model;
-        let batch: Vec<_> = step_indices(cfg.train.seed, self.pairs.len(), s.step, b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
+        let batch: Vec<_> = step_indices(cfg.train.seed, self.pairs.len(), mb.index(), b).map(|i| self.pairs.pair(i)).collect::<Result<_>>()?;
         let rows = pair_rows(&batch, &cfg.train, cfg.pad_id)?.upload(model.params().gpu())?;
         let tape = Tape::new();
         let (rc, rr) = split_pairs(&self.rm.scores(Some(&tape), &rows)?, b)?;
         let (loss, metrics) = bradley_terry(&rc, &rr, None, cfg.center_coef)?;
-        tape.backward(&loss)?;
-        let norm = s.opt.step(model.trainable(), s.lr)?;
-        model.trainable().zero_grad()?;
-        let v = metrics.tensor().to_f32_vec()?; // the step's one submit: [loss, REWARD_METRIC_NAMES...]
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(metrics.tensor().clone()) // [loss, REWARD_METRIC_NAMES...]
+    }
+
+    /// Means over the micro-batches; min_reward and max_reward over all of them.
+    fn finish(&mut self, parts: Vec<Tensor>, grad_norm: Option<Tensor>) -> Result<RewardMetrics> {
+        let v = MicroMetrics::read(&parts)?;
         debug_assert_eq!(crate::ops::reward::REWARD_METRIC_NAMES, ["accuracy", "margin", "mean_reward", "min_reward", "max_reward"]);
         Ok(RewardMetrics {
-            loss: v[0],
-            grad_norm: norm.map(|n| n.scalar()).transpose()?,
-            accuracy: v[1],
-            margin: v[2],
-            mean_reward: v[3],
-            min_reward: v[4],
-            max_reward: v[5],
+            loss: v.mean(0),
+            grad_norm: read_norm(grad_norm)?,
+            accuracy: v.mean(1),
+            margin: v.mean(2),
+            mean_reward: v.mean(3),
+            min_reward: v.min(4),
+            max_reward: v.max(5),
             ..Default::default()
         })
     }

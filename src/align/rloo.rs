@@ -14,17 +14,21 @@
 //! G = 2, β = 0.05, ε = 0.2, no reward clipping, no advantage normalisation, learning rate 1e-6.
 //! β = 0 needs no reference, and none is evaluated. With one update per rollout (TRL's default
 //! `num_iterations = 1`) π_old is the policy itself, so w = 1 in value and only its gradient acts.
+//!
+//! With gradient accumulation each micro-batch samples its own groups (prompts: the split of one
+//! batch of grad_accum × batch_size; sampling seed: the micro-batch's index). The leave-one-out
+//! baselines are per group, so they do not depend on the split; `normalize_advantages` is over
+//! the micro-batch.
 
-use super::batching::{prompt_groups, sampling_seed};
 use super::common::TrainConfig;
-use super::reference::{tempered_logps, Reference};
-use super::rollout::{sample, Rewards, RolloutConfig};
+use super::reference::Reference;
+use super::rollout::{sample_groups, GroupSampling, Rewards, RolloutConfig};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::ops::rloo::{rloo_advantages, rloo_loss, RlooAdvantageConfig, RLOO_METRIC_NAMES};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use crate::train::trainer::{self, Method, Step};
+use crate::train::trainer::{self, read_norm, Method, MicroBatch, MicroMetrics};
 use serde::{Deserialize, Serialize};
 
 /// TRL's RLOOConfig learning rate, the constant schedule of [`RlooConfig::default`].
@@ -33,8 +37,8 @@ pub const DEFAULT_LR: f32 = 1e-6;
 /// RLOO settings (TRL's RLOOConfig names and defaults).
 #[derive(Clone, Debug)]
 pub struct RlooConfig {
-    /// Steps; `batch_size` = prompts per step (each sampled `num_generations` times). TRL's
-    /// learning rate 1e-6.
+    /// Steps; `batch_size` = prompts per micro-batch (each sampled `num_generations` times).
+    /// TRL's learning rate 1e-6.
     pub train: TrainConfig,
     pub rollout: RolloutConfig,
     /// Completions per prompt G (at least 2). TRL's default 2.
@@ -75,6 +79,9 @@ pub struct RlooMetrics {
     pub step: usize,
     pub loss: f32,
     pub lr: f32,
+    /// Global gradient norm before clipping (absent without clipping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f32>,
     /// Mean reward of the step's completions (before the KL term and any clipping).
     pub reward: f32,
     /// Their (unbiased) standard deviation.
@@ -123,7 +130,15 @@ impl Rloo {
         }
         let adv = RlooAdvantageConfig { num_generations: g, beta: cfg.beta, reward_clip_range: cfg.reward_clip_range, normalize_advantages: cfg.normalize_advantages };
         let epsilon = (cfg.epsilon, cfg.epsilon_high.unwrap_or(cfg.epsilon));
-        let mut method = RlooMethod { cfg, policy, prompts, rewards, reference, adv, epsilon };
+        let groups = GroupSampling {
+            prompts,
+            rollout: &cfg.rollout,
+            seed: cfg.train.seed,
+            batch_size: b,
+            num_generations: g,
+            mask_truncated_completions: cfg.mask_truncated_completions,
+        };
+        let mut method = RlooMethod { cfg, policy, groups, rewards, reference, adv, epsilon };
         Ok(trainer::train(&cfg.train.loop_config(b * g), policy, &mut method)?.metrics)
     }
 }
@@ -133,7 +148,7 @@ impl Rloo {
 struct RlooMethod<'a> {
     cfg: &'a RlooConfig,
     policy: &'a Model,
-    prompts: &'a [Vec<u32>],
+    groups: GroupSampling<'a>,
     rewards: &'a Rewards<'a>,
     reference: Reference<'a>,
     adv: RlooAdvantageConfig,
@@ -141,8 +156,18 @@ struct RlooMethod<'a> {
     epsilon: (f32, f32),
 }
 
+/// What an RLOO micro-batch leaves for the step's metrics: `[loss, RLOO_METRIC_NAMES...]` and
+/// the mean KL (when β ≠ 0) on the GPU, the rewards and the mean completion length.
+struct RlooPart {
+    stats: Tensor,
+    kl: Option<Tensor>,
+    rewards: Vec<f32>,
+    completion_length: f32,
+}
+
 impl Method for RlooMethod<'_> {
     type Metrics = RlooMetrics;
+    type Part = RlooPart;
 
     fn name(&self) -> &'static str {
         "rloo"
@@ -157,53 +182,43 @@ impl Method for RlooMethod<'_> {
         }))
     }
 
-    fn step(&mut self, st: Step) -> Result<RlooMetrics> {
+    fn backward(&mut self, mb: MicroBatch) -> Result<RlooPart> {
         let (cfg, policy) = (self.cfg, self.policy);
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
-        let gpu = policy.params().gpu();
         let use_ref = cfg.beta != 0.0;
-        // rollout: each prompt G times, groups consecutive
-        let batch = prompt_groups(self.prompts, cfg.train.seed, st.step, b, g);
-        let mut ro = sample(policy, &batch, &cfg.rollout, sampling_seed(cfg.train.seed, st.step))?;
-        let (p, c) = ro.slices();
-        let r = self.rewards.score(&p, &c, cfg.rollout.pad_id)?;
-        let completion_length = c.iter().map(|x| x.len()).sum::<usize>() as f32 / c.len() as f32;
-        if cfg.mask_truncated_completions {
-            let t = ro.batch.seq;
-            for i in 0..b * g {
-                if !ro.stopped(i, &cfg.rollout.stop_ids) {
-                    ro.batch.mask[i * t..(i + 1) * t].fill(0.0);
-                }
-            }
-        }
-        // log-probs: π (on the tape), π_old = π (one update per rollout), π_ref when β ≠ 0
-        let s = ro.batch.upload(gpu)?;
-        let ref_logp = if use_ref { Some(self.reference.token_logps(policy, &s, cfg.rollout.temperature)?) } else { None };
+        // rollout: each prompt G times, groups consecutive, scored; log-probs: π (on the tape),
+        // π_old = π (one update per rollout), π_ref when β ≠ 0
         let tape = Tape::new();
-        let h = policy.hidden(Some(&tape), &s.ids, s.key_mask.as_ref())?;
-        let logp = tempered_logps(policy, Some(&tape), &h, &s, cfg.rollout.temperature)?.0;
-        let old = logp.tensor().clone();
+        let ro = sample_groups(policy, &tape, &self.groups, mb.index(), self.rewards, use_ref.then_some(&self.reference))?;
         // advantages and loss, on the GPU
-        let rt = Tensor::from_f32(gpu, &r, &[b * g])?;
-        let (adv, adv_stats) = rloo_advantages(&rt, ref_logp.as_ref().map(|x| (&old, x)), &s.mask, &self.adv)?;
-        let (loss, stats) = rloo_loss(&logp, &old, &adv, &s.mask, self.epsilon)?;
-        tape.backward(&loss)?;
-        st.opt.step(policy.trainable(), st.lr)?;
-        policy.trainable().zero_grad()?;
-        // metrics: the step's submit, [loss, clip ratios]
-        let stats = stats.to_f32_vec()?;
+        let rt = Tensor::from_f32(policy.params().gpu(), &ro.rewards, &[b * g])?;
+        let (adv, adv_stats) = rloo_advantages(&rt, ro.ref_logp.as_ref().map(|x| (&ro.old_logp, x)), &ro.seqs.mask, &self.adv)?;
+        let (loss, stats) = rloo_loss(&ro.logp, &ro.old_logp, &adv, &ro.seqs.mask, self.epsilon)?;
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(RlooPart { stats, kl: use_ref.then_some(adv_stats), rewards: ro.rewards, completion_length: ro.completion_length })
+    }
+
+    /// Means over the micro-batches; the reward statistics over all the step's completions.
+    fn finish(&mut self, parts: Vec<RlooPart>, grad_norm: Option<Tensor>) -> Result<RlooMetrics> {
+        // metrics: the step's readback, [loss, clip ratios] each
+        let stats = MicroMetrics::read(&parts.iter().map(|p| p.stats.clone()).collect::<Vec<_>>())?;
+        let kl = parts.iter().map(|p| p.kl.clone()).collect::<Option<Vec<Tensor>>>().map(|k| MicroMetrics::read(&k)).transpose()?;
+        let r: Vec<f32> = parts.iter().flat_map(|p| p.rewards.iter().copied()).collect();
+        let lengths = parts.iter().map(|p| p.completion_length as f64).sum::<f64>() / parts.len() as f64;
         debug_assert_eq!(RLOO_METRIC_NAMES, ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"]);
         let (mean, std) = mean_std(&r);
+        let g = self.cfg.num_generations;
         Ok(RlooMetrics {
-            loss: stats[0],
+            loss: stats.mean(0),
+            grad_norm: read_norm(grad_norm)?,
             reward: mean,
             reward_std: std,
-            frac_reward_zero_std: r.chunks(g).filter(|grp| mean_std(grp).1.abs() < 1e-8).count() as f32 / b as f32,
-            kl: if use_ref { Some(adv_stats.to_f32_vec()?[0]) } else { None },
-            clip_ratio_low_mean: stats[1],
-            clip_ratio_high_mean: stats[2],
-            clip_ratio_region_mean: stats[3],
-            completion_length,
+            frac_reward_zero_std: r.chunks(g).filter(|grp| mean_std(grp).1.abs() < 1e-8).count() as f32 / (r.len() / g) as f32,
+            kl: kl.map(|k| k.mean(0)),
+            clip_ratio_low_mean: stats.mean(1),
+            clip_ratio_high_mean: stats.mean(2),
+            clip_ratio_region_mean: stats.mean(3),
+            completion_length: lengths as f32,
             ..Default::default()
         })
     }

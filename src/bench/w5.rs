@@ -13,7 +13,7 @@ use super::{finite, peak_rss_mib, result, timeit, BenchResult};
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::model::{presets, LlamaConfig, Model, ModelConfig};
-use crate::ops::dpo::{dpo_loss, DpoConfig};
+use crate::ops::dpo::{dpo_loss, DpoConfig, DpoRunState};
 use crate::ops::elementwise::{slice_last, slice_last_forward};
 use crate::ops::loss::token_logprobs;
 use crate::ops::optim::{AdamW, AdamWConfig};
@@ -151,7 +151,7 @@ impl W5 {
         let lora = LoraConfig { r: Self::RANK, alpha: 2.0 * Self::RANK as f32, target_modules: LoraConfig::default_targets(&cfg) };
         policy.add_lora(&lora, 0)?;
         policy.set_checkpointing(opts.checkpoint);
-        let opt = AdamW::new(policy.trainable(), AdamWConfig { lr: Self::LR, ..Default::default() })?;
+        let opt = AdamW::new(policy.trainable(), AdamWConfig::default())?;
         Ok(W5 { gpu: gpu.clone(), policy, opt, cfg: DpoConfig::default(), opts: opts.clone(), step: 0 })
     }
 
@@ -210,7 +210,7 @@ impl W5 {
         let pol = self.completion_logps(Some(&tape), &ids, &labels)?.reshape(&[pairs, 2])?;
         let (pc, pr) = (slice_last(&pol, 0, 1)?.reshape(&[pairs])?, slice_last(&pol, 1, 1)?.reshape(&[pairs])?);
         let len = Tensor::from_f32(&self.gpu, &vec![Self::COMPLETION as f32; pairs], &[pairs])?;
-        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg)?;
+        let (loss, _) = dpo_loss(&pc, &pr, &rc, &rr, &len, &len, &self.cfg, DpoRunState::default())?;
         tape.backward(&loss)?;
         self.opt.step(self.policy.trainable(), Self::LR)?;
         self.policy.trainable().zero_grad()?;

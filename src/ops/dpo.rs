@@ -42,8 +42,8 @@ pub enum DpoLoss {
     Ipo,
     /// `(-logσ(βh)(1 - ε) + logσ(-βh)ε) / (1 - 2ε)` (robust DPO); needs ε < 1/2.
     Robust,
-    /// `-logσ(β(pc - rc) - δ) - logσ(-(β(pr - rr) - δ))` with δ = [`DpoConfig::bco_delta`], the
-    /// running mean of the rewards that the trainer keeps (BCO on pairs).
+    /// `-logσ(β(pc - rc) - δ) - logσ(-(β(pr - rr) - δ))` with δ = [`DpoRunState::bco_delta`],
+    /// the running mean of the rewards that the trainer keeps (BCO on pairs).
     BcoPair,
     /// `(1 - σ(β(pc - rc))) + σ(β(pr - rr))` (APO-zero).
     ApoZero,
@@ -161,15 +161,13 @@ pub struct DpoConfig {
     pub losses: Vec<(DpoLoss, f32)>,
     /// Margin γ of `sigmoid_norm`, e.g. 0.
     pub simpo_gamma: f32,
-    /// δ of `bco_pair`: the running mean of the rewards, kept by the trainer, e.g. 0.
-    pub bco_delta: f32,
     /// Temperature τ of `discopop`'s modulation (TRL's `discopop_tau`), e.g. 0.05.
     pub discopop_tau: f32,
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        DpoConfig { beta: 0.1, label_smoothing: 0.0, losses: vec![(DpoLoss::Sigmoid, 1.0)], simpo_gamma: 0.0, bco_delta: 0.0, discopop_tau: 0.05 }
+        DpoConfig { beta: 0.1, label_smoothing: 0.0, losses: vec![(DpoLoss::Sigmoid, 1.0)], simpo_gamma: 0.0, discopop_tau: 0.05 }
     }
 }
 
@@ -213,14 +211,23 @@ impl DpoConfig {
         if w[DpoLoss::Robust.slot()] != 0.0 && eps >= 0.5 {
             return bad("label_smoothing", format!("{eps}: the robust loss needs it below 0.5"));
         }
-        if !(self.simpo_gamma.is_finite() && self.bco_delta.is_finite()) {
-            return bad("simpo_gamma / bco_delta", "must be finite".into());
+        if !self.simpo_gamma.is_finite() {
+            return bad("simpo_gamma", "must be finite".into());
         }
         if w[DpoLoss::Discopop.slot()] != 0.0 && !(self.discopop_tau.is_finite() && self.discopop_tau > 0.0) {
             return bad("discopop_tau", format!("{} must be a positive number", self.discopop_tau));
         }
         Ok(w)
     }
+}
+
+/// What [`dpo_loss`] takes from the run so far rather than from the settings: the trainer's
+/// state (TRL keeps it on the trainer too, `self.running`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DpoRunState {
+    /// δ of `bco_pair`: the running mean of every implicit reward seen so far, e.g. 0 at the
+    /// start of a run.
+    pub bco_delta: f32,
 }
 
 /// Names of the batch metrics, as TRL logs them, in the order of [`DpoMetrics::tensor`] after
@@ -308,6 +315,7 @@ pub struct DpoForward {
 /// Forward: per-pair losses and gradients (one kernel), then the batch loss and metrics (one
 /// workgroup). All inputs are f32 with one element per pair. Lengths must be positive where
 /// `ipo`, `sigmoid_norm`, `sft` or `orpo` is used; `orpo` needs mean log-probs below 0.
+#[allow(clippy::too_many_arguments)]
 pub fn dpo_forward(
     pc: &Tensor,
     pr: &Tensor,
@@ -316,8 +324,12 @@ pub fn dpo_forward(
     lc: &Tensor,
     lr: &Tensor,
     cfg: &DpoConfig,
+    run: DpoRunState,
 ) -> Result<DpoForward> {
     let w = cfg.weights()?;
+    if !run.bco_delta.is_finite() {
+        return Err(Error::config("DPO bco_delta", format!("{} (the running mean of the rewards) is not finite", run.bco_delta)));
+    }
     let n = pair_count(&[("pc", pc), ("pr", pr), ("rc", rc), ("rr", rr), ("lc", lc), ("lr", lr)])?;
     let gpu = pc.gpu();
     let inv_n = 1.0 / n as f32;
@@ -327,7 +339,7 @@ pub fn dpo_forward(
         beta: cfg.beta,
         eps: cfg.label_smoothing,
         gamma: cfg.simpo_gamma,
-        delta: cfg.bco_delta,
+        delta: run.bco_delta,
         inv_n,
         tau: cfg.discopop_tau,
         weights: w,
@@ -366,7 +378,9 @@ pub fn dpo_backward(pairs: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
 /// The DPO-family loss of a batch of N preference pairs, `Σ_type weight · mean_i L_type(i)`,
 /// differentiable in the policy sums `pc` (chosen) and `pr` (rejected); `rc`, `rr` are the
 /// reference model's sums (zeros when reference-free), `lc`, `lr` the completion lengths. All
-/// have N elements. Returns the `[1]` loss and the batch metrics (on the GPU).
+/// have N elements; `run` is what the trainer carries from step to step (`bco_pair`'s δ).
+/// Returns the `[1]` loss and the batch metrics (on the GPU).
+#[allow(clippy::too_many_arguments)]
 pub fn dpo_loss(
     pc: &Var,
     pr: &Var,
@@ -375,8 +389,9 @@ pub fn dpo_loss(
     lc: &Tensor,
     lr: &Tensor,
     cfg: &DpoConfig,
+    run: DpoRunState,
 ) -> Result<(Var, DpoMetrics)> {
-    let f = dpo_forward(pc.tensor(), pr.tensor(), rc, rr, lc, lr, cfg)?;
+    let f = dpo_forward(pc.tensor(), pr.tensor(), rc, rr, lc, lr, cfg, run)?;
     let (shape_c, shape_r) = (pc.shape().to_vec(), pr.shape().to_vec());
     let pairs = f.pairs;
     let loss = Var::from_op(f.loss, &[pc, pr], move |g| {
@@ -388,7 +403,7 @@ pub fn dpo_loss(
 
 /// CPU references (f64) of every formula above, for the tests.
 pub mod reference {
-    use super::{DpoConfig, DpoLoss};
+    use super::{DpoConfig, DpoLoss, DpoRunState};
 
     /// σ(x).
     pub fn sigmoid(x: f64) -> f64 {
@@ -417,7 +432,7 @@ pub mod reference {
 
     /// `L_kind` of one pair, straight from the formula on [`DpoLoss`]; `aot` and
     /// `aot_unpaired` as in a batch of one pair (their batches are in [`batch_losses`]).
-    pub fn pair_loss(kind: DpoLoss, x: &Pair, cfg: &DpoConfig) -> f64 {
+    pub fn pair_loss(kind: DpoLoss, x: &Pair, cfg: &DpoConfig, run: DpoRunState) -> f64 {
         let (b, eps) = (cfg.beta as f64, cfg.label_smoothing as f64);
         let (sc, sr) = (x.pc - x.rc, x.pr - x.rr);
         let h = sc - sr;
@@ -428,7 +443,7 @@ pub mod reference {
             DpoLoss::Ipo => (h_norm - 1.0 / (2.0 * b)).powi(2),
             DpoLoss::Robust => (-log_sigmoid(b * h) * (1.0 - eps) + log_sigmoid(-b * h) * eps) / (1.0 - 2.0 * eps),
             DpoLoss::BcoPair => {
-                let d = cfg.bco_delta as f64;
+                let d = run.bco_delta as f64;
                 -log_sigmoid(b * sc - d) - log_sigmoid(-(b * sr - d))
             }
             DpoLoss::ApoZero => (1.0 - sigmoid(b * sc)) + sigmoid(b * sr),
@@ -472,13 +487,13 @@ pub mod reference {
 
     /// The N losses of `kind` over a batch, as TRL's `dpo_loss` returns them (for `aot` and
     /// `aot_unpaired`, in sorted order, as TRL's).
-    pub fn batch_losses(kind: DpoLoss, ps: &[Pair], cfg: &DpoConfig) -> Vec<f64> {
+    pub fn batch_losses(kind: DpoLoss, ps: &[Pair], cfg: &DpoConfig, run: DpoRunState) -> Vec<f64> {
         match kind {
             // TRL dpo_loss "aot": sort(logratios) - sort(ref_logratios)
             DpoLoss::Aot => sorted_margin_losses(ps.iter().map(|x| x.pc - x.pr).collect(), ps.iter().map(|x| x.rc - x.rr).collect(), cfg),
             // TRL dpo_loss "aot_unpaired": sort(chosen_logratios) - sort(rejected_logratios)
             DpoLoss::AotUnpaired => sorted_margin_losses(ps.iter().map(|x| x.pc - x.rc).collect(), ps.iter().map(|x| x.pr - x.rr).collect(), cfg),
-            _ => ps.iter().map(|x| pair_loss(kind, x, cfg)).collect(),
+            _ => ps.iter().map(|x| pair_loss(kind, x, cfg, run)).collect(),
         }
     }
 
@@ -487,10 +502,11 @@ pub mod reference {
     }
 
     /// The batch loss `Σ weight · mean_i L_type(i)`.
-    pub fn dpo_loss(pc: &[f64], pr: &[f64], rc: &[f64], rr: &[f64], lc: &[f64], lr: &[f64], cfg: &DpoConfig) -> f64 {
+    #[allow(clippy::too_many_arguments)]
+    pub fn dpo_loss(pc: &[f64], pr: &[f64], rc: &[f64], rr: &[f64], lc: &[f64], lr: &[f64], cfg: &DpoConfig, run: DpoRunState) -> f64 {
         let ps = pairs(pc, pr, rc, rr, lc, lr);
         let n = ps.len() as f64;
-        cfg.losses.iter().map(|&(k, w)| w as f64 * batch_losses(k, &ps, cfg).iter().sum::<f64>() / n).sum()
+        cfg.losses.iter().map(|&(k, w)| w as f64 * batch_losses(k, &ps, cfg, run).iter().sum::<f64>() / n).sum()
     }
 
     /// The metrics of [`super::DPO_METRIC_NAMES`], in order.

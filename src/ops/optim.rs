@@ -69,11 +69,10 @@ pub fn grad_norm_of(parts: &[&Tensor]) -> Result<Tensor> {
     Ok(norm)
 }
 
-/// AdamW hyper-parameters (PyTorch's names and meaning).
+/// AdamW hyper-parameters (PyTorch's names and meaning). The learning rate is not one of them:
+/// each [`AdamW::step`] takes the step's rate (from a schedule, the rate's one home).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
-    /// Base learning rate, e.g. 3e-4 (a schedule passes the step's rate to [`AdamW::step`]).
-    pub lr: f32,
     /// First-moment decay, e.g. 0.9.
     pub beta1: f32,
     /// Second-moment decay, e.g. 0.999 (0.95 is common for transformers).
@@ -88,7 +87,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 3e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: None }
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: None }
     }
 }
 
@@ -101,9 +100,8 @@ impl AdamWConfig {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return bad("eps", format!("{} must be positive", self.eps));
         }
-        let finite_non_negative = |x: f32| x >= 0.0 && x.is_finite();
-        if !finite_non_negative(self.lr) || !finite_non_negative(self.weight_decay) {
-            return bad("lr / weight_decay", format!("({}, {}) must be finite and non-negative", self.lr, self.weight_decay));
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay", format!("{} must be finite and non-negative", self.weight_decay));
         }
         if let Some(c) = self.max_grad_norm {
             if !(c > 0.0 && c.is_finite()) {

@@ -23,7 +23,7 @@ pub struct TrainerState {
     pub step: u64,
     /// The run's seed (batches are a function of seed and batch index).
     pub seed: u64,
-    /// Batches consumed so far (the data position).
+    /// Micro-batches drawn so far, steps × grad_accum (the data position).
     pub batches_seen: u64,
     /// Which trainer wrote it ("sft", "reward", "dpo", ...).
     pub trainer: String,

@@ -1,17 +1,17 @@
-//! Supervised fine-tuning and pretraining: next-token cross-entropy on a [`BatchSource`], AdamW
-//! with warmup + cosine, clipping, gradient accumulation, held-out evaluation, checkpoints that
-//! resume bit-for-bit, and one JSONL metrics record per step. Each optimizer step is one command
-//! encoder and one submit; the loss and gradient norm are the only values read back.
+//! Supervised fine-tuning and pretraining: next-token cross-entropy on a [`BatchSource`], as a
+//! [`Method`] of the one training loop ([`super::trainer`]), which brings AdamW with warmup +
+//! cosine, clipping, gradient accumulation, held-out evaluation, checkpoints that resume
+//! bit-for-bit, and one JSONL metrics record per step. Micro-batch k of the run is the source's
+//! batch k; the loss and gradient norm are the only values read back.
 
 use super::batch::{BatchSource, LmBatch};
 use super::rundir::RunOptions;
 use super::schedule::Schedule;
-use super::trainer::{self, LoopConfig, Method, Step};
+use super::trainer::{self, read_norm, LoopConfig, Method, MicroBatch, MicroMetrics};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::ops::elementwise::{axpby, scale};
+use crate::ops::optim::AdamWConfig;
 use crate::ops::vocab_head::head_cross_entropy;
-use crate::ops::optim::{AdamW, AdamWConfig};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -27,11 +27,12 @@ pub struct SftConfig {
     pub seq_len: usize,
     /// Optimizer steps. Example: 1000.
     pub steps: usize,
-    /// Micro-batches per optimizer step. Example: 1.
+    /// Micro-batches per optimizer step (TRL's `gradient_accumulation_steps`): a step learns
+    /// from `grad_accum × batch_size` sequences with the memory of `batch_size`. Example: 1.
     pub grad_accum: usize,
     /// Learning-rate schedule (peak, warmup, floor); `total` is set to `steps` when 0.
     pub schedule: Schedule,
-    /// AdamW settings (its `lr` is ignored; the schedule gives each step's rate).
+    /// AdamW's moments, decay and clipping (the schedule gives each step's learning rate).
     #[serde(skip, default)]
     pub adamw: AdamWConfig,
     /// Evaluate on the held-out source every this many steps (0 = only at the end).
@@ -116,44 +117,6 @@ pub fn eval_loss(model: &Model, b: &LmBatch) -> Result<f32> {
     head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?.tensor().scalar()
 }
 
-/// One optimizer step over `accum` micro-batches starting at batch index `first`. Returns the
-/// mean loss and the gradient norm (before clipping).
-pub fn train_step(
-    model: &Model,
-    opt: &mut AdamW,
-    src: &dyn BatchSource,
-    first: u64,
-    cfg: &SftConfig,
-    lr: f32,
-) -> Result<(f32, f32)> {
-    let store = model.trainable(); // with a LoRA adapter: only the adapter
-    let accum = cfg.grad_accum.max(1);
-    let mut total: Option<Tensor> = None;
-    for micro in 0..accum {
-        let b = src.batch(first + micro as u64, cfg.batch_size, cfg.seq_len)?;
-        let (ids, targets, mask) = upload(model, &b)?;
-        let tape = Tape::new();
-        // The chunked vocabulary head: the (B·T, V) logits never exist.
-        let hidden = model.hidden(Some(&tape), &ids, None)?; // (B, T, C)
-        let head = model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 3)
-        let loss = head_cross_entropy(&head, &targets, Some(&mask), model.vocab_size())?;
-        tape.backward(&scale(&loss, 1.0 / accum as f32)?)?;
-        let l = loss.tensor();
-        total = Some(match total {
-            None => crate::ops::elementwise::scale_forward(l, 1.0 / accum as f32)?,
-            Some(t) => axpby(&t, l, 1.0, 1.0 / accum as f32)?,
-        });
-    }
-    let norm = opt.step(store, lr)?;
-    store.zero_grad()?;
-    let loss = total.expect("accum >= 1").scalar()?; // the step's one submit
-    let norm = match norm {
-        Some(n) => n.scalar()?,
-        None => f32::NAN,
-    };
-    Ok((loss, norm))
-}
-
 /// One SFT step's metrics (TRL's names), one line of metrics.jsonl.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SftMetrics {
@@ -180,6 +143,7 @@ struct Sft<'a> {
 
 impl Method for Sft<'_> {
     type Metrics = SftMetrics;
+    type Part = Tensor;
 
     fn name(&self) -> &'static str {
         "sft"
@@ -189,10 +153,22 @@ impl Method for Sft<'_> {
         serde_json::json!({"sft": self.cfg, "data": self.train.describe(), "model": self.model.config().to_json()})
     }
 
-    fn step(&mut self, s: Step) -> Result<SftMetrics> {
-        let first = s.step as u64 * self.cfg.grad_accum as u64;
-        let (loss, norm) = train_step(self.model, s.opt, self.train, first, self.cfg, s.lr)?;
-        Ok(SftMetrics { loss, grad_norm: norm.is_finite().then_some(norm), ..Default::default() })
+    fn backward(&mut self, mb: MicroBatch) -> Result<Tensor> {
+        let b = self.train.batch(mb.index() as u64, self.cfg.batch_size, self.cfg.seq_len)?;
+        let (ids, targets, mask) = upload(self.model, &b)?;
+        let tape = Tape::new();
+        // The chunked vocabulary head: the (B·T, V) logits never exist.
+        let hidden = self.model.hidden(Some(&tape), &ids, None)?; // (B, T, C)
+        let head = self.model.token_head(Some(&tape), &hidden, &targets)?; // (B·T, 3)
+        let loss = head_cross_entropy(&head, &targets, Some(&mask), self.model.vocab_size())?;
+        tape.backward(&mb.scaled(&loss)?)?;
+        Ok(loss.tensor().clone())
+    }
+
+    /// The loss is the mean of the micro-batches' mean token losses.
+    fn finish(&mut self, parts: Vec<Tensor>, grad_norm: Option<Tensor>) -> Result<SftMetrics> {
+        let loss = MicroMetrics::read(&parts)?.mean(0);
+        Ok(SftMetrics { loss, grad_norm: read_norm(grad_norm)?, ..Default::default() })
     }
 
     fn loss(m: &SftMetrics) -> f32 {
@@ -223,6 +199,7 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
         steps: cfg.steps,
         schedule: &cfg.schedule,
         adamw: cfg.adamw,
+        grad_accum: cfg.grad_accum,
         seed: cfg.seed,
         out_dir: cfg.out_dir.as_deref(),
         resume: cfg.resume,
@@ -234,7 +211,6 @@ pub fn train(model: &Model, train: &dyn BatchSource, eval: Option<&dyn BatchSour
         checkpoint_activations: cfg.checkpoint_activations,
         rows: cfg.batch_size,
         row_len: cfg.seq_len,
-        batches_per_step: cfg.grad_accum as u64,
     };
     let t0 = Instant::now();
     let r = trainer::train(&run, model, &mut Sft { model, train, eval, cfg })?;

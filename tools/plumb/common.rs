@@ -1,4 +1,4 @@
-//! What the alignment subcommands (reward, dpo, ppo, grpo) share: the flags every one has, finding
+//! What the alignment subcommands (reward, dpo, kto, ppo, grpo, rloo) share: the flags every one has, finding
 //! the starting checkpoint, the built-in byte-level data and its checks, tokenizers, samples.
 
 use plumb::align::{Pair, TrainConfig};
@@ -25,8 +25,12 @@ pub struct CommonArgs {
     /// Longest prompt kept (its end); default: min(64, max-len / 2).
     #[arg(long)]
     pub max_prompt_len: Option<usize>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
+    /// Micro-batches per optimizer step (TRL's gradient_accumulation_steps): each step learns
+    /// from grad-accum × --batch-size items with the memory of --batch-size.
+    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
+    pub grad_accum: usize,
     /// Replace a finished or killed run in --out (its checkpoints and metrics are deleted first).
     #[arg(long)]
     pub overwrite: bool,
@@ -115,6 +119,7 @@ pub fn train_config(c: &CommonArgs, model: &Model, steps: usize, batch_size: usi
     Ok(TrainConfig {
         steps,
         batch_size,
+        grad_accum: c.grad_accum,
         max_len,
         max_prompt_len,
         schedule,

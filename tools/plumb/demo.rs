@@ -12,10 +12,10 @@ use std::path::PathBuf;
   plumb demo --scale 4                # every stage 4x longer
   plumb demo --model models/presets/gpt-w2 --sft-steps 2000")]
 pub struct DemoArgs {
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = DemoConfig::default().seed)]
     seed: u64,
     /// Where results.md, results.json, curves.svg and every stage's checkpoint go.
-    #[arg(long, default_value = "runs/demo")]
+    #[arg(long, default_value_os_t = DemoConfig::default().out_dir)]
     out: PathBuf,
     /// Model preset or HF directory (byte-level, vocab 256).
     #[arg(long)]

@@ -77,7 +77,7 @@ pub struct DpoArgs {
     #[arg(long)]
     lora: Option<usize>,
     /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = plumb::lora::LoraConfig::default().alpha)]
     lora_alpha: f32,
     /// Output: metrics.jsonl and the final checkpoint.
     #[arg(long, default_value = "runs/dpo")]
@@ -109,7 +109,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
     // SimPO and ORPO alone are reference-free: one model in memory
     let reference_free = matches!(a.loss.trim(), "simpo" | "orpo");
     let losses = if a.loss.trim() == "simpo" { vec![(DpoLoss::SigmoidNorm, 1.0)] } else { parse_losses(&a.loss)? };
-    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, discopop_tau: a.discopop_tau, ..DpoConfig::default() };
+    let loss = DpoConfig { beta: a.beta, label_smoothing: a.label_smoothing, losses, simpo_gamma: a.simpo_gamma, discopop_tau: a.discopop_tau };
     loss.weights()?; // check the settings before loading anything
     if reference_free && (a.precompute_ref || a.reference == RefArg::Precomputed) {
         return Err(Error::config("--loss", format!("{} is reference-free: drop --precompute-ref / --reference precomputed", a.loss)));

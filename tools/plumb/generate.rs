@@ -35,17 +35,17 @@ pub struct GenerateArgs {
     /// byte, gpt2, or a tokenizer.json; default: the directory's tokenizer.json, else byte.
     #[arg(long)]
     tokenizer: Option<String>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = GenerateConfig::default().max_new_tokens)]
     max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
     /// 0 = off.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SamplingConfig::default().top_k)]
     top_k: usize,
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = GenerateConfig::default().seed)]
     seed: u64,
 }
 

@@ -82,7 +82,7 @@ pub struct GrpoArgs {
     #[arg(long)]
     lora: Option<usize>,
     /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = plumb::lora::LoraConfig::default().alpha)]
     lora_alpha: f32,
     /// Output: metrics.jsonl and the final checkpoint.
     #[arg(long, default_value = "runs/grpo")]

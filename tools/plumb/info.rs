@@ -20,11 +20,11 @@ pub struct InfoArgs {
     /// Plan for a LoRA adapter of this rank (default targets) instead of full fine-tuning.
     #[arg(long)]
     lora: Option<usize>,
-    /// Sequences per step for the plan.
-    #[arg(long, default_value_t = 8)]
+    /// Sequences per step for the plan [default: plumb sft's].
+    #[arg(long, default_value_t = plumb::train::sft::SftConfig::default().batch_size)]
     batch_size: usize,
-    /// Tokens per sequence for the plan.
-    #[arg(long, default_value_t = 128)]
+    /// Tokens per sequence for the plan [default: plumb sft's].
+    #[arg(long, default_value_t = plumb::train::sft::SftConfig::default().seq_len)]
     seq_len: usize,
     /// Plan with activation checkpointing.
     #[arg(long)]

@@ -49,7 +49,7 @@ pub struct PpoArgs {
     #[arg(long)]
     kl_target: Option<f32>,
     /// Horizon of the adaptive KL controller, in completions.
-    #[arg(long, default_value_t = 10000.0)]
+    #[arg(long, default_value_t = plumb::align::ppo::DEFAULT_KL_HORIZON)]
     kl_horizon: f32,
     /// Passes over each rollout batch [default: PpoConfig's, 4].
     #[arg(long)]

@@ -71,14 +71,14 @@ pub struct SftArgs {
     /// less GPU memory, one more forward per step, the same losses and gradients.
     #[arg(long)]
     checkpoint_activations: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SftConfig::default().seed)]
     seed: u64,
     /// Train a LoRA adapter of this rank on the frozen base instead of every weight; saved in
     /// PEFT's layout to <out>/adapter.
     #[arg(long)]
     lora: Option<usize>,
     /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = plumb::lora::LoraConfig::default().alpha)]
     lora_alpha: f32,
     /// Samples to print at the end.
     #[arg(long, default_value_t = 4)]
