@@ -4,11 +4,14 @@
 //! matches a plain-Rust f64 forward on a few positions; one full fine-tuning step (AdamW with
 //! clipping over every segment) and one LoRA step each lower the loss on their batch. The same
 //! for Qwen2.5-0.5B's shape (vocab 151,936, 24 layers, GQA 14/2, tied; a 544 MB embedding):
-//! forward against f64, and a checkpointed LoRA step. Slow on lavapipe (minutes): short
+//! forward against f64, and a checkpointed LoRA step. Both shapes also decode greedily (the KV
+//! cache of `plumb::generate`) to the f64 reference's tokens. Slow on lavapipe (minutes): short
 //! sequences, one test per shape.
 mod common;
 use common::f64_ops::*;
+use plumb::generate::{generate, GenerateConfig};
 use plumb::lora::LoraConfig;
+use plumb::ops::sample::SamplingConfig;
 use plumb::model::{Model, ModelConfig};
 use plumb::ops::loss::cross_entropy;
 use plumb::ops::optim::{AdamW, AdamWConfig};
@@ -106,6 +109,25 @@ fn check_positions(logits: &[f32], want: &[Vec<f64>], at: &[usize], v: usize) {
     }
 }
 
+/// The engine's greedy continuation of `ids` (`plumb::generate`, with its KV cache) is the one
+/// the f64 reference picks, token by token; `last_logits` is the reference's logits of the last
+/// position of a sequence.
+fn check_greedy(model: &Model, ids: &[u32], n: usize, last_logits: impl Fn(&[u32]) -> Vec<f64>) {
+    let cfg = GenerateConfig { max_new_tokens: n, sampling: SamplingConfig::greedy(), ..Default::default() };
+    let clock = Instant::now();
+    let engine = generate(model, &[ids.to_vec()], &cfg).unwrap().remove(0);
+    println!("engine: {n} greedy tokens in {:.1} s: {engine:?}", clock.elapsed().as_secs_f64());
+    let mut seq = ids.to_vec();
+    for _ in 0..n {
+        let l = last_logits(&seq);
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        println!("  reference: token {} by {:.3e} over the next", order[0], l[order[0]] - l[order[1]]);
+        seq.push(order[0] as u32);
+    }
+    assert_eq!(engine, seq[ids.len()..].to_vec(), "the engine's greedy tokens are the f64 reference's");
+}
+
 #[test]
 fn qwen25_05b_shape_forward_and_lora_step_past_the_binding_limit() {
     let Some(gpu) = common::gpu() else { return };
@@ -139,8 +161,9 @@ fn qwen25_05b_shape_forward_and_lora_step_past_the_binding_limit() {
     let clock = Instant::now();
     let want = qwen2_forward(&w, &ids, v, c, im, (14, 2), layers, &at);
     println!("f64 reference on positions {at:?}: {:.1} s", clock.elapsed().as_secs_f64());
-    drop(w);
     check_positions(&logits, &want, &at, v);
+    check_greedy(&model, &ids, 3, |s| qwen2_forward(&w, s, v, c, im, (14, 2), layers, &[s.len() - 1]).remove(0));
+    drop(w);
     model.add_lora(&LoraConfig::default(), 4).unwrap();
     model.set_checkpointing(true);
     let tgt = Tensor::from_u32(&gpu, &[13, 90_000, 151_000, 42, 7], &[t]).unwrap();
@@ -181,8 +204,9 @@ fn gpt2_124m_shape_forward_and_training_steps_past_the_binding_limit() {
     let clock = Instant::now();
     let want = gpt2_forward(&w, &ids, v, c, nh, layers, &at);
     println!("f64 reference on positions {at:?}: {:.1} s", clock.elapsed().as_secs_f64());
-    drop(w);
     check_positions(&logits, &want, &at, v);
+    check_greedy(&model, &ids, 3, |s| gpt2_forward(&w, s, v, c, nh, layers, &[s.len() - 1]).remove(0));
+    drop(w);
     // one full fine-tuning step: every parameter, every segment, the chunked tied head
     let tg: Vec<u32> = vec![11, 4000, 30001, 50100, 464, 262, 7, 50256];
     let tgt = Tensor::from_u32(&gpu, &tg, &[t]).unwrap();

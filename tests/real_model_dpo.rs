@@ -3,15 +3,17 @@
 //! sentence from a movie review.", the better-rated of two VADER-rated sentences is chosen. The
 //! test measures, on held-out pairs (the corpus's RL split, never trained on), how often
 //!   - the base model prefers the better-rated sentence by its own log-probs, and
-//!   - the trained policy's implicit reward (log-ratio margin to the base, adapters off) does,
-//! and requires the second to beat the first by `MARGIN` within `STEPS` steps; it prints both,
+//!   - the trained policy's implicit reward (log-ratio margin to the base, adapters off) does.
+//!
+//! It requires the second to beat the first by `MARGIN` within `STEPS` steps, and prints both,
 //! the losses, the time and the peak GPU memory. The file is fetched by tools/fetch_smollm2.sh;
 //! the test skips without it (fails under CI=true).
 //!
 //! Measured 2026-12-07 on lavapipe (2 cores shared with three other jobs): held-out accuracy
 //! 0.625 for the base model's own log-probs, 0.875 for the trained implicit reward (16 pairs),
 //! loss 0.6931 at the first step; 4 steps in 420 s of training, 609 s in all, pool peak 340.7
-//! MiB. `MARGIN` asks for half the measured gain (2 of the 16 held-out pairs).
+//! MiB; 281 s in all in a full `tools/test.sh` run. `MARGIN` asks for half the measured gain (2
+//! of the 16 held-out pairs).
 
 mod common;
 mod gguf_ref;

@@ -173,7 +173,7 @@ impl W5 {
         for row in 0..2 * Self::PAIRS {
             let prompt_row = (row / 2) as u64;
             ids.extend((0..p0 as u64).map(|j| tok(prompt_row * 1000 + j)));
-            ids.extend((0..(t - p0) as u64).map(|j| tok(1 << 20 | (row as u64) * 1000 + j)));
+            ids.extend((0..(t - p0) as u64).map(|j| tok((1 << 20) | (row as u64 * 1000 + j))));
         }
         // Position p predicts token p + 1: positions PROMPT-1 .. SEQ-2 score the completion.
         let labels = ids.chunks(t).flat_map(|r| r[p0..].to_vec()).collect();
@@ -228,8 +228,9 @@ pub struct W5Report {
     /// Peak RSS while building the model (before the steps), MiB.
     pub setup_rss_mib: f64,
     pub flops: W5Flops,
-    /// W1's 1024³ rate measured in the same process, GFLOP/s.
-    pub matmul_gflops: f64,
+    /// W1's 1024³ rate measured in the same process before and after the steps, GFLOP/s.
+    /// The bound takes the faster (this machine's speed drifts within minutes).
+    pub matmul_gflops: [f64; 2],
     /// With `PLUMB_PROFILE`: the per-kernel table of the timed steps (W1's product excluded).
     pub profile: Vec<crate::ProfileRow>,
 }
@@ -237,7 +238,7 @@ pub struct W5Report {
 impl W5Report {
     /// Seconds the step's FLOPs take at the measured matmul rate.
     pub fn bound_s(&self) -> f64 {
-        self.flops.total() / (self.matmul_gflops * 1e9)
+        self.flops.total() / (self.matmul_gflops[0].max(self.matmul_gflops[1]) * 1e9)
     }
 
     /// The speed as a fraction of the FLOP bound.
@@ -267,8 +268,9 @@ impl std::fmt::Display for W5Report {
         )?;
         write!(
             f,
-            "W5 at W1's 1024^3 rate of {:.1} GFLOP/s the FLOPs take {:.2} s; the step takes {:.2} s: {:.0}% of the FLOP bound",
-            self.matmul_gflops,
+            "W5 at W1's 1024^3 rate ({:.1} GFLOP/s before the steps, {:.1} after; the faster counts) the FLOPs take {:.2} s; the step takes {:.2} s: {:.0}% of the FLOP bound",
+            self.matmul_gflops[0],
+            self.matmul_gflops[1],
             self.bound_s(),
             self.result.median_s,
             100.0 * self.fraction_of_bound()
@@ -306,8 +308,10 @@ fn reset_peak_rss() {
 }
 
 /// W5 timed by the harness rule (`warmup` untimed steps, the first reported as the cold
-/// start), then W1's 1024³ product timed in the same process for the bound.
+/// start), with W1's 1024³ product timed in the same process before and after for the bound.
 pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5Report> {
+    let before = super::w1_shape(gpu, (1024, 1024, 1024), 7)?.figure;
+    gpu.trim_pool();
     let mut w = W5::new(gpu, opts)?;
     let setup_rss_mib = peak_rss_mib();
     gpu.reset_peak();
@@ -323,6 +327,6 @@ pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5
     let profile = if gpu.profiling() { gpu.take_profile() } else { vec![] };
     drop(w);
     gpu.trim_pool();
-    let matmul = super::w1_shape(gpu, (1024, 1024, 1024), 7)?;
-    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, matmul_gflops: matmul.figure, profile })
+    let after = super::w1_shape(gpu, (1024, 1024, 1024), 7)?.figure;
+    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, matmul_gflops: [before, after], profile })
 }

@@ -45,7 +45,12 @@ impl FrozenBase {
         self.weights.is_empty()
     }
 
-    /// GPU bytes of the frozen matrices.
+    /// Weights in the frozen matrices (their element count).
+    pub fn numel(&self) -> usize {
+        self.weights.values().map(|w| w.shape[0] * w.shape[1]).sum()
+    }
+
+    /// Bytes on the GPU, as stored.
     pub fn bytes(&self) -> usize {
         self.weights.values().map(|w| w.bytes()).sum()
     }

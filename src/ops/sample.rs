@@ -41,12 +41,17 @@ pub struct SamplingConfig {
 }
 
 impl Default for SamplingConfig {
+    /// The model's own distribution (temperature 1, no truncation): what on-policy rollouts
+    /// (PPO, GRPO, RLOO) must sample from.
     fn default() -> Self {
         SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0 }
     }
 }
 
 impl SamplingConfig {
+    /// Text for people to read: temperature 0.8 and nucleus 0.95, `plumb generate`'s default.
+    pub const READABLE: SamplingConfig = SamplingConfig { temperature: 0.8, top_k: 0, top_p: 0.95 };
+
     /// Greedy decoding (temperature 0).
     pub fn greedy() -> Self {
         SamplingConfig { temperature: 0.0, ..Default::default() }

@@ -360,3 +360,10 @@ pub fn load_reward_model(gpu: &Gpu, dir: &Path, policy: &Model) -> Result<plumb:
     println!("reward model: {}", path.display());
     Ok(rm)
 }
+
+/// The line every trainer prints after attaching a LoRA adapter: its rank and how many of the
+/// model's parameters (a frozen stored-form base included) train.
+pub fn lora_line(model: &plumb::model::Model, r: usize) -> String {
+    let frozen = model.frozen().map_or(0, |f| f.numel());
+    format!("LoRA: rank {r}, {} trainable of {} parameters", model.trainable().numel(), model.params().numel() + frozen)
+}

@@ -170,7 +170,7 @@ pub fn run(a: DpoArgs) -> Result<()> {
     };
     if let Some(r) = a.lora {
         policy.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.common.seed)?;
-        println!("LoRA: rank {r}, {} trainable of {} parameters", policy.trainable().numel(), policy.params().numel());
+        println!("{}", crate::common::lora_line(&policy, r));
     }
     let adapters_ref = a.lora.is_some() && reference == RefArg::Model;
     let frozen = match reference {

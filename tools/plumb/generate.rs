@@ -38,12 +38,12 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = GenerateConfig::default().max_new_tokens)]
     max_new_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = SamplingConfig::READABLE.temperature)]
     temperature: f32,
     /// 0 = off.
-    #[arg(long, default_value_t = SamplingConfig::default().top_k)]
+    #[arg(long, default_value_t = SamplingConfig::READABLE.top_k)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = SamplingConfig::READABLE.top_p)]
     top_p: f32,
     #[arg(long, default_value_t = GenerateConfig::default().seed)]
     seed: u64,

@@ -120,7 +120,7 @@ pub fn run(a: GrpoArgs) -> Result<()> {
     };
     if let Some(r) = a.lora {
         policy.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.common.seed)?;
-        println!("LoRA: rank {r}, {} trainable of {} parameters", policy.trainable().numel(), policy.params().numel());
+        println!("{}", crate::common::lora_line(&policy, r));
     }
     let reference = if beta != 0.0 && a.lora.is_none() { Some(Model::load(&gpu, &init)?) } else { None };
     let cfg = GrpoConfig {

@@ -104,7 +104,7 @@ pub fn run(a: KtoArgs) -> Result<()> {
     }
     if let Some(r) = a.lora {
         policy.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.common.seed)?;
-        println!("LoRA: rank {r}, {} trainable of {} parameters", policy.trainable().numel(), policy.params().numel());
+        println!("{}", crate::common::lora_line(&policy, r));
     }
     let frozen = if a.no_reference || a.lora.is_some() { None } else { Some(Model::load(&gpu, &init)?) };
     let r = match (&frozen, a.no_reference) {

@@ -124,7 +124,7 @@ pub fn run(a: SftArgs) -> Result<()> {
     println!("model: {} parameters on {}", model.params().numel(), gpu.adapter().info.name);
     if let Some(r) = a.lora {
         model.add_lora(&plumb::lora::LoraConfig { r, alpha: a.lora_alpha, ..Default::default() }, a.seed)?;
-        println!("LoRA: rank {r}, {} trainable of {} parameters", model.trainable().numel(), model.params().numel());
+        println!("{}", crate::common::lora_line(&model, r));
     }
     let model = model;
     let model_dir = init.clone().or_else(|| Some(PathBuf::from(&a.model)).filter(|p| p.is_dir()));
