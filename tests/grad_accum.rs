@@ -12,6 +12,7 @@
 //!    bit for bit (DPO, PPO with accumulation inside each minibatch update, GRPO), as
 //!    tests/resume_methods.rs does without accumulation.
 mod common;
+use common::resume::{checkpoint_files, losses, run_dir};
 use plumb::align::{Completion, Dpo, DpoTrainConfig, Grpo, GrpoConfig, Kto, KtoTrainConfig, Ppo, PpoConfig, Reference, Reward, RewardConfig, RewardModel, Rewards, RolloutConfig, TrainConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::dpo::{DpoConfig, DpoLoss};
@@ -188,24 +189,11 @@ const SAVE_EVERY: usize = 2;
 const KILLED_AFTER: usize = 3;
 
 fn dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("plumb-accum-{name}-{}", std::process::id()))
+    run_dir("accum", name)
 }
 
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    plumb::train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap().iter().map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
-}
-
-/// Every file of the final checkpoint but the trainer state and manifest.
 fn final_files(out: &Path) -> Vec<(String, Vec<u8>)> {
-    let ck = out.join(format!("checkpoint-{RESUME_STEPS}"));
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&ck)
-        .unwrap_or_else(|e| panic!("{}: {e}", ck.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !["trainer_state.json", "manifest.json"].contains(&p.file_name().unwrap().to_str().unwrap()))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    files.sort();
-    files
+    checkpoint_files(out, RESUME_STEPS)
 }
 
 /// Uninterrupted vs killed after step 3 (a panic in the step callback) and resumed from step 2.

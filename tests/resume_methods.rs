@@ -5,6 +5,7 @@
 //! with its moments and adaptive KL coefficient, DPO's bco_pair running mean), bit for bit.
 //! The CLI version, with a real SIGKILL, is tests/resume_cli.rs.
 mod common;
+use common::resume::{checkpoint_files, losses, run_dir};
 use plumb::align::{Completion, Dpo, DpoTrainConfig, Grpo, GrpoConfig, Kto, KtoTrainConfig, Ppo, PpoConfig, Reference, Reward, RewardConfig, RewardModel, Rewards, Rloo, RlooConfig, RolloutConfig, TrainConfig};
 use plumb::model::{presets, Model};
 use plumb::ops::dpo::{DpoConfig, DpoLoss};
@@ -20,24 +21,11 @@ const KILLED_AFTER: usize = 3; // the last periodic checkpoint is step 2
 type Run<'a> = dyn Fn(&Path, bool, RunControl) + 'a;
 
 fn dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("plumb-resume-{name}-{}", std::process::id()))
+    run_dir("resume", name)
 }
 
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    plumb::train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap().iter().map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap())).collect()
-}
-
-/// Every file of the final checkpoint except the trainer state (which records the settings).
 fn final_files(out: &Path) -> Vec<(String, Vec<u8>)> {
-    let ck = out.join(format!("checkpoint-{STEPS}"));
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&ck)
-        .unwrap_or_else(|e| panic!("{}: {e}", ck.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !["trainer_state.json", "manifest.json"].contains(&p.file_name().unwrap().to_str().unwrap()))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    files.sort();
-    files
+    checkpoint_files(out, STEPS)
 }
 
 /// Uninterrupted vs killed-after-step-k-and-resumed: same losses, same final checkpoint.

@@ -4,6 +4,7 @@
 
 pub mod f64_ops;
 pub mod gradcheck;
+pub mod resume;
 
 use plumb::{Gpu, GpuOptions};
 
