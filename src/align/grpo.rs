@@ -23,7 +23,7 @@
 
 use super::common::TrainConfig;
 use super::reference::Reference;
-use super::rollout::{sample_groups, GroupSampling, Rewards, RolloutConfig};
+use super::rollout::{check_group_run, sample_groups, GroupSampling, Rewards, RolloutConfig};
 use crate::train::trainer::{self, read_norm, Method, MicroBatch, MicroMetrics};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -144,12 +144,7 @@ impl Grpo {
         let cfg = &self.cfg;
         cfg.train.check("GRPO")?;
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
-        if prompts.is_empty() || g < 2 {
-            return Err(Error::config("GRPO", format!("{} prompts, {g} generations per prompt (need prompts and at least 2)", prompts.len())));
-        }
-        if cfg.beta != 0.0 && matches!(reference, Reference::None | Reference::Precomputed) {
-            return Err(Error::config("GRPO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
-        }
+        check_group_run("GRPO", prompts.len(), g, cfg.beta, &reference)?;
         let loss = GrpoLossConfig {
             loss_type: cfg.loss_type,
             importance_sampling_level: cfg.importance_sampling_level,

@@ -22,8 +22,8 @@
 
 use super::common::TrainConfig;
 use super::reference::Reference;
-use super::rollout::{sample_groups, GroupSampling, Rewards, RolloutConfig};
-use crate::error::{Error, Result};
+use super::rollout::{check_group_run, sample_groups, GroupSampling, Rewards, RolloutConfig};
+use crate::error::Result;
 use crate::model::Model;
 use crate::ops::rloo::{rloo_advantages, rloo_loss, RlooAdvantageConfig, RLOO_METRIC_NAMES};
 use crate::tape::Tape;
@@ -122,12 +122,7 @@ impl Rloo {
         let cfg = &self.cfg;
         cfg.train.check("RLOO")?;
         let (b, g) = (cfg.train.batch_size, cfg.num_generations);
-        if prompts.is_empty() || g < 2 {
-            return Err(Error::config("RLOO", format!("{} prompts, {g} generations per prompt (need prompts and at least 2)", prompts.len())));
-        }
-        if cfg.beta != 0.0 && matches!(reference, Reference::None | Reference::Precomputed) {
-            return Err(Error::config("RLOO", format!("beta {} needs a live reference model (or beta 0)", cfg.beta)));
-        }
+        check_group_run("RLOO", prompts.len(), g, cfg.beta, &reference)?;
         let adv = RlooAdvantageConfig { num_generations: g, beta: cfg.beta, reward_clip_range: cfg.reward_clip_range, normalize_advantages: cfg.normalize_advantages };
         let epsilon = (cfg.epsilon, cfg.epsilon_high.unwrap_or(cfg.epsilon));
         let groups = GroupSampling {

@@ -8,7 +8,7 @@ use super::batching::{prompt_groups, sampling_seed};
 use super::reference::{tempered_logps, Reference};
 use super::reward::RewardModel;
 use super::seqs::{SeqBatch, SeqTensors};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig};
 use crate::model::Model;
 use crate::ops::sample::SamplingConfig;
@@ -152,4 +152,16 @@ pub fn sample_groups(policy: &Model, tape: &Tape, how: &GroupSampling, index: us
     let logp = tempered_logps(policy, Some(tape), &hidden, &seqs, cfg.temperature)?.0;
     let old_logp = logp.tensor().clone();
     Ok(GroupRollout { rewards: scores, completion_length, seqs, logp, old_logp, ref_logp })
+}
+
+/// Refuse a group run (GRPO, RLOO) without prompts, with fewer than 2 generations per prompt, or
+/// with a KL term (`beta` ≠ 0) but no live reference model to compute it.
+pub(crate) fn check_group_run(what: &str, prompts: usize, num_generations: usize, beta: f32, reference: &Reference) -> Result<()> {
+    if prompts == 0 || num_generations < 2 {
+        return Err(Error::config(what, format!("{prompts} prompts, {num_generations} generations per prompt (need prompts and at least 2)")));
+    }
+    if beta != 0.0 && matches!(reference, Reference::None | Reference::Precomputed) {
+        return Err(Error::config(what, format!("beta {beta} needs a live reference model (or beta 0)")));
+    }
+    Ok(())
 }
