@@ -93,20 +93,57 @@ pub fn w1(gpu: &Gpu, iters: usize) -> Result<Vec<BenchResult>> {
 
 /// W1's C = A·B for one (M, K, N); GFLOP/s.
 pub fn w1_shape(gpu: &Gpu, (m, k, n): (usize, usize, usize), iters: usize) -> Result<BenchResult> {
+    let mut r = matmul_shape(gpu, (m, k, n), (false, false), iters)?;
+    r.workload = format!("W1 {m}x{k}x{n}");
+    Ok(r)
+}
+
+/// One f32 product `op(A)·op(B)` of (M, K)·(K, N), A stored (K, M) with `trans_a` and B stored
+/// (N, K) with `trans_b`; GFLOP/s. Enough products a timed iteration for about 2 GFLOP.
+pub fn matmul_shape(gpu: &Gpu, (m, k, n): (usize, usize, usize), (trans_a, trans_b): (bool, bool), iters: usize) -> Result<BenchResult> {
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 13) as f32 * 0.1 - 0.6).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 + 1) % 11) as f32 * 0.1 - 0.5).collect();
-    let (a, b) = (Tensor::from_f32(gpu, &a, &[m, k])?, Tensor::from_f32(gpu, &b, &[k, n])?);
+    let a_shape = if trans_a { [k, m] } else { [m, k] };
+    let b_shape = if trans_b { [n, k] } else { [k, n] };
+    let (a, b) = (Tensor::from_f32(gpu, &a, &a_shape)?, Tensor::from_f32(gpu, &b, &b_shape)?);
     let flops = 2.0 * (m * n * k) as f64;
     let reps = ((2e9 / flops) as usize).max(1);
     let t = timeit(gpu, 3, iters, || {
         let mut last = None;
         for _ in 0..reps {
-            last = Some(matmul_forward(&a, &b, None, false, false)?);
+            last = Some(matmul_forward(&a, &b, None, trans_a, trans_b)?);
         }
         // A one-element readback: waits for every product.
         last.expect("reps >= 1").view(0, &[1])?.scalar().map(|_| ())
     })?;
-    Ok(result(format!("W1 {m}x{k}x{n}"), t, flops * reps as f64 / 1e9, "gflops"))
+    let t_ = |x: bool| if x { "ᵀ" } else { "" };
+    Ok(result(format!("matmul A{}·B{} {m}x{k}x{n}", t_(trans_a), t_(trans_b)), t, flops * reps as f64 / 1e9, "gflops"))
+}
+
+/// One product's `(m, k, n, trans_a, trans_b)`, as [`matmul_shape`] takes it.
+pub type ProductShape = (usize, usize, usize, bool, bool);
+
+/// W5's LoRA products (rank 16 over 1,024 rows; q/o, k/v, gate/up and down), each shape once,
+/// and what each computes.
+pub fn w5_lora_products() -> Vec<(ProductShape, &'static str)> {
+    const ROWS: usize = 1024;
+    const RANK: usize = 16;
+    let mut out = Vec::new();
+    for (d_in, d_out) in [(576, 576), (576, 192), (576, 1536), (1536, 576)] {
+        for p in [
+            ((ROWS, d_in, RANK, false, true), "h = x·Aᵀ"),
+            ((ROWS, RANK, d_out, false, true), "y = h·Bᵀ"),
+            ((ROWS, d_out, RANK, false, false), "dh = dy·B"),
+            ((d_out, ROWS, RANK, true, false), "dB = dyᵀ·h"),
+            ((ROWS, RANK, d_in, false, false), "dx = dh·A"),
+            ((RANK, ROWS, d_in, true, false), "dA = dhᵀ·x"),
+        ] {
+            if !out.iter().any(|(q, _)| *q == p.0) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn w2_model(gpu: &Gpu) -> Result<Model> {

@@ -141,6 +141,33 @@ fn large_aligned_and_decode_shapes_match_reference() {
     gpu.set_register_feed(RegisterFeed::Auto);
 }
 
+/// Products with a few columns and many rows (LoRA's rank-16 ones) run as their transpose and a
+/// transpose kernel on the register variant: the values match, for every layout and every feed
+/// (buffers, textures, textures shared across subgroups where the adapter has 8-lane ones).
+#[test]
+fn few_column_products_run_transposed() {
+    let Some(gpu) = common::gpu() else { return };
+    gpu.set_variant(KernelVariant::Register);
+    for (feed, subgroups) in [(RegisterFeed::Buffer, false), (RegisterFeed::Texture, false), (RegisterFeed::Texture, true)] {
+        gpu.set_register_feed(feed);
+        gpu.set_subgroup_kernels(subgroups);
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            gpu.set_profiling(true);
+            check_forward(&gpu, &[], (512, 68, 16), (ta, tb), false, false);
+            let transposed = gpu.take_profile().iter().any(|r| r.kernel.starts_with("matmul/transpose.wgsl"));
+            gpu.set_profiling(false);
+            assert!(transposed, "{feed:?} subgroups {subgroups} ta {ta} tb {tb}: 512x68x16 did not run transposed");
+            // Ragged: 13 columns, 300 rows, K 37 (a masked last step).
+            check_forward(&gpu, &[], (300, 37, 13), (ta, tb), false, false);
+        }
+        // With a bias, or batched, the product runs as it is.
+        check_forward(&gpu, &[], (512, 68, 16), (false, true), true, false);
+        check_forward(&gpu, &[2], (256, 20, 8), (false, false), false, false);
+    }
+    gpu.set_register_feed(RegisterFeed::Auto);
+    gpu.set_subgroup_kernels(true);
+}
+
 #[test]
 fn f16_inputs() {
     let Some(gpu) = common::gpu() else { return };

@@ -74,6 +74,10 @@ fn cases() -> Vec<Case> {
     // Past one register-kernel workgroup both ways (64 rows by 32 outputs, or 32 columns of
     // dx), ragged, several blocks a row: W5's and SmolLM2's type.
     cases.push(linear_case(StoredType::Q4_1, &[2, 67], 96, 70, false));
+    // A few rows on CPU adapters (`forward_rows`): 3 rows in a 4-row thread, 300 columns over
+    // two 64-thread workgroups, a bias.
+    cases.push(linear_case(StoredType::Q4_1, &[3], 64, 300, true));
+    cases.push(linear_case(StoredType::Q8_0, &[2, 1], 64, 7, false));
     cases
 }
 

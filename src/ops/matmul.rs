@@ -17,6 +17,10 @@
 //!   lavapipe's per-lane loads with masked broadcasts instead of stack round trips, buffer loads
 //!   are cheap, and the buffer-fed kernel with 16x16 tiles is used throughout (see
 //!   [`RegisterFeed`], a per-device choice: `GpuOptions::register_feed`, `PLUMB_REGISTER_FEED`).
+//!   A CPU driver runs a workgroup's threads in SIMD batches along x, which pay off when the
+//!   batch shares rows and spreads over columns; so a product with a few columns and many rows
+//!   (LoRA's rank-16 ones) runs as its transpose, Cᵀ = op(B)ᵀ·op(A)ᵀ, and `transpose.wgsl`
+//!   writes C (see [`RegisterPlan::new`]).
 //! - `Tiled` (real GPUs): `tiled.wgsl` / `tiled_f16.wgsl`, 64x64 blocks staged in workgroup
 //!   memory.
 
@@ -34,8 +38,9 @@ static TILED_F16: ShaderSource = shader!("matmul/tiled_f16.wgsl");
 static CONVERT_F16: ShaderSource = shader!("matmul/convert_f16.wgsl");
 static COLSUM: ShaderSource = shader!("matmul/colsum.wgsl");
 static COLSUM_TEXTURE: ShaderSource = shader!("matmul/colsum_texture.wgsl");
+static TRANSPOSE: ShaderSource = shader!("matmul/transpose.wgsl");
 /// Shaders of this family.
-pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM, &COLSUM_TEXTURE];
+pub static SHADERS: &[&ShaderSource] = &[&REGISTER, &REGISTER_SUBGROUP, &TILED, &TILED_F16, &CONVERT_F16, &COLSUM, &COLSUM_TEXTURE, &TRANSPOSE];
 
 /// Sizes of one product, shared by every matmul kernel.
 #[repr(C)]
@@ -231,7 +236,7 @@ enum Feed {
 /// or 4x4 where there are only a few rows: a W2 step went from seven register pipelines
 /// (51 MiB) to three at about the same speed on lavapipe with AVX-512. (Its 128x128 weight
 /// gradients over 1,024 rows took 2.8 ms as one 16x16-tile workgroup, 3.2 ms as four 8x8.)
-fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_loads: bool) -> Tile {
+fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_loads: bool) -> (f64, Tile) {
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(2);
     // Small products (under ~8 MFLOP, a millisecond or so) take the small tiles, which compile
     // in a fraction of the time.
@@ -245,8 +250,7 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
     let buffer_alpha = if cheap_loads { 0.45 } else { 5.0 };
     let mut best = (f64::MAX, Tile { rb: candidates[0].0, cb: candidates[0].1, wg_x: 8, wg_y: 8 });
     for &(rb, cb) in candidates {
-        for wg_y in [8, 4, 2, 1] {
-            let wg_x = 64 / wg_y;
+        for (wg_x, wg_y, penalty) in WORKGROUPS {
             let (tm, tn) = ((4 * rb) as f64, (4 * cb) as f64);
             let loads = match feed {
                 Feed::Buffer => buffer_alpha * (1.0 / tm + 1.0 / tn),
@@ -257,14 +261,34 @@ fn register_tile(m: usize, n: usize, k: usize, batch: usize, feed: Feed, cheap_l
             let padded = (gy * 4 * rb * wg_y * gx * 4 * cb * wg_x * batch) as f64;
             let groups = gx * gy * batch;
             let fill = groups as f64 / (threads * groups.div_ceil(threads)) as f64;
-            let cost = padded * (0.28 * loads + 0.028) / fill;
+            let cost = padded * (0.28 * loads + 0.028) / fill * penalty;
             if cost < best.0 {
                 best = (cost, Tile { rb, cb, wg_x, wg_y });
             }
         }
     }
-    best.1
+    best
 }
+
+/// Register kernels' workgroup shapes `(x, y)` and a cost factor for the smaller ones. A CPU
+/// driver runs a workgroup's invocations in SIMD batches of 8 along x, and the threads of a
+/// batch share A's loads when they share rows, so x is at least 8. Workgroups of 64 keep the
+/// pipeline count down for large products; smaller ones, for a few percent more estimated
+/// cost, spread short products over more of the CPU's threads. Measured on lavapipe (AVX-512,
+/// 2 threads): LoRA's weight gradient 16x1024x576 went from 6.4 GFLOP/s as one 64-wide
+/// workgroup to 16.4 as five 8-wide ones, and 16x1024x1536 from 12.8 to 23.0 at 16 wide.
+const WORKGROUPS: [(usize, usize, f64); 10] = [
+    (8, 8, 1.0),
+    (16, 4, 1.0),
+    (32, 2, 1.0),
+    (64, 1, 1.0),
+    (8, 4, 1.05),
+    (16, 2, 1.05),
+    (32, 1, 1.05),
+    (8, 2, 1.1),
+    (16, 1, 1.1),
+    (8, 1, 1.15),
+];
 
 /// The register-tiled kernels (CPU adapters).
 /// Texture copies of A's and B's first `a_vecs` and `b_vecs` vec4s.
@@ -279,6 +303,12 @@ fn operand_textures(a: &Tensor, a_vecs: usize, b: &Tensor, b_vecs: usize, width:
 /// pipeline constants (the kernel is `REGISTER_SUBGROUP` for [`Feed::Subgroup`], else
 /// `REGISTER`), and the texture width.
 struct RegisterPlan {
+    /// Compute Cᵀ = op(B)ᵀ·op(A)ᵀ with the operands swapped, then transpose it into C: for
+    /// products with far fewer columns than rows.
+    swap: bool,
+    /// The product the kernel computes (swapped with `swap`) and its estimated cost.
+    problem: Problem,
+    cost: f64,
     feed: Feed,
     tile: Tile,
     consts: Vec<(&'static str, f64)>,
@@ -288,7 +318,25 @@ struct RegisterPlan {
 }
 
 impl RegisterPlan {
-    fn new(gpu: &Gpu, p: &Problem) -> RegisterPlan {
+    /// The plan for `p`, or for its transpose where the cost model prefers it: one product of
+    /// at most 32 columns and at least four times as many rows, without a bias. (A transpose of
+    /// the whole output costs more than the padding it saves on wider products: 1024x16x576 ran
+    /// at 3.4 GFLOP/s swapped against 6.4 as it is.)
+    fn new(gpu: &Gpu, p: &Problem, has_bias: bool) -> RegisterPlan {
+        let plan = RegisterPlan::oriented(gpu, p, false);
+        if p.batch != 1 || has_bias || p.n > 32 || p.m < 4 * p.n {
+            return plan;
+        }
+        let swapped = Problem { m: p.n, n: p.m, trans_a: !p.trans_b, trans_b: !p.trans_a, ..*p };
+        let other = RegisterPlan::oriented(gpu, &swapped, true);
+        if other.cost < plan.cost {
+            other
+        } else {
+            plan
+        }
+    }
+
+    fn oriented(gpu: &Gpu, p: &Problem, swap: bool) -> RegisterPlan {
         // Stored layouts: rows of `pitch` elements; vec4 counts of the whole operands.
         let a_pitch = if p.trans_a { p.m } else { p.k };
         let b_pitch = if p.trans_b { p.k } else { p.n };
@@ -302,7 +350,7 @@ impl RegisterPlan {
             (true, false) => Feed::Texture,
             (true, true) => Feed::Subgroup,
         };
-        let tile = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
+        let (cost, tile) = register_tile(p.m, p.n, p.k, p.batch, feed, cheap_loads);
         let mut consts = vec![
             ("TRANS_A", flag(p.trans_a)),
             ("TRANS_B", flag(p.trans_b)),
@@ -320,7 +368,7 @@ impl RegisterPlan {
                 ("B_VEC4", flag(b_pitch % 4 == 0)),
             ]);
         }
-        RegisterPlan { feed, tile, consts, width: width.unwrap_or(16), a_vecs, b_vecs }
+        RegisterPlan { swap, problem: *p, cost, feed, tile, consts, width: width.unwrap_or(16), a_vecs, b_vecs }
     }
 
     fn shader(&self) -> &'static ShaderSource {
@@ -345,7 +393,7 @@ pub fn prefetch_products(gpu: &Gpu, products: &[(usize, usize, usize, bool, bool
             continue;
         }
         let p = Problem { batch: 1, m, k, n, trans_a, trans_b, shared_a: false, shared_b: false };
-        let plan = RegisterPlan::new(gpu, &p);
+        let plan = RegisterPlan::new(gpu, &p, false);
         gpu.prefetch_pipeline(plan.shader(), "matmul", plan.consts);
     }
 }
@@ -374,7 +422,12 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     if a.dtype() == DType::F16 {
         return register_forward(&to_f32(a)?, &to_f32(b)?, bias, out, p);
     }
-    let RegisterPlan { feed, tile, consts, width, a_vecs, b_vecs } = RegisterPlan::new(gpu, p);
+    let RegisterPlan { swap, problem, feed, tile, consts, width, a_vecs, b_vecs, .. } = RegisterPlan::new(gpu, p, bias.is_some());
+    // Swapped: the kernel computes Cᵀ = op(B)ᵀ·op(A)ᵀ into a temporary, transposed into C after.
+    let (a, b, p) = if swap { (b, a, &problem) } else { (a, b, p) };
+    let c = out;
+    let swapped_out = if swap { Some(Tensor::empty(gpu, &[p.m, p.n], DType::F32, "matmul transposed output")?) } else { None };
+    let out = swapped_out.as_ref().unwrap_or(c);
     let groups = [
         p.n.div_ceil(4 * tile.cb * tile.wg_x) as u32,
         p.m.div_ceil(4 * tile.rb * tile.wg_y) as u32,
@@ -389,27 +442,39 @@ fn register_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, out: &Tensor,
     }
     if feed == Feed::Subgroup {
         let [ta, tb] = operand_textures(a, a_vecs, b, b_vecs, width)?;
-        return gpu.dispatch_with_textures(
+        gpu.dispatch_with_textures(
             &Kernel::new(&REGISTER_SUBGROUP, "matmul").with(&consts),
             bytemuck::bytes_of(&params),
             &[&ta.view, &tb.view],
             &[bias_bind, out.binding_vec4()],
             groups,
-        );
-    }
-    let (ta, tb) = if feed == Feed::Texture {
-        let [ta, tb] = operand_textures(a, a_vecs, b, b_vecs, width)?;
-        (ta, tb)
+        )?;
     } else {
-        (dummy_texture(gpu), dummy_texture(gpu))
-    };
-    gpu.dispatch_with_textures(
-        &Kernel::new(&REGISTER, "matmul").with(&consts),
-        bytemuck::bytes_of(&params),
-        &[&ta.view, &tb.view],
-        &[a.binding_vec4(), b.binding_vec4(), bias_bind, out.binding_vec4()],
-        groups,
-    )
+        let (ta, tb) = if feed == Feed::Texture {
+            let [ta, tb] = operand_textures(a, a_vecs, b, b_vecs, width)?;
+            (ta, tb)
+        } else {
+            (dummy_texture(gpu), dummy_texture(gpu))
+        };
+        gpu.dispatch_with_textures(
+            &Kernel::new(&REGISTER, "matmul").with(&consts),
+            bytemuck::bytes_of(&params),
+            &[&ta.view, &tb.view],
+            &[a.binding_vec4(), b.binding_vec4(), bias_bind, out.binding_vec4()],
+            groups,
+        )?;
+    }
+    match &swapped_out {
+        Some(t) => transpose_into(t, p.m, p.n, c),
+        None => Ok(()),
+    }
+}
+
+/// `out` (cols, rows) = `x`ᵀ for `x` (rows, cols), both row-major f32.
+fn transpose_into(x: &Tensor, rows: usize, cols: usize, out: &Tensor) -> Result<()> {
+    let gpu = x.gpu();
+    let p = [rows as u32, cols as u32, 0, 0];
+    gpu.dispatch(&Kernel::new(&TRANSPOSE, "transpose"), bytemuck::bytes_of(&p), &[x.binding(), out.binding()], gpu.groups_1d(rows * cols, 64))
 }
 
 /// An f32 copy of an f16 tensor.

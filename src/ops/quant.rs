@@ -227,6 +227,16 @@ pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: O
     // Without a bias, bind something read-only that is not the output (never read).
     let bias_bind = bias.unwrap_or(x).binding();
     let bufs = [(1, w.w.words.binding()), (2, x.binding()), (3, bias_bind), (4, y.binding())];
+    if gpu.variant() == KernelVariant::Register && m < 8 * RM {
+        // A few rows (generation): 4 columns a thread for up to RM rows at once.
+        let rows = m.next_power_of_two().min(RM);
+        let groups = check_groups(gpu, OP, [n.div_ceil(4 * 64) as u32, m.div_ceil(rows) as u32, 1])?;
+        let [kind] = w.w.kernel_consts();
+        let consts = [kind, ("ROWS", rows as f64)];
+        let kernel = Kernel::new(&QUANT, "forward_rows").with(&consts);
+        gpu.dispatch_bound(&kernel, bytemuck::bytes_of(&p), &[], &bufs, groups)?;
+        return Ok(y);
+    }
     let (entry, groups) = match gpu.variant() {
         KernelVariant::Register => ("forward_register", [n.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1]),
         KernelVariant::Tiled => ("forward_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),

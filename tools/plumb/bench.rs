@@ -15,7 +15,7 @@ use std::path::PathBuf;
   PLUMB_PROFILE=1 plumb bench w2 --iters 3   # time per kernel (each dispatch waited for)
 Run each workload in its own process for its own peak memory figure.")]
 pub struct BenchArgs {
-    /// Workloads to run: w1, w2, w3, w4, w5, quant (W5's stored-form products) or all (W1-W4).
+    /// Workloads to run: w1, w2, w3, w4, w5, quant (W5's stored-form products), lora (W5's LoRA products) or all (W1-W4).
     #[arg(default_value = "all")]
     workloads: Vec<String>,
     /// Timed iterations (default: W1 7, W2 20, W3 10, W4 7, W5 3).
@@ -67,6 +67,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workloads.iter().any(|x| x.eq_ignore_ascii_case("quant")) {
         for (shape, backward) in [((1024, 576, 1536), false), ((1024, 576, 1536), true), ((512, 576, 4096), false)] {
             println!("{}", bench::quant_matmul(&gpu, plumb::ops::quant::StoredType::Q4_1, shape, backward, a.iters.unwrap_or(5))?);
+        }
+        profile(&gpu);
+    }
+    // W5's LoRA products (rank 16), each shape on its own.
+    if a.workloads.iter().any(|x| x.eq_ignore_ascii_case("lora")) {
+        for ((m, k, n, ta, tb), what) in bench::w5_lora_products() {
+            let r = bench::matmul_shape(&gpu, (m, k, n), (ta, tb), a.iters.unwrap_or(5))?;
+            println!("{what:<11} {r}");
         }
         profile(&gpu);
     }
