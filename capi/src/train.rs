@@ -51,8 +51,11 @@ struct TrainJson {
     method: String,
     /// Optimizer steps in all (a resumed run counts from its first step).
     steps: Option<usize>,
-    /// Sequences (SFT) or pairs (DPO) per step.
+    /// Sequences (SFT) or pairs (DPO) or answers (KTO) per micro-batch.
     batch_size: Option<usize>,
+    /// Micro-batches whose gradients add up to one optimizer step: the update of
+    /// `grad_accum × batch_size` items with the memory of `batch_size` (default 1).
+    grad_accum: Option<usize>,
     /// Peak learning rate, warmup steps and floor of the cosine decay.
     lr: Option<f32>,
     warmup: Option<usize>,
@@ -157,6 +160,9 @@ pub unsafe extern "C" fn plumb_train(
         let handle = ref_arg(model, "model")?;
         let js: TrainJson = parse_json(str_arg(config_json, "config_json")?, "training config")?;
         let method = Method::parse(&js.method)?;
+        if js.grad_accum == Some(0) {
+            return Err(CError::new(PlumbStatus::Config, "training config: grad_accum must be at least 1 (micro-batches a step)"));
+        }
         // SAFETY: `data` is NULL or comes from plumb_data_new (contract above).
         let data = unsafe { data.as_ref() };
         if data.is_some() == js.data.is_some() {
@@ -217,6 +223,7 @@ fn train_sft(m: &Loaded, js: &TrainJson, data: Option<&PlumbData>, control: RunC
     let steps = js.steps.unwrap_or(d.steps);
     let cfg = SftConfig {
         batch_size: js.batch_size.unwrap_or(d.batch_size),
+        grad_accum: js.grad_accum.unwrap_or(d.grad_accum),
         seq_len: js.seq_len.unwrap_or(d.seq_len.min(m.model.max_len())),
         steps,
         schedule: schedule(js, d.schedule.clone(), steps),
@@ -268,6 +275,7 @@ fn align_config(m: &Loaded, js: &TrainJson, control: RunControl) -> TrainConfig 
     TrainConfig {
         steps,
         batch_size: js.batch_size.unwrap_or(d.batch_size),
+        grad_accum: js.grad_accum.unwrap_or(d.grad_accum),
         max_len,
         max_prompt_len: js.max_prompt_len.unwrap_or(d.max_prompt_len.min(max_len / 2)),
         schedule: schedule(js, d.schedule.clone(), steps),

@@ -192,6 +192,10 @@ int main(int argc, char **argv) {
     Progress d = {{0}, 0, 0, 0};
     OK(plumb_train(model, "{\"method\": \"sft\", \"steps\": 3, \"batch_size\": 2, \"seq_len\": 8, \"lr\": 0.01}", texts, on_progress, &d, NULL));
     CHECK(d.n == 3);
+    /* The same with two micro-batches of one sequence a step: still one callback per step. */
+    Progress ga = {{0}, 0, 0, 0};
+    OK(plumb_train(model, "{\"method\": \"sft\", \"steps\": 2, \"batch_size\": 1, \"grad_accum\": 2, \"seq_len\": 8, \"lr\": 0.01}", texts, on_progress, &ga, NULL));
+    CHECK(ga.n == 2);
     plumb_data_free(texts);
     char *after = greedy(model);
     printf("after SFT, greedy: %s\n", after);

@@ -99,6 +99,7 @@ int main(int argc, char **argv) {
     OK(plumb_data_new(&data));
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"dpo\", \"stpes\": 3}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "unknown field `stpes`");
     EXPECT_STATUS(plumb_train(model, "{\"steps\": 3}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "missing field `method`");
+    EXPECT_STATUS(plumb_train(model, "{\"method\": \"sft\", \"grad_accum\": 0}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "grad_accum must be at least 1");
     EXPECT_STATUS(plumb_train(model, "not json", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "line 1 column");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"ppo\"}", data, NULL, NULL, NULL), PLUMB_STATUS_CONFIG, "`ppo` is not one of sft, dpo, kto");
     EXPECT_STATUS(plumb_train(model, "{\"method\": \"kto\"}", data, NULL, NULL, NULL), PLUMB_STATUS_INVALID_ARGUMENT, "KTO needs answers with feedback");
