@@ -232,55 +232,42 @@ fn bias4(c0: u32) -> vec4<f32> {
     return v;
 }
 
-// y = x·Wᵀ (+ bias): each thread computes rows RM·gid.y.. (RM of them) by columns 4·gid.x..+3.
-@compute @workgroup_size(8, 8, 1)
-fn forward_register(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c0 = gid.x * 4u;
-    let r0 = gid.y * RM;
+// y = x·Wᵀ (+ bias) for rows r0..r0+rows-1 (rows <= RM, a constant at each call) by columns
+// c0..c0+3: four decoded W rows serve every row of x at each step of four k.
+fn forward_block(r0: u32, c0: u32, rows: u32) {
     var acc: array<vec4<f32>, RM>;
-    // Accumulate over K four at a time: four decoded W rows serve RM rows of x.
     for (var k0 = 0u; k0 < p.k; k0 += 4u) {
         let w0 = w4(c0, k0);
         let w1 = w4(c0 + 1u, k0);
         let w2 = w4(c0 + 2u, k0);
         let w3 = w4(c0 + 3u, k0);
-        for (var i = 0u; i < RM; i++) {
+        for (var i = 0u; i < rows; i++) {
             let xv = x4(r0 + i, k0, p.m, p.k);
             acc[i] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
         }
     }
     // Store (plus bias), guarded at the edges.
     let b = bias4(c0);
-    for (var i = 0u; i < RM; i++) {
+    for (var i = 0u; i < rows; i++) {
         store4(acc[i] + b, r0 + i, c0, p.m, p.n);
     }
 }
 
-// y = x·Wᵀ (+ bias) for a few rows (generation: one row a sequence). forward_register's 8x8
-// workgroups of RM-row threads would run 64 rows of work for each one that exists; here a
-// 64-wide workgroup of threads each computes 4 columns for ROWS rows (an override, 1 to RM, the
-// row count rounded up), so every decoded W vec4 serves all the rows at once.
+// y = x·Wᵀ (+ bias): each thread computes rows RM·gid.y.. (RM of them) by columns 4·gid.x..+3.
+@compute @workgroup_size(8, 8, 1)
+fn forward_register(@builtin(global_invocation_id) gid: vec3<u32>) {
+    forward_block(gid.y * RM, gid.x * 4u, RM);
+}
+
+// The same for a few rows (generation: one row a sequence). forward_register's 8x8 workgroups
+// of RM-row threads would run 64 rows of work for each one that exists; here a 64-wide
+// workgroup of threads each computes 4 columns for ROWS rows (an override, 1 to RM, the row
+// count rounded up).
 override ROWS: u32 = 1u;
 
 @compute @workgroup_size(64, 1, 1)
 fn forward_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c0 = gid.x * 4u;
-    let r0 = gid.y * ROWS;
-    var acc: array<vec4<f32>, RM>;
-    for (var k0 = 0u; k0 < p.k; k0 += 4u) {
-        let w0 = w4(c0, k0);
-        let w1 = w4(c0 + 1u, k0);
-        let w2 = w4(c0 + 2u, k0);
-        let w3 = w4(c0 + 3u, k0);
-        for (var i = 0u; i < ROWS; i++) {
-            let xv = x4(r0 + i, k0, p.m, p.k);
-            acc[i] += vec4<f32>(dot(xv, w0), dot(xv, w1), dot(xv, w2), dot(xv, w3));
-        }
-    }
-    let b = bias4(c0);
-    for (var i = 0u; i < ROWS; i++) {
-        store4(acc[i] + b, r0 + i, c0, p.m, p.n);
-    }
+    forward_block(gid.y * ROWS, gid.x * 4u, ROWS);
 }
 
 // dx = dy·W: each thread computes rows RM·gid.y.. by columns (of K) 4·gid.x..+3.
