@@ -167,9 +167,10 @@ fn rows_of(op: &'static str, x: &Tensor, k: usize) -> Result<usize> {
     Ok(x.len() / k.max(1))
 }
 
-fn dispatch(w: &QuantTensor, entry: &'static str, p: &Params, bufs: &[(u32, Binding)], groups: [u32; 3]) -> Result<()> {
+/// Run `entry` for `w`'s stored type; `rows` is `forward_rows`' ROWS override.
+fn dispatch(w: &QuantTensor, entry: &'static str, rows: Option<usize>, p: &Params, bufs: &[(u32, Binding)], groups: [u32; 3]) -> Result<()> {
     let gpu = w.words.gpu();
-    let consts = w.kernel_consts();
+    let consts: Vec<_> = w.kernel_consts().into_iter().chain(rows.map(|r| ("ROWS", r as f64))).collect();
     gpu.dispatch_bound(&Kernel::new(&QUANT, entry).with(&consts), bytemuck::bytes_of(p), &[], bufs, groups)
 }
 
@@ -200,7 +201,7 @@ pub fn decode_rows<'a>(w: impl Into<QuantRows<'a>>) -> Result<Tensor> {
         return Ok(out);
     }
     let p = w.params(0, false)?;
-    dispatch(w.w, "decode", &p, &[(1, w.w.words.binding()), (4, out.binding())], gpu.groups_1d(n * k.div_ceil(4), 64))?;
+    dispatch(w.w, "decode", None, &p, &[(1, w.w.words.binding()), (4, out.binding())], gpu.groups_1d(n * k.div_ceil(4), 64))?;
     Ok(out)
 }
 
@@ -230,21 +231,14 @@ pub fn quant_linear_forward<'a>(x: &Tensor, w: impl Into<QuantRows<'a>>, bias: O
     // Without a bias, bind something read-only that is not the output (never read).
     let bias_bind = bias.unwrap_or(x).binding();
     let bufs = [(1, w.w.words.binding()), (2, x.binding()), (3, bias_bind), (4, y.binding())];
-    if gpu.variant() == KernelVariant::Register && m < 8 * RM {
-        // A few rows (generation): 4 columns a thread for up to RM rows at once.
-        let rows = m.next_power_of_two().min(RM);
-        let groups = check_groups(gpu, OP, [n.div_ceil(4 * 64) as u32, m.div_ceil(rows) as u32, 1])?;
-        let [kind] = w.w.kernel_consts();
-        let consts = [kind, ("ROWS", rows as f64)];
-        let kernel = Kernel::new(&QUANT, "forward_rows").with(&consts);
-        gpu.dispatch_bound(&kernel, bytemuck::bytes_of(&p), &[], &bufs, groups)?;
-        return Ok(y);
-    }
-    let (entry, groups) = match gpu.variant() {
-        KernelVariant::Register => ("forward_register", [n.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1]),
-        KernelVariant::Tiled => ("forward_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
+    // A few rows (generation): 4 columns a thread for all of up to RM rows at once.
+    let rows = m.next_power_of_two().min(RM);
+    let (entry, rows, groups) = match gpu.variant() {
+        KernelVariant::Register if m < 8 * RM => ("forward_rows", Some(rows), [n.div_ceil(4 * 64) as u32, m.div_ceil(rows) as u32, 1]),
+        KernelVariant::Register => ("forward_register", None, [n.div_ceil(32) as u32, m.div_ceil(8 * RM) as u32, 1]),
+        KernelVariant::Tiled => ("forward_tiled", None, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
-    dispatch(w.w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
+    dispatch(w.w, entry, rows, &p, &bufs, check_groups(gpu, OP, groups)?)?;
     Ok(y)
 }
 
@@ -276,7 +270,7 @@ pub fn quant_linear_backward<'a>(dy: &Tensor, w: impl Into<QuantRows<'a>>) -> Re
         }
         KernelVariant::Tiled => ("backward_tiled", [k.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
     };
-    dispatch(w.w, entry, &p, &bufs, check_groups(gpu, OP, groups)?)?;
+    dispatch(w.w, entry, None, &p, &bufs, check_groups(gpu, OP, groups)?)?;
     Ok(dx)
 }
 
@@ -315,7 +309,7 @@ pub fn quant_embedding(ids: &Tensor, table: &QuantTensor) -> Result<Tensor> {
     }
     let p = table.params(ids.len(), false)?;
     let bufs = [(1, table.words.binding()), (4, out.binding()), (5, ids.binding())];
-    dispatch(table, "gather", &p, &bufs, gpu.groups_1d(ids.len() * c.div_ceil(4), 64))?;
+    dispatch(table, "gather", None, &p, &bufs, gpu.groups_1d(ids.len() * c.div_ceil(4), 64))?;
     Ok(out)
 }
 
