@@ -23,6 +23,7 @@
 
 use crate::error::{Error, Result};
 use crate::ops::elementwise::scale;
+use crate::ops::lora::{adapted_linear, Base};
 use crate::ops::matmul::linear;
 use crate::params::{ParamSpec, ParamStore};
 use crate::tape::{Tape, Var};
@@ -185,10 +186,25 @@ impl Lora {
         }
     }
 
+    /// Whether projection `module` takes this adapter's update now: the adapters are enabled
+    /// and `module` is targeted.
+    pub fn adapts(&self, module: &str) -> bool {
+        self.enabled.get() && self.targets(module)
+    }
+
+    /// Projection `module` with this adapter's update, as one op: `base(x) (+ bias) +
+    /// (α/r)·(x·Aᵀ)·Bᵀ` (see [`crate::ops::lora`]). For a module this adapter
+    /// [`adapts`](Self::adapts); [`Lora::apply`] adds the update to a base already computed.
+    pub fn project(&self, tape: Option<&Tape>, module: &str, x: &Var, base: Base, bias: Option<&Var>) -> Result<Var> {
+        let a = self.p(tape, &tensor_name(module, "A"))?;
+        let b = self.p(tape, &tensor_name(module, "B"))?;
+        adapted_linear(x, base, bias, &a, &b, self.cfg.scale())
+    }
+
     /// `y` plus this adapter's update of `module` for the projection's input `x` (..., in), when
     /// the adapters are enabled and `module` is adapted; `y` unchanged otherwise.
     pub fn apply(&self, tape: Option<&Tape>, module: &str, x: &Var, y: Var) -> Result<Var> {
-        if !self.enabled.get() || !self.targets(module) {
+        if !self.adapts(module) {
             return Ok(y);
         }
         let a = self.p(tape, &tensor_name(module, "A"))?;

@@ -168,6 +168,83 @@ fn few_column_products_run_transposed() {
     gpu.set_subgroup_kernels(true);
 }
 
+/// Products 192 or 576 columns wide (SmolLM2's k/v and hidden size) take tiles of 16 x 12
+/// outputs a thread on the register variant, which divide them without padding: the values
+/// match for every layout and both plain feeds, ragged edges and a masked K included.
+#[test]
+fn twelve_column_tiles() {
+    let Some(gpu) = common::gpu() else { return };
+    gpu.set_variant(KernelVariant::Register);
+    for feed in [RegisterFeed::Buffer, RegisterFeed::Texture] {
+        gpu.set_register_feed(feed);
+        gpu.set_subgroup_kernels(false);
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (dims, bias) in [((256, 96, 192), false), ((300, 101, 180), true)] {
+                gpu.set_profiling(true);
+                check_forward(&gpu, &[], dims, (ta, tb), bias, false);
+                let tile = gpu.take_profile().iter().any(|r| r.kernel.contains("RB=4,CB=3"));
+                gpu.set_profiling(false);
+                assert!(tile, "{feed:?} ta {ta} tb {tb}: {dims:?} did not take the 16x12 tile");
+            }
+        }
+    }
+    gpu.set_register_feed(RegisterFeed::Auto);
+    gpu.set_subgroup_kernels(true);
+}
+
+/// `matmul_plus`: C = op(A)·op(B) + Z for every layout, both variants and every register feed
+/// (buffers, textures, textures shared across subgroups where the adapter has them), ragged
+/// widths (Z read one element at a time) and aligned ones, a batch; and the shape check on Z.
+#[test]
+fn matmul_plus_adds_a_matrix_as_it_stores() {
+    let Some(gpu) = common::gpu() else { return };
+    let run = |lead: &[usize], (m, k, n): (usize, usize, usize), (ta, tb): (bool, bool)| {
+        let batch: usize = lead.iter().product();
+        let mut sa = lead.to_vec();
+        sa.extend(if ta { [k, m] } else { [m, k] });
+        let mut sb = lead.to_vec();
+        sb.extend(if tb { [n, k] } else { [k, n] });
+        let mut sc = lead.to_vec();
+        sc.extend([m, n]);
+        let (av, bv, zv) = (rand_vec(batch * m * k, 21, -1.0, 1.0), rand_vec(batch * k * n, 22, -1.0, 1.0), rand_vec(batch * m * n, 23, -1.0, 1.0));
+        let a = Tensor::from_f32(&gpu, &av, &sa).unwrap();
+        let b = Tensor::from_f32(&gpu, &bv, &sb).unwrap();
+        let z = Tensor::from_f32(&gpu, &zv, &sc).unwrap();
+        let out = mm::matmul_plus(&a, &b, &z, ta, tb).unwrap();
+        assert_eq!(out.shape(), &sc[..]);
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let prod = r::matmul(&f(&av), &f(&bv), None, batch, (m, k, n), (ta, tb), (false, false));
+        let want: Vec<f64> = prod.iter().zip(&zv).map(|(p, &z)| p + z as f64).collect();
+        let what = format!("matmul_plus {:?} {:?} {sa:?} x {sb:?} ta {ta} tb {tb}", gpu.variant(), gpu.register_feed());
+        assert_close(&what, &out.to_f32_vec().unwrap(), &want, 1e-4, 1e-4);
+    };
+    for (v, feed, subgroups) in [
+        (KernelVariant::Register, RegisterFeed::Buffer, false),
+        (KernelVariant::Register, RegisterFeed::Texture, false),
+        (KernelVariant::Register, RegisterFeed::Texture, true),
+        (KernelVariant::Tiled, RegisterFeed::Auto, false),
+    ] {
+        gpu.set_variant(v);
+        gpu.set_register_feed(feed);
+        gpu.set_subgroup_kernels(subgroups);
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            // Few columns and many rows: a plain product would run transposed; not with Z.
+            for dims in [(7, 33, 13), (64, 64, 64), (200, 52, 36), (300, 37, 16)] {
+                run(&[], dims, (ta, tb));
+            }
+            run(&[2], (9, 16, 12), (ta, tb));
+        }
+    }
+    gpu.set_variant(KernelVariant::Register);
+    gpu.set_register_feed(RegisterFeed::Auto);
+    gpu.set_subgroup_kernels(true);
+    let a = Tensor::from_f32(&gpu, &[0.0; 6], &[2, 3]).unwrap();
+    let b = Tensor::from_f32(&gpu, &[0.0; 12], &[3, 4]).unwrap();
+    let z = Tensor::from_f32(&gpu, &[0.0; 6], &[2, 3]).unwrap();
+    let err = mm::matmul_plus(&a, &b, &z, false, false).unwrap_err().to_string();
+    assert!(err.contains("addend"), "{err}");
+}
+
 #[test]
 fn f16_inputs() {
     let Some(gpu) = common::gpu() else { return };

@@ -422,3 +422,51 @@ fn bad_inputs_are_errors() {
     let g = tape.backward(&s).unwrap();
     assert_eq!(g.get(&x).unwrap().to_f32_vec().unwrap(), vec![1.0; 6]);
 }
+
+/// W (in, out) as (out, in).
+fn transposed(w: &[f64], cin: usize, cout: usize) -> Vec<f64> {
+    (0..cout * cin).map(|i| w[(i % cin) * cout + i / cin]).collect()
+}
+
+/// The adapted projection as one op (`ops::lora`): `base(x) + bias + s·(x·Aᵀ)·Bᵀ` over a
+/// `linear` weight, a Conv1D weight (both trained here, so every gradient is checked) and a
+/// frozen stored-form one (Q8_0, Q4_1: x, A, B and the bias only). Ragged widths (the sums of
+/// `matmul_plus` stored one element at a time) and multiples of 4 (a vec4 a store); 40 rows
+/// and more decode the stored weight to f32 first on CPU adapters.
+#[test]
+fn adapted_linear_table() {
+    use plumb::ops::lora::{self as lora, Base};
+    use plumb::ops::quant::{reference as qr, QuantTensor, StoredType};
+    let Some(gpu) = common::gpu() else { return };
+    let s = 1.75f32;
+    let mut cases = Vec::new();
+    for (rows, cin, cout, r) in [(5usize, 7usize, 3usize, 2usize), (33, 12, 10, 4), (130, 16, 20, 8)] {
+        let dims = (cin, cout, r);
+        let ins = |w: &[usize]| vec![Input::f(&[rows, cin]), Input::f(&[r, cin]), Input::f(&[cout, r]), Input::f(w), Input::f(&[cout])];
+        cases.push(Case::new(
+            format!("adapted linear ({rows},{cin}) -> {cout}, r {r}"),
+            ins(&[cout, cin]),
+            move |v| lora::adapted_linear(&v[0], Base::Linear(&v[3]), Some(&v[4]), &v[1], &v[2], s),
+            move |d| lora::reference::adapted_linear(&d[0], &d[3], Some(&d[4]), &d[1], &d[2], s as f64, rows, dims),
+        ));
+        cases.push(Case::new(
+            format!("adapted conv1d ({rows},{cin}) -> {cout}, r {r}"),
+            ins(&[cin, cout]),
+            move |v| lora::adapted_linear(&v[0], Base::Conv1d(&v[3]), Some(&v[4]), &v[1], &v[2], s),
+            move |d| lora::reference::adapted_linear(&d[0], &transposed(&d[3], cin, cout), Some(&d[4]), &d[1], &d[2], s as f64, rows, dims),
+        ));
+    }
+    for (t, rows, cout) in [(StoredType::Q8_0, 5usize, 3usize), (StoredType::Q4_1, 40, 10), (StoredType::Q8_0, 70, 20)] {
+        let (cin, r) = (64usize, 4usize);
+        cases.push(Case::new(
+            format!("adapted stored {} ({rows},{cin}) -> {cout}, r {r}", t.name()),
+            vec![Input::f(&[2, rows, cin]), Input::f(&[r, cin]), Input::f(&[cout, r]), Input::nograd(&[cout, cin]), Input::f(&[cout])],
+            move |v| {
+                let w = QuantTensor::from_f32(v[0].tensor().gpu(), t, [cout, cin], &v[3].to_f32_vec()?)?;
+                lora::adapted_linear(&v[0], Base::Stored(&w), Some(&v[4]), &v[1], &v[2], s)
+            },
+            move |d| lora::reference::adapted_linear(&d[0], &qr::stored(t, &d[3], cout, cin), Some(&d[4]), &d[1], &d[2], s as f64, 2 * rows, (cin, cout, r)),
+        ));
+    }
+    run_both(&gpu, "adapted_linear", &cases);
+}

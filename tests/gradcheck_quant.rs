@@ -182,3 +182,26 @@ fn lora_step_on_a_stored_form_base_matches_the_f32_base() {
         assert!(frozen.merge_lora().is_err() && frozen.freeze_base(kind).is_err());
     }
 }
+
+/// The f32 decode that products of many rows run first on CPU adapters (`decode_vec4`: eight
+/// vec4 a thread, a whole Q4_1 block from its five words) equals the CPU dequantize bit for bit,
+/// for every stored type, a whole matrix and a range of rows (a vocabulary-head slice), with a
+/// vec4 count that is not a multiple of eight (the last thread stops part way).
+#[test]
+fn decode_matches_cpu_dequantize_exactly() {
+    let Some(gpu) = common::gpu() else { return };
+    for t in StoredType::ALL {
+        let block = t.block_elems().max(4);
+        // f16/bf16 rows of 36 (9 vec4) and of 37 (the scalar-store decode); blocks otherwise.
+        let widths: Vec<usize> = if block == 4 { vec![36, 37] } else { vec![block.max(32), 3 * block.max(32)] };
+        for k in widths {
+            let n = 7;
+            let w = QuantTensor::from_f32(&gpu, t, [n, k], &common::rand_vec(n * k, 5, -2.0, 2.0)).unwrap();
+            let want = w.dequantize().unwrap();
+            let got = q::decode_rows(&w).unwrap().to_f32_vec().unwrap();
+            assert_eq!(got, want, "{} [{n}, {k}] decoded on the GPU", t.name());
+            let got = q::decode_rows(w.rows(2, 3).unwrap()).unwrap().to_f32_vec().unwrap();
+            assert_eq!(got, want[2 * k..5 * k], "{} rows 2..5 of [{n}, {k}] decoded on the GPU", t.name());
+        }
+    }
+}

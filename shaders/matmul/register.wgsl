@@ -21,7 +21,7 @@
 //
 // Overrides pick the layout (TRANS_A, TRANS_B), the load width (A_VEC4, B_VEC4, C_VEC4: vec4
 // loads need the contiguous dimension to be a multiple of 4, else scalar loads), the bias, the
-// thread tile (RB row blocks in 1, 2, 4; CB column blocks in 1, 2, 4, 8) and the workgroup
+// thread tile (RB row blocks in 1, 2, 4; CB column blocks in 1, 2, 3, 4, 8) and the workgroup
 // shape. Rows and columns past the edge are computed from whatever the (bounds-checked) loads
 // return and never stored, so interior and edge threads run the same code; only the stores are
 // guarded. A K that is not a multiple of 4 ends with one masked step.
@@ -36,7 +36,7 @@ struct Params {
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    // 1: add the bias
+    // 1: add the bias; 2: add a matrix shaped like C (in the bias binding)
     has_bias: u32,
 }
 
@@ -219,6 +219,8 @@ fn mac_row(r: Row, am: mat4x4<f32>) -> Row {
     }
     if (CB > 2u) {
         o.c2 = mac(r.c2, b2, am);
+    }
+    if (CB > 3u) {
         o.c3 = mac(r.c3, b3, am);
     }
     if (CB > 4u) {
@@ -239,6 +241,8 @@ fn step(row0: u32, col0: u32, k0: u32, tail: bool) {
     }
     if (CB > 2u) {
         b2 = load_b(k0, col0 + 8u, tail);
+    }
+    if (CB > 3u) {
         b3 = load_b(k0, col0 + 12u, tail);
     }
     if (CB > 4u) {
@@ -260,7 +264,7 @@ fn step(row0: u32, col0: u32, k0: u32, tail: bool) {
 
 // Bias for columns cl..cl+3 (zero without bias).
 fn bias4(cl: u32) -> vec4<f32> {
-    if (p.has_bias == 0u) {
+    if (p.has_bias != 1u) {
         return vec4<f32>(0.0);
     }
     if (C_VEC4) {
@@ -271,12 +275,32 @@ fn bias4(cl: u32) -> vec4<f32> {
                      bias[j.z >> 2u][j.z & 3u], bias[j.w >> 2u][j.w & 3u]);
 }
 
+// has_bias 2: C = op(A)·op(B) + Z, Z shaped like C in the bias binding; its elements i..i+3
+// (columns cl..cl+3 of one row), zero past the last column.
+fn addend4(i: u32, cl: u32) -> vec4<f32> {
+    if (C_VEC4) {
+        return bias[i >> 2u];
+    }
+    var z = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (cl + j < p.n) {
+            let e = i + j;
+            z[j] = bias[e >> 2u][e & 3u];
+        }
+    }
+    return z;
+}
+
 // Store one C row (row r, columns cl..cl+3), skipping what lies outside C.
-fn store_row(v: vec4<f32>, r: u32, cl: u32) {
+fn store_row(cv: vec4<f32>, r: u32, cl: u32) {
     if (r >= p.m || cl >= p.n) {
         return;
     }
     let i = base_c + r * p.n + cl;
+    var v = cv;
+    if (p.has_bias == 2u) {
+        v += addend4(i, cl);
+    }
     if (C_VEC4) {
         c[i >> 2u] = v;
         return;
@@ -311,6 +335,8 @@ fn store_acc_row(acc: Row, r: u32, col0: u32) {
     }
     if (CB > 2u) {
         store_block(acc.c2, r, col0 + 8u);
+    }
+    if (CB > 3u) {
         store_block(acc.c3, r, col0 + 12u);
     }
     if (CB > 4u) {

@@ -28,7 +28,7 @@ struct Params {
     a_stride: u32,
     b_stride: u32,
     c_stride: u32,
-    // 1: add the bias
+    // 1: add the bias; 2: add a matrix shaped like C (in the bias binding)
     has_bias: u32,
 }
 
@@ -233,7 +233,7 @@ fn step(row0: u32, col0: u32, k0: u32, lane: u32, tail: bool) {
 
 // Bias for columns cl..cl+3 (zero without bias).
 fn bias4(cl: u32) -> vec4<f32> {
-    if (p.has_bias == 0u) {
+    if (p.has_bias != 1u) {
         return vec4<f32>(0.0);
     }
     if (C_VEC4) {
@@ -244,12 +244,32 @@ fn bias4(cl: u32) -> vec4<f32> {
                      bias[j.z >> 2u][j.z & 3u], bias[j.w >> 2u][j.w & 3u]);
 }
 
+// has_bias 2: C = op(A)·op(B) + Z, Z shaped like C in the bias binding; its elements i..i+3
+// (columns cl..cl+3 of one row), zero past the last column.
+fn addend4(i: u32, cl: u32) -> vec4<f32> {
+    if (C_VEC4) {
+        return bias[i >> 2u];
+    }
+    var z = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (cl + j < p.n) {
+            let e = i + j;
+            z[j] = bias[e >> 2u][e & 3u];
+        }
+    }
+    return z;
+}
+
 // Store one C row (row r, columns cl..cl+3), skipping what lies outside C.
-fn store_row(v: vec4<f32>, r: u32, cl: u32) {
+fn store_row(cv: vec4<f32>, r: u32, cl: u32) {
     if (r >= p.m || cl >= p.n) {
         return;
     }
     let i = base_c + r * p.n + cl;
+    var v = cv;
+    if (p.has_bias == 2u) {
+        v += addend4(i, cl);
+    }
     if (C_VEC4) {
         c[i >> 2u] = v;
         return;

@@ -10,8 +10,8 @@
 //
 // All entry points live in this one file so the block decoders exist once. The register ones
 // (CPU adapters) use no workgroup memory and no barriers; only the tiled ones (real GPUs) touch
-// the `var<workgroup>` tiles. Bindings: 0 params, 1 W's words, 2 x or dy, 3 bias, 4 the output,
-// 5 token ids (gather); each entry point binds only what it uses.
+// the `var<workgroup>` tiles. Bindings: 0 params, 1 W's words, 2 x or dy, 3 bias, 4 the output
+// (6: as vec4s), 5 token ids (gather); each entry point binds only what it uses.
 
 struct Params {
     // Rows of x / dy (tokens for the gather).
@@ -36,6 +36,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
+@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
 
 // The stored type: 0 f16, 1 bf16, 2 Q8_0, 3 Q4_0, 4 Q4_1, 5 Q4_K, 6 Q6_K (`StoredType` order).
 override KIND: u32 = 0u;
@@ -413,4 +414,40 @@ fn decode(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
     let c0 = (i % quads) * 4u;
     store4(w4(r, c0), r, c0, p.n, p.k);
+}
+
+// The same for rows a multiple of 4 long (every quantized type: blocks of 32), VPT vec4 stores
+// a thread into out4 (N, K / 4). With Q4_1 and VPT 8 a thread decodes one whole block from its
+// five words (the per-vec4 decoder loads the first word again for every vec4).
+override VPT: u32 = 8u;
+
+@compute @workgroup_size(64, 1, 1)
+fn decode_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let i = (gid.x + gid.y * nw.x * 64u) * VPT;
+    let quads = p.k >> 2u;
+    if (KIND == 4u && VPT == 8u) {
+        // One Q4_1 block a thread: its five words loaded once.
+        let r = i / quads;
+        if (r >= p.n) {
+            return;
+        }
+        let o = ((r + p.row0) * p.row_bytes + (i % quads) / 8u * 20u) >> 2u;
+        let dm = w[o];
+        let d = half_bits(dm & 0xFFFFu);
+        let m = vec4<f32>(half_bits(dm >> 16u));
+        for (var j = 0u; j < 4u; j++) {
+            let q = w[o + 1u + j];
+            out4[i + j] = d * bytes4(q & 0x0F0F0F0Fu) + m;
+            out4[i + 4u + j] = d * bytes4((q >> 4u) & 0x0F0F0F0Fu) + m;
+        }
+        return;
+    }
+    for (var j = 0u; j < VPT; j++) {
+        let q = i + j;
+        let r = q / quads;
+        if (r >= p.n) {
+            return;
+        }
+        out4[q] = w4(r, (q % quads) * 4u);
+    }
 }

@@ -3,7 +3,9 @@
 //! 32) on q, k, v, o, gate, up and down, 4 pairs of 64 prompt + 64 completion tokens, the
 //! reference being the policy with its adapters off. It is the on-device job on a real model:
 //! its figures are pairs/s, the pool's peak GPU memory and peak RSS, and the speed as a fraction
-//! of what the step's matmul FLOPs allow at the W1 1024³ rate measured in the same run.
+//! of what the step's matmul FLOPs allow at W1's 1024³ rate, sampled between the timed steps
+//! (this machine's speed drifts by up to 40% within minutes, so a rate from another minute than
+//! the step's says little).
 //!
 //! [`W5Options`] switch the memory savers off one at a time (an f32 base instead of Q4_1, the
 //! full (rows, V) logits instead of the chunked head, no activation checkpointing) for the
@@ -24,6 +26,7 @@ use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 use crate::Gpu;
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// How W5 is set up: the default is the benchmark itself (Q4_1 base, chunked head) without
 /// checkpointing.
@@ -228,28 +231,49 @@ pub struct W5Report {
     /// Peak RSS while building the model (before the steps), MiB.
     pub setup_rss_mib: f64,
     pub flops: W5Flops,
-    /// W1's 1024³ rate measured in the same process before and after the steps, GFLOP/s.
-    /// The bound takes the faster (this machine's speed drifts within minutes).
-    pub matmul_gflops: [f64; 2],
+    /// Whether the step recomputes each block in the backward (its FLOPs are then
+    /// `flops.total() + flops.recompute`).
+    pub checkpoint: bool,
+    /// Seconds of each timed step, in order.
+    pub step_s: Vec<f64>,
+    /// W1's 1024³ rate, GFLOP/s, sampled right before the first timed step and right after
+    /// each: one more sample than steps.
+    pub matmul_gflops: Vec<f64>,
     /// With `PLUMB_PROFILE`: the per-kernel table of the timed steps (W1's product excluded).
     pub profile: Vec<crate::ProfileRow>,
 }
 
 impl W5Report {
-    /// Seconds the step's FLOPs take at the measured matmul rate.
-    pub fn bound_s(&self) -> f64 {
-        self.flops.total() / (self.matmul_gflops[0].max(self.matmul_gflops[1]) * 1e9)
+    /// Step `i`'s W1 rate: the faster of the samples on either side of it (this machine's
+    /// speed drifts within minutes; the faster sample is the stricter bound).
+    fn rate(&self, i: usize) -> f64 {
+        self.matmul_gflops[i].max(self.matmul_gflops[i + 1])
     }
 
-    /// The speed as a fraction of the FLOP bound.
-    pub fn fraction_of_bound(&self) -> f64 {
-        self.bound_s() / self.result.median_s
+    /// Each timed step's speed as a fraction of its FLOP bound: the seconds its counted
+    /// FLOPs take at its W1 rate over the seconds it took. With `with_recompute`, the
+    /// checkpointed blocks' second forward counts too (the FLOPs the step performs).
+    pub fn fractions(&self, with_recompute: bool) -> Vec<f64> {
+        let flops = self.flops.total() + if with_recompute && self.checkpoint { self.flops.recompute } else { 0.0 };
+        self.step_s.iter().enumerate().map(|(i, t)| flops / (self.rate(i) * 1e9) / t).collect()
     }
+
+    /// The median of [`Self::fractions`] (counted FLOPs only): the W5 speed figure.
+    pub fn fraction_of_bound(&self) -> f64 {
+        median(self.fractions(false))
+    }
+}
+
+/// The median, the lower of the middle two for an even count (the slower step's fraction).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
 }
 
 impl std::fmt::Display for W5Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gf = |x: f64| x / 1e9;
+        let list = |v: &[f64], scale: f64, digits: usize| v.iter().map(|x| format!("{:.*}", digits, x * scale)).collect::<Vec<_>>().join(", ");
         writeln!(f, "{}", self.result)?;
         writeln!(f, "W5 setup: {}", self.setup)?;
         writeln!(
@@ -266,15 +290,17 @@ impl std::fmt::Display for W5Report {
             gf(self.flops.total()),
             gf(self.flops.recompute)
         )?;
+        writeln!(f, "W5 steps {} s; W1 1024^3 before, between and after them {} GFLOP/s", list(&self.step_s, 1.0, 2), list(&self.matmul_gflops, 1.0, 1))?;
         write!(
             f,
-            "W5 at W1's 1024^3 rate ({:.1} GFLOP/s before the steps, {:.1} after; the faster counts) the FLOPs take {:.2} s; the step takes {:.2} s: {:.0}% of the FLOP bound",
-            self.matmul_gflops[0],
-            self.matmul_gflops[1],
-            self.bound_s(),
-            self.result.median_s,
+            "W5 each step against the faster W1 sample beside it: {}% of the FLOP bound (median {:.0}%)",
+            list(&self.fractions(false), 100.0, 0),
             100.0 * self.fraction_of_bound()
-        )
+        )?;
+        if self.checkpoint {
+            write!(f, "; counting the recomputed forward too: median {:.0}%", 100.0 * median(self.fractions(true)))?;
+        }
+        Ok(())
     }
 }
 
@@ -308,25 +334,56 @@ fn reset_peak_rss() {
 }
 
 /// W5 timed by the harness rule (`warmup` untimed steps, the first reported as the cold
-/// start), with W1's 1024³ product timed in the same process before and after for the bound.
+/// start), with W1's 1024³ product timed right before the first timed step and after each, for
+/// each step's bound. The W1 samples run on a second device opened as [`Gpu::new`] opens one
+/// (the same adapter, kernel variant and feeds), so its buffers stay out of W5's pool figure.
 pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5Report> {
-    let before = super::w1_shape(gpu, (1024, 1024, 1024), 7)?.figure;
-    gpu.trim_pool();
+    let rate_gpu = Gpu::new()?;
+    rate_gpu.set_variant(gpu.variant());
+    rate_gpu.set_register_feed(gpu.register_feed());
+    rate_gpu.set_subgroup_kernels(gpu.subgroup_kernels());
+    rate_gpu.set_elementwise_textures(gpu.elementwise_textures());
+    rate_gpu.set_stored_matmul(gpu.stored_matmul());
+    let w1_rate = || -> Result<f64> {
+        let r = super::w1_shape(&rate_gpu, (1024, 1024, 1024), 5)?.figure;
+        rate_gpu.trim_pool();
+        Ok(r)
+    };
+    // Compile W1's pipeline before the model is built.
+    w1_rate()?;
     let mut w = W5::new(gpu, opts)?;
     let setup_rss_mib = peak_rss_mib();
     gpu.reset_peak();
     reset_peak_rss();
-    let mut step = 0;
-    let tm = timeit(gpu, warmup, iters, || {
-        step += 1;
-        finite(w.step()?, "W5 DPO loss", step)
-    })?;
-    let result = result(format!("W5 LoRA-DPO step 4 pairs ({})", opts.describe()), tm, W5::PAIRS as f64, "pairs_per_s");
+    let mut step = || -> Result<()> {
+        let s = w.step;
+        finite(w.step()?, "W5 DPO loss", s + 1)
+    };
+    let mut first = 0.0;
+    for i in 0..warmup.max(1) {
+        let t = Instant::now();
+        step()?;
+        if i == 0 {
+            first = t.elapsed().as_secs_f64();
+        }
+    }
+    if gpu.profiling() {
+        gpu.take_profile();
+    }
+    let mut matmul_gflops = vec![w1_rate()?];
+    let mut step_s = Vec::new();
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        step()?;
+        step_s.push(t.elapsed().as_secs_f64());
+        matmul_gflops.push(w1_rate()?);
+    }
+    let mut sorted = step_s.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let timing = (sorted[sorted.len() / 2], sorted[0], first);
+    let result = result(format!("W5 LoRA-DPO step 4 pairs ({})", opts.describe()), timing, W5::PAIRS as f64, "pairs_per_s");
     let peak_gpu_mib = gpu.peak_bytes() as f64 / (1 << 20) as f64;
     let flops = w.flops();
     let profile = if gpu.profiling() { gpu.take_profile() } else { vec![] };
-    drop(w);
-    gpu.trim_pool();
-    let after = super::w1_shape(gpu, (1024, 1024, 1024), 7)?.figure;
-    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, matmul_gflops: [before, after], profile })
+    Ok(W5Report { setup: opts.describe(), result, peak_gpu_mib, setup_rss_mib, flops, checkpoint: opts.checkpoint, step_s, matmul_gflops, profile })
 }

@@ -15,6 +15,7 @@ use crate::ops::activation::{gelu, GeluKind};
 use crate::ops::attention::{attention_fused_qkv, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
 use crate::ops::embedding::{add_positions, embedding_chunks, tied_head};
+use crate::ops::lora::Base;
 use crate::ops::matmul::matmul;
 use crate::ops::norm::layer_norm;
 use crate::params::{ParamSpec, ParamStore};
@@ -163,13 +164,15 @@ impl Gpt {
     fn conv(&self, tape: Option<&Tape>, x: &Var, i: usize, module: &str) -> Result<Var> {
         let name = layer(i, module);
         let (wname, bias) = (format!("{name}.weight"), self.p(tape, &format!("{name}.bias"))?);
-        let y = match self.frozen(&wname) {
-            Some(q) => quant_linear(x, q, Some(&bias))?,
-            None => conv1d(x, &self.p(tape, &wname)?, &bias)?,
-        };
-        match &self.adapter {
-            Some(a) => a.apply(tape, &name, x, y),
-            None => Ok(y),
+        if let Some(a) = self.adapter.as_ref().filter(|a| a.adapts(&name)) {
+            return match self.frozen(&wname) {
+                Some(q) => a.project(tape, &name, x, Base::Stored(q), Some(&bias)),
+                None => a.project(tape, &name, x, Base::Conv1d(&self.p(tape, &wname)?), Some(&bias)),
+            };
+        }
+        match self.frozen(&wname) {
+            Some(q) => quant_linear(x, q, Some(&bias)),
+            None => conv1d(x, &self.p(tape, &wname)?, &bias),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::ops::activation::swiglu;
 use crate::ops::attention::{attention, AttentionConfig, KvCache};
 use crate::ops::elementwise::add;
 use crate::ops::embedding::{embedding_chunks, tied_head};
+use crate::ops::lora::Base;
 use crate::ops::matmul::linear;
 use crate::ops::norm::rms_norm;
 use crate::ops::quant::{quant_embedding, quant_linear, QuantTensor};
@@ -168,14 +169,17 @@ impl Llama {
         let module = layer(i, name);
         let (wname, bname) = (format!("{module}.weight"), format!("{module}.bias"));
         let b = if self.params.contains(&bname) { Some(self.p(tape, &bname)?) } else { None };
+        if let Some(a) = self.adapter.as_ref().filter(|a| a.adapts(&module)) {
+            return match self.frozen(&wname) {
+                Some(q) => a.project(tape, &module, x, Base::Stored(q), b.as_ref()),
+                None => a.project(tape, &module, x, Base::Linear(&self.p(tape, &wname)?), b.as_ref()),
+            };
+        }
         let y = match self.frozen(&wname) {
             Some(q) => quant_linear(x, q, b.as_ref())?,
             None => linear(x, &self.p(tape, &wname)?, b.as_ref())?,
         };
-        match &self.adapter {
-            Some(a) => a.apply(tape, &module, x, y),
-            None => Ok(y),
-        }
+        Ok(y)
     }
 
     fn mlp(&self, tape: Option<&Tape>, x: &Var, i: usize) -> Result<Var> {

@@ -10,6 +10,7 @@ pub mod embedding;
 pub mod grpo;
 pub mod kto;
 pub mod loss;
+pub mod lora;
 pub mod matmul;
 pub mod norm;
 pub mod optim;

@@ -82,7 +82,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workloads.iter().any(|x| x.eq_ignore_ascii_case("w5")) {
         let opts = W5Options { checkpoint: a.checkpoint_activations, quantized: !a.f32_base, chunked_head: !a.full_logits, model: a.model.clone() };
         let report = bench::w5(&gpu, &opts, a.warmup, a.iters.unwrap_or(3))?;
-        // The per-kernel table covers W5's timed steps (W1's product ran after them).
+        // The per-kernel table covers W5's timed steps (W1's samples run on a device of their own).
         if gpu.profiling() {
             print!("{}", format_profile(&report.profile));
         }
