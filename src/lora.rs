@@ -2,7 +2,8 @@
 //! ```text
 //! y = base(x) + (α/r) · (x·Aᵀ)·Bᵀ        A (r, in), B (out, r)
 //! ```
-//! while the adapters are enabled. Only A and B train; the base weights enter the tape as
+//! while the adapters are enabled (the models run it as one op, [`crate::ops::lora`], whose
+//! sums ride on the products' stores). Only A and B train; the base weights enter the tape as
 //! constants, so no gradient is computed for them and they never change. With the adapters
 //! switched off the model *is* the base model, which is what DPO and PPO use as their reference:
 //! one copy of the weights serves both.

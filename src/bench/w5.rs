@@ -335,8 +335,9 @@ fn reset_peak_rss() {
 
 /// W5 timed by the harness rule (`warmup` untimed steps, the first reported as the cold
 /// start), with W1's 1024³ product timed right before the first timed step and after each, for
-/// each step's bound. The W1 samples run on a second device opened as [`Gpu::new`] opens one
-/// (the same adapter, kernel variant and feeds), so its buffers stay out of W5's pool figure.
+/// each step's bound. The W1 samples run on a second device, opened by [`Gpu::new`] (the
+/// `PLUMB_*` options) and set to `gpu`'s kernel variant and feeds, so that their buffers stay
+/// out of W5's pool figure.
 pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5Report> {
     let rate_gpu = Gpu::new()?;
     rate_gpu.set_variant(gpu.variant());

@@ -175,11 +175,10 @@ impl Llama {
                 None => a.project(tape, &module, x, Base::Linear(&self.p(tape, &wname)?), b.as_ref()),
             };
         }
-        let y = match self.frozen(&wname) {
-            Some(q) => quant_linear(x, q, b.as_ref())?,
-            None => linear(x, &self.p(tape, &wname)?, b.as_ref())?,
-        };
-        Ok(y)
+        match self.frozen(&wname) {
+            Some(q) => quant_linear(x, q, b.as_ref()),
+            None => linear(x, &self.p(tape, &wname)?, b.as_ref()),
+        }
     }
 
     fn mlp(&self, tape: Option<&Tape>, x: &Var, i: usize) -> Result<Var> {
