@@ -103,7 +103,8 @@ fn norm_param_grads_are_deterministic() {
 fn activation_table() {
     let Some(gpu) = common::gpu() else { return };
     let mut cases = Vec::new();
-    // From 8192 elements, lengths that are multiples of 4 take the texture-fed GELU on CPU adapters.
+    // From 8192 elements, lengths that are multiples of 4 take the texture-fed GELU on CPU adapters;
+    // SwiGLU takes its vec4 entries at every multiple of 4 (1000, 8192).
     for n in [1usize, 7, 33, 130, 1000, 8192] {
         for kind in [GeluKind::Tanh, GeluKind::Erf] {
             cases.push(Case::new(

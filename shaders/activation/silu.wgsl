@@ -1,7 +1,8 @@
 // SiLU and SwiGLU (the Llama MLP), elementwise, forward and backward:
 //   silu(x)         = x * sigmoid(x),        silu'(x) = s (1 + x (1 - s)),  s = sigmoid(x)
 //   swiglu(gate, up) = silu(gate) * up,      dgate = dout * up * silu'(gate), dup = dout * silu(gate)
-// One thread per element.
+// One thread per element; the `_vec4` SwiGLU entries (lengths a multiple of 4) one per vec4,
+// reading and writing the same buffers through the vec4 bindings 6-10.
 
 struct Params {
     n: u32,
@@ -22,6 +23,13 @@ struct Params {
 // dup (swiglu backward).
 @group(0) @binding(5) var<storage, read_write> dst2: array<f32>;
 
+// The same buffers as vec4s (each entry binds one view of a buffer, never both).
+@group(0) @binding(6) var<storage, read_write> dst4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> c4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> dst2_4: array<vec4<f32>>;
+
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
@@ -34,6 +42,10 @@ fn sigmoid(v: f32) -> f32 {
 fn silu_grad(v: f32) -> f32 {
     let s = sigmoid(v);
     return s * (1.0 + v * (1.0 - s));
+}
+
+fn sigmoid4(v: vec4<f32>) -> vec4<f32> {
+    return 1.0 / (1.0 + exp(-v));
 }
 
 @compute @workgroup_size(256)
@@ -67,4 +79,24 @@ fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let d = c[i];
     dst[i] = d * b[i] * silu_grad(g);
     dst2[i] = d * g * sigmoid(g);
+}
+
+// p.n counts vec4s here.
+@compute @workgroup_size(256)
+fn swiglu_forward_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n) { return; }
+    let g = a4[i];
+    dst4[i] = g * sigmoid4(g) * b4[i];
+}
+
+@compute @workgroup_size(256)
+fn swiglu_backward_vec4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.n) { return; }
+    let g = a4[i];
+    let d = c4[i];
+    let s = sigmoid4(g);
+    dst4[i] = d * b4[i] * (s * (1.0 + g * (1.0 - s)));
+    dst2_4[i] = d * g * s;
 }

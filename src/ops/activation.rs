@@ -52,6 +52,21 @@ fn run(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins
     gpu.dispatch(&Kernel::new(shader, entry), bytemuck::bytes_of(&p), &binds, gpu.groups_1d(first.len(), 256))
 }
 
+/// [`run`] for an entry with one thread per vec4 (bindings from 6 on, the same order), where
+/// the length is a multiple of 4; false, with nothing recorded, where it is not.
+fn run_vec4(shader: &'static ShaderSource, entry: &'static str, outs: &[&Tensor], ins: &[&Tensor]) -> Result<bool> {
+    let first = outs[0];
+    if !first.len().is_multiple_of(4) || outs.iter().chain(ins).any(|t| t.dtype() != DType::F32 || t.shape() != first.shape()) {
+        return Ok(false);
+    }
+    let gpu = first.gpu();
+    let n4 = first.len() / 4;
+    let p = Params { n: n4 as u32, shift: 0, _pad: [0; 2] };
+    let binds: Vec<_> = std::iter::once(first).chain(ins.iter().copied()).chain(outs[1..].iter().copied()).map(|t| t.binding_vec4()).collect();
+    gpu.dispatch_at(&Kernel::new(shader, entry), bytemuck::bytes_of(&p), (6, &[]), (6, &binds), gpu.groups_1d(n4, 256))?;
+    Ok(true)
+}
+
 /// The uniform of the texture-fed GELU entries: vec4s, the textures' shift.
 fn texture_params(n4: u32, shift: u32) -> Vec<u8> {
     bytemuck::bytes_of(&Params { n: n4, shift, _pad: [0; 2] }).to_vec()
@@ -120,7 +135,9 @@ pub fn silu(x: &Var) -> Result<Var> {
 /// SwiGLU: `silu(gate) * up` (same shapes).
 pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let y = like(gate, "swiglu out")?;
-    run(&SILU, "swiglu_forward", &[&y], &[gate, up])?;
+    if !run_vec4(&SILU, "swiglu_forward_vec4", &[&y], &[gate, up])? {
+        run(&SILU, "swiglu_forward", &[&y], &[gate, up])?;
+    }
     Ok(y)
 }
 
@@ -128,7 +145,9 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 pub fn swiglu_backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
     let dgate = like(gate, "swiglu dgate")?;
     let dup = like(gate, "swiglu dup")?;
-    run(&SILU, "swiglu_backward", &[&dgate, &dup], &[gate, up, dout])?;
+    if !run_vec4(&SILU, "swiglu_backward_vec4", &[&dgate, &dup], &[gate, up, dout])? {
+        run(&SILU, "swiglu_backward", &[&dgate, &dup], &[gate, up, dout])?;
+    }
     Ok((dgate, dup))
 }
 
