@@ -59,7 +59,15 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn timeit(gpu: &Gpu, warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+fn timeit(gpu: &Gpu, warmup: usize, iters: usize, f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    let (ts, first) = timed_steps(gpu, warmup, iters, f, || Ok(()))?;
+    Ok(summary(&ts, first))
+}
+
+/// The harness rule, every timed iteration kept: `warmup` untimed runs of `f` (at least one, the
+/// first timed as the cold start), then `iters` timed ones, with `between` run (untimed) right
+/// before the first timed one and right after each. Returns (seconds of each, cold start).
+fn timed_steps(gpu: &Gpu, warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>, mut between: impl FnMut() -> Result<()>) -> Result<(Vec<f64>, f64)> {
     let mut first = 0.0;
     for w in 0..warmup.max(1) {
         let t = Instant::now();
@@ -72,14 +80,22 @@ fn timeit(gpu: &Gpu, warmup: usize, iters: usize, mut f: impl FnMut() -> Result<
     if gpu.profiling() {
         gpu.take_profile();
     }
+    between()?;
     let mut ts = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let t = Instant::now();
         f()?;
         ts.push(t.elapsed().as_secs_f64());
+        between()?;
     }
-    ts.sort_by(|a, b| a.total_cmp(b));
-    Ok((ts[ts.len() / 2], ts[0], first))
+    Ok((ts, first))
+}
+
+/// (median, best, cold start) of timed iterations.
+fn summary(ts: &[f64], first: f64) -> (f64, f64, f64) {
+    let mut sorted = ts.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    (sorted[sorted.len() / 2], sorted[0], first)
 }
 
 fn result(workload: String, (median, best, first): (f64, f64, f64), work: f64, unit: &'static str) -> BenchResult {

@@ -195,22 +195,11 @@ impl Lora {
 
     /// Projection `module` with this adapter's update, as one op: `base(x) (+ bias) +
     /// (α/r)·(x·Aᵀ)·Bᵀ` (see [`crate::ops::lora`]). For a module this adapter
-    /// [`adapts`](Self::adapts); [`Lora::apply`] adds the update to a base already computed.
+    /// [`adapts`](Self::adapts).
     pub fn project(&self, tape: Option<&Tape>, module: &str, x: &Var, base: Base, bias: Option<&Var>) -> Result<Var> {
         let a = self.p(tape, &tensor_name(module, "A"))?;
         let b = self.p(tape, &tensor_name(module, "B"))?;
         adapted_linear(x, base, bias, &a, &b, self.cfg.scale())
-    }
-
-    /// `y` plus this adapter's update of `module` for the projection's input `x` (..., in), when
-    /// the adapters are enabled and `module` is adapted; `y` unchanged otherwise.
-    pub fn apply(&self, tape: Option<&Tape>, module: &str, x: &Var, y: Var) -> Result<Var> {
-        if !self.adapts(module) {
-            return Ok(y);
-        }
-        let a = self.p(tape, &tensor_name(module, "A"))?;
-        let b = self.p(tape, &tensor_name(module, "B"))?;
-        crate::ops::elementwise::add(&y, &lora_delta(x, &a, &b, self.cfg.scale())?)
     }
 }
 

@@ -11,7 +11,7 @@
 //! full (rows, V) logits instead of the chunked head, no activation checkpointing) for the
 //! README's memory table; `model` runs the step on a real GGUF file in its stored form.
 
-use super::{finite, peak_rss_mib, result, timeit, BenchResult};
+use super::{finite, peak_rss_mib, result, summary, timed_steps, timeit, BenchResult};
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::model::{presets, LlamaConfig, Model, ModelConfig};
@@ -26,7 +26,6 @@ use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 use crate::Gpu;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// How W5 is set up: the default is the benchmark itself (Q4_1 base, chunked head) without
 /// checkpointing.
@@ -356,32 +355,21 @@ pub fn w5(gpu: &Gpu, opts: &W5Options, warmup: usize, iters: usize) -> Result<W5
     let setup_rss_mib = peak_rss_mib();
     gpu.reset_peak();
     reset_peak_rss();
-    let mut step = || -> Result<()> {
-        let s = w.step;
-        finite(w.step()?, "W5 DPO loss", s + 1)
-    };
-    let mut first = 0.0;
-    for i in 0..warmup.max(1) {
-        let t = Instant::now();
-        step()?;
-        if i == 0 {
-            first = t.elapsed().as_secs_f64();
-        }
-    }
-    if gpu.profiling() {
-        gpu.take_profile();
-    }
-    let mut matmul_gflops = vec![w1_rate()?];
-    let mut step_s = Vec::new();
-    for _ in 0..iters.max(1) {
-        let t = Instant::now();
-        step()?;
-        step_s.push(t.elapsed().as_secs_f64());
-        matmul_gflops.push(w1_rate()?);
-    }
-    let mut sorted = step_s.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let timing = (sorted[sorted.len() / 2], sorted[0], first);
+    let mut matmul_gflops = Vec::new();
+    let (step_s, first) = timed_steps(
+        gpu,
+        warmup,
+        iters,
+        || {
+            let s = w.step;
+            finite(w.step()?, "W5 DPO loss", s + 1)
+        },
+        || {
+            matmul_gflops.push(w1_rate()?);
+            Ok(())
+        },
+    )?;
+    let timing = summary(&step_s, first);
     let result = result(format!("W5 LoRA-DPO step 4 pairs ({})", opts.describe()), timing, W5::PAIRS as f64, "pairs_per_s");
     let peak_gpu_mib = gpu.peak_bytes() as f64 / (1 << 20) as f64;
     let flops = w.flops();

@@ -132,10 +132,30 @@ fn t(trans: bool) -> &'static str {
 /// added to every row. Inputs are both f32 or both f16 (f16 needs [`Gpu::has_f16`]); the sums
 /// are f32 either way. The output is (..., M, N).
 pub fn matmul_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    product(a, b, bias.map_or(Extra::None, Extra::Bias), trans_a, trans_b)
+}
+
+/// `C = op(A)·op(B) + Z`, Z (f32) shaped like C: a product and a sum of two terms in one pass,
+/// where a gradient or an output is the sum of a product and something already computed (the
+/// adapted projections of `ops::lora`). On the register kernels Z is read where C is stored;
+/// elsewhere the product is followed by an in-place add.
+pub fn matmul_plus(a: &Tensor, b: &Tensor, z: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    product(a, b, Extra::Addend(z), trans_a, trans_b)
+}
+
+/// [`matmul_forward`] and [`matmul_plus`]: shape checks, the output, the kernel.
+fn product(a: &Tensor, b: &Tensor, extra: Extra, trans_a: bool, trans_b: bool) -> Result<Tensor> {
     let (mut p, out_shape) = problem(a, b, trans_a, trans_b)?;
-    if let Some(bias) = bias {
-        bias.expect_dtype("matmul bias", DType::F32)?;
-        bias.expect_shape("matmul bias", &[p.n])?;
+    match extra {
+        Extra::None => {}
+        Extra::Bias(bias) => {
+            bias.expect_dtype("matmul bias", DType::F32)?;
+            bias.expect_shape("matmul bias", &[p.n])?;
+        }
+        Extra::Addend(z) => {
+            z.expect_dtype("matmul addend", DType::F32)?;
+            z.expect_shape("matmul addend", &out_shape)?;
+        }
     }
     let out = Tensor::empty(a.gpu(), &out_shape, DType::F32, "matmul output")?;
     if out.is_empty() {
@@ -145,34 +165,14 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bo
     if p.shared_b && !p.trans_a {
         p = Problem { m: p.batch * p.m, batch: 1, shared_b: false, ..p };
     }
-    match a.gpu().variant() {
-        KernelVariant::Register => register_forward(a, b, bias.map_or(Extra::None, Extra::Bias), &out, &p)?,
-        KernelVariant::Tiled => tiled_forward(a, b, bias, &out, &p)?,
+    match (a.gpu().variant(), extra) {
+        (KernelVariant::Register, _) => register_forward(a, b, extra, &out, &p)?,
+        (KernelVariant::Tiled, Extra::Addend(z)) => {
+            tiled_forward(a, b, None, &out, &p)?;
+            crate::gpu::linear::add_assign(&out, z, 1.0)?;
+        }
+        (KernelVariant::Tiled, _) => tiled_forward(a, b, extra.tensor(), &out, &p)?,
     }
-    Ok(out)
-}
-
-/// `C = op(A)·op(B) + Z`, Z (f32) shaped like C: a product and a sum of two terms in one pass,
-/// where a gradient or an output is the sum of a product and something already computed (the
-/// adapted projections of `ops::lora`). On the register kernels Z is read where C is stored;
-/// elsewhere the product is followed by an in-place add.
-pub fn matmul_plus(a: &Tensor, b: &Tensor, z: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    let (mut p, out_shape) = problem(a, b, trans_a, trans_b)?;
-    z.expect_dtype("matmul addend", DType::F32)?;
-    z.expect_shape("matmul addend", &out_shape)?;
-    if a.gpu().variant() != KernelVariant::Register {
-        let out = matmul_forward(a, b, None, trans_a, trans_b)?;
-        crate::gpu::linear::add_assign(&out, z, 1.0)?;
-        return Ok(out);
-    }
-    let out = Tensor::empty(a.gpu(), &out_shape, DType::F32, "matmul output")?;
-    if out.is_empty() {
-        return Ok(out);
-    }
-    if p.shared_b && !p.trans_a {
-        p = Problem { m: p.batch * p.m, batch: 1, shared_b: false, ..p };
-    }
-    register_forward(a, b, Extra::Addend(z), &out, &p)?;
     Ok(out)
 }
 
